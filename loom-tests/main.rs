@@ -1,0 +1,2 @@
+//! Loom models of the broker's concurrency claims (see the README).
+#![cfg(loom)]

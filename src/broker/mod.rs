@@ -1,0 +1,673 @@
+//! The in-process broker: ordered fan-out with a bounded replay log.
+//!
+//! A [`Broker`] assigns every published event an [`EventId`], keeps the most
+//! recent events (bounded by count, bytes and age), and lets any number of
+//! [`Subscription`]s read them, each from its own position. It runs on no
+//! runtime: subscriptions are [`Stream`](futures_core::Stream)s woken by
+//! publishers, and time comes from a [`Clock`].
+//!
+//! # The contract
+//!
+//! - **Exactly once, in order.** A subscription yields the events of its
+//!   topics in strictly increasing id order, each at most once. Resuming
+//!   from an id yields exactly the retained events after it, then live
+//!   ones, with no gap and no duplicate at the seam.
+//! - **Nothing is lost silently.** When resuming is impossible the first
+//!   message is [`Message::Resync`]; when a reader falls so far behind that
+//!   an event it had not read is evicted it gets [`Message::Lagged`] with the
+//!   exact count, and continues from the oldest retained event.
+//! - **Publishers never wait.** Publishing does a bounded amount of work
+//!   under one short lock, plus one wake-up per watcher of the event's topic;
+//!   readers that watch other topics cost it nothing.
+//! - **Topics.** A subscription never sees another topic's events. System
+//!   events ([`Broker::publish_system`]) reach every subscription.
+
+mod event;
+mod state;
+mod subscription;
+
+use std::fmt;
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use self::event::{
+    Event, EventId, InvalidTopic, ParseEventIdError, Topic, Topics, DEFAULT_TOPIC, MAX_TOPIC_LEN,
+};
+pub use self::subscription::{Recv, Subscription};
+
+use self::state::{Entry, Limits, State};
+use crate::clock::{Clock, SystemClock};
+use crate::sse::frame;
+use crate::sync::{lock, Arc, Mutex};
+
+pub(crate) use self::subscription::Frames;
+
+/// Default bound on retained events.
+pub const DEFAULT_RETAIN_EVENTS: usize = 2_000;
+/// Default bound on retained bytes (encoded frames).
+pub const DEFAULT_RETAIN_BYTES: usize = 8 * 1024 * 1024;
+/// Default bound on the age of retained events.
+pub const DEFAULT_RETAIN_FOR: Duration = Duration::from_secs(30);
+/// Default bound on one event's payload.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Fixed per-entry bookkeeping counted against the byte bound, so that a
+/// flood of empty events is bounded too.
+const ENTRY_OVERHEAD: usize = 64;
+
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    pub(crate) limits: Limits,
+    pub(crate) clock: Box<dyn Clock>,
+    pub(crate) epoch: u64,
+    max_event_bytes: usize,
+}
+
+/// A publish/subscribe hub with a replay log. Cheap to clone: clones share
+/// the same log and subscribers.
+///
+/// ```
+/// use tower_sse::{Broker, Event, Message, Topics};
+///
+/// let broker = Broker::new();
+/// let first = broker.publish(Event::new("greeting").data("hello")).unwrap();
+/// broker.publish(Event::new("greeting").data("again")).unwrap();
+///
+/// // A client that saw `first` resumes right after it.
+/// let topics = Topics::parse(["public"]).unwrap();
+/// let mut sub = broker.subscribe(&topics, Some(&first.to_string())).unwrap();
+/// let Some(Message::Event(event)) = sub.try_next() else { panic!() };
+/// assert_eq!(event.data(), "again");
+/// ```
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+/// Configures a [`Broker`]; from [`Broker::builder`].
+#[must_use]
+pub struct BrokerBuilder {
+    max_events: usize,
+    max_bytes: usize,
+    max_age: Option<Duration>,
+    max_event_bytes: usize,
+    clock: Box<dyn Clock>,
+    epoch: Option<u64>,
+}
+
+impl BrokerBuilder {
+    /// Keep at most `n` events (default 2000). At least one is always kept.
+    pub fn retain_events(mut self, n: usize) -> Self {
+        self.max_events = n.max(1);
+        self
+    }
+
+    /// Keep at most `n` bytes of encoded events (default 8 MiB), counting
+    /// each event's frame plus a small fixed overhead.
+    pub fn retain_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n.max(1);
+        self
+    }
+
+    /// Keep no event older than `age` (default 30 s).
+    pub fn retain_for(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Keep events regardless of age (count and bytes still bound the log).
+    pub fn retain_forever(mut self) -> Self {
+        self.max_age = None;
+        self
+    }
+
+    /// Refuse payloads larger than `n` bytes at publish (default 1 MiB).
+    pub fn max_event_bytes(mut self, n: usize) -> Self {
+        self.max_event_bytes = n;
+        self
+    }
+
+    /// Read time from `clock` (default [`SystemClock`]); tests pass a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    /// Fix the epoch instead of taking the start time in nanoseconds.
+    ///
+    /// Two brokers with the same epoch accept each other's ids, so only set
+    /// it when that is the point (tests, or a backplane sharing one sequence).
+    pub fn epoch(mut self, epoch: u64) -> Self {
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// Builds the broker.
+    pub fn build(self) -> Broker {
+        let epoch = self.epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .unwrap_or(0)
+        });
+        Broker {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::new()),
+                limits: Limits {
+                    max_events: self.max_events,
+                    max_bytes: self.max_bytes,
+                    max_age: self.max_age,
+                },
+                clock: self.clock,
+                epoch,
+                max_event_bytes: self.max_event_bytes,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("max_events", &self.max_events)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_age", &self.max_age)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Broker {
+    /// A broker with the default retention (2000 events, 8 MiB, 30 s).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Starts configuring a broker.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder {
+            max_events: DEFAULT_RETAIN_EVENTS,
+            max_bytes: DEFAULT_RETAIN_BYTES,
+            max_age: Some(DEFAULT_RETAIN_FOR),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            clock: Box::new(SystemClock::new()),
+            epoch: None,
+        }
+    }
+
+    /// This broker's epoch, the first half of every id it assigns.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// Publishes `event` to its topic and returns its id.
+    ///
+    /// Never waits for subscribers. Refuses, with a [`PublishError`], an
+    /// event type that is empty or contains CR or LF, an invalid topic, a
+    /// payload that is not UTF-8 or is too large, and any publish after
+    /// [`close`](Broker::close).
+    pub fn publish(&self, event: Event) -> Result<EventId, PublishError> {
+        let topic = Topic::new(&event.topic).map_err(|_| PublishError::InvalidTopic)?;
+        self.publish_to(topic, event.event_type, event.data)
+    }
+
+    /// Publishes `event` to every subscription, whatever its topics; the
+    /// event's own topic is ignored.
+    ///
+    /// For events about the server itself (its mode, a coming shutdown)
+    /// that every client must see.
+    pub fn publish_system(&self, event: Event) -> Result<EventId, PublishError> {
+        self.publish_to(Topic::system(), event.event_type, event.data)
+    }
+
+    fn publish_to(
+        &self,
+        topic: Topic,
+        event_type: Option<String>,
+        data: Bytes,
+    ) -> Result<EventId, PublishError> {
+        if let Some(t) = &event_type {
+            if t.is_empty() {
+                return Err(PublishError::EmptyEventType);
+            }
+            if t.contains(['\r', '\n']) {
+                return Err(PublishError::InvalidEventType);
+            }
+        }
+        if data.len() > self.shared.max_event_bytes {
+            return Err(PublishError::TooLarge {
+                size: data.len(),
+                limit: self.shared.max_event_bytes,
+            });
+        }
+        let text = std::str::from_utf8(&data).map_err(|e| PublishError::NotUtf8 {
+            valid_up_to: e.valid_up_to(),
+        })?;
+        let single_line = !text.contains(['\r', '\n']);
+        let body = frame::encode_body(event_type.as_deref(), text);
+        let body_len = body.len() - frame::ID_HEADROOM;
+        let cost = body_len
+            + frame::ID_HEADROOM
+            + ENTRY_OVERHEAD
+            + if single_line { 0 } else { data.len() };
+        if cost > self.shared.limits.max_bytes {
+            return Err(PublishError::TooLarge {
+                size: data.len(),
+                limit: self
+                    .shared
+                    .limits
+                    .max_bytes
+                    .saturating_sub(ENTRY_OVERHEAD + frame::ID_HEADROOM),
+            });
+        }
+        let event_type = event_type
+            .filter(|t| t != "message")
+            .map(String::into_boxed_str);
+
+        let mut wakers = Vec::new();
+        let id = {
+            let mut state = lock(&self.shared.state);
+            if state.closed {
+                return Err(PublishError::Closed);
+            }
+            let now = self.shared.clock.now();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let id = EventId::new(self.shared.epoch, seq);
+            let frame = frame::stamp_id(body, id);
+            let data = if single_line {
+                // The frame ends with `data: PAYLOAD\n\n`: share it.
+                frame.slice(frame.len() - 2 - data.len()..frame.len() - 2)
+            } else {
+                data
+            };
+            let topic_key = state.topic_key(&topic);
+            state.take_topic_wakers(topic_key, &mut wakers);
+            let entry = Arc::new(Entry {
+                seq,
+                at: now,
+                topic_key,
+                topic,
+                event_type,
+                data,
+                frame,
+                cost,
+            });
+            state.append(entry, &self.shared.limits, now);
+            id
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        Ok(id)
+    }
+
+    /// Subscribes to `topics` (plus the system events every subscription
+    /// gets).
+    ///
+    /// `last_event_id` is what the client last saw:
+    /// - `None`: live from now, no resync (a fresh client has just loaded
+    ///   its state);
+    /// - an id this broker can honour: exactly the retained events of
+    ///   `topics` after it, then live ones;
+    /// - anything else (unparsable, another epoch, in the future, or older
+    ///   than what is retained for these topics): the first message is
+    ///   [`Message::Resync`], then live.
+    ///
+    /// Fails only once the broker is closed.
+    pub fn subscribe(
+        &self,
+        topics: &Topics,
+        last_event_id: Option<&str>,
+    ) -> Result<Subscription, Closed> {
+        let topics: Vec<Topic> = topics.iter().cloned().collect();
+        let mut state = lock(&self.shared.state);
+        if state.closed {
+            return Err(Closed(()));
+        }
+        let now = self.shared.clock.now();
+        state.evict(&self.shared.limits, now);
+        Ok(Subscription::new(
+            self.shared.clone(),
+            &mut state,
+            &topics,
+            last_event_id,
+        ))
+    }
+
+    /// The id of the newest event published, `EPOCH-0` if none yet.
+    ///
+    /// Hand it to a page along with the state it renders: connecting with
+    /// it as `lastEventId` then loses nothing published in between.
+    pub fn last_event_id(&self) -> EventId {
+        let state = lock(&self.shared.state);
+        EventId::new(self.shared.epoch, state.next_seq - 1)
+    }
+
+    /// Ends every subscription once it has read what is retained for it,
+    /// and refuses later publishes and subscribes. Idempotent.
+    pub fn close(&self) {
+        self.close_inner(None);
+    }
+
+    /// Like [`close`](Broker::close), and every stream served by the events
+    /// route ends with a `retry:` hint of `delay`, so that browsers come
+    /// back after it (to this server once restarted, or to another
+    /// replica) instead of at once. The hint is not stored in the log.
+    pub fn close_with_retry(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.close_inner(Some(frame::retry_frame(millis)));
+    }
+
+    fn close_inner(&self, frame: Option<Bytes>) {
+        let mut wakers = Vec::new();
+        {
+            let mut state = lock(&self.shared.state);
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            state.close_frame = frame;
+            state.take_all_wakers(&mut wakers);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Whether [`close`](Broker::close) was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared.state).closed
+    }
+
+    /// Drops events older than the age bound now, rather than at the next
+    /// publish or read.
+    pub fn evict_expired(&self) {
+        let mut state = lock(&self.shared.state);
+        let now = self.shared.clock.now();
+        state.evict(&self.shared.limits, now);
+    }
+
+    /// Marks a keep-alive period: every subscription read through the
+    /// events route that sent nothing since the previous tick sends a
+    /// keep-alive comment. One tick wakes every reader once, which replaces
+    /// a timer per connection.
+    pub(crate) fn tick(&self) {
+        let mut wakers = Vec::new();
+        {
+            let mut state = lock(&self.shared.state);
+            let now = self.shared.clock.now();
+            state.evict(&self.shared.limits, now);
+            state.tick += 1;
+            state.take_all_wakers(&mut wakers);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Counters and sizes, read in one consistent snapshot.
+    pub fn stats(&self) -> BrokerStats {
+        let state = lock(&self.shared.state);
+        BrokerStats {
+            published: state.counters.published,
+            subscribers: state.subs.len(),
+            retained_events: state.log.len(),
+            retained_bytes: state.retained_bytes,
+            evicted: state.counters.evicted,
+            lagged_events: state.counters.lagged_events,
+            lag_reports: state.counters.lag_reports,
+            resyncs: state.counters.resyncs,
+            topics: state.topics.len(),
+        }
+    }
+
+    /// Counters of one topic; `None` if the broker holds nothing for it.
+    pub fn topic_stats(&self, topic: &str) -> Option<TopicStats> {
+        let state = lock(&self.shared.state);
+        let &key = state.topic_index.get(topic)?;
+        let log = &state.topics[key];
+        Some(TopicStats {
+            published: log.published,
+            subscribers: log.watchers.len(),
+            retained_events: log.entries.len(),
+        })
+    }
+
+    #[cfg(not(loom))]
+    pub(crate) fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.shared))
+    }
+}
+
+/// A handle that does not keep the broker alive, for background tasks.
+#[cfg(not(loom))]
+#[derive(Clone)]
+pub(crate) struct WeakBroker(std::sync::Weak<Shared>);
+
+#[cfg(not(loom))]
+impl WeakBroker {
+    pub(crate) fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|shared| Broker { shared })
+    }
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("epoch", &self.shared.epoch)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A consistent snapshot of a broker's counters, from [`Broker::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Events published since the broker was built.
+    pub published: u64,
+    /// Live subscriptions (open SSE connections included).
+    pub subscribers: usize,
+    /// Events in the replay log now.
+    pub retained_events: usize,
+    /// Bytes the replay log counts now.
+    pub retained_bytes: usize,
+    /// Events evicted from the log by any bound.
+    pub evicted: u64,
+    /// Events subscribers missed because they fell behind (the sum of every
+    /// [`Message::Lagged`]'s `missed`).
+    pub lagged_events: u64,
+    /// How many [`Message::Lagged`] were reported.
+    pub lag_reports: u64,
+    /// How many subscriptions began with a [`Message::Resync`].
+    pub resyncs: u64,
+    /// Topics the broker holds state for.
+    pub topics: usize,
+}
+
+/// A snapshot of one topic, from [`Broker::topic_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicStats {
+    /// Events published to the topic while the broker held state for it.
+    pub published: u64,
+    /// Subscriptions watching it.
+    pub subscribers: usize,
+    /// Its events in the replay log now.
+    pub retained_events: usize,
+}
+
+/// What a [`Subscription`] yields.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// A published event.
+    Event(ReceivedEvent),
+    /// The id given at subscribe time cannot be honoured: the client must
+    /// reload its state. Live events follow.
+    Resync {
+        /// Why.
+        reason: ResyncReason,
+        /// The position the stream continues from.
+        resume_from: EventId,
+    },
+    /// The subscription fell so far behind that `missed` of its events were
+    /// evicted before it read them. It continues with the oldest retained.
+    Lagged {
+        /// How many events of its topics it will never see.
+        missed: u64,
+        /// The position the stream continues from.
+        resume_from: EventId,
+    },
+}
+
+/// Why a subscription starts with [`Message::Resync`], or
+/// [`ResyncReason::Lagged`] for a lag report on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResyncReason {
+    /// The id is not `EPOCH-SEQ` (empty, garbage, out of range).
+    Malformed,
+    /// The id comes from another broker, e.g. before a restart.
+    UnknownEpoch,
+    /// The id is newer than anything this broker has published.
+    Future,
+    /// Events after the id have already been evicted.
+    Expired,
+    /// The subscription fell behind and events were evicted unread.
+    Lagged,
+}
+
+impl ResyncReason {
+    /// The reason as written in the `resync` frame's JSON `reason`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ResyncReason::Malformed => "malformed-id",
+            ResyncReason::UnknownEpoch => "unknown-epoch",
+            ResyncReason::Future => "future-id",
+            ResyncReason::Expired => "expired",
+            ResyncReason::Lagged => "lagged",
+        }
+    }
+}
+
+impl fmt::Display for ResyncReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event as a subscriber receives it: shares the broker's copy.
+#[derive(Clone)]
+pub struct ReceivedEvent {
+    epoch: u64,
+    entry: Arc<Entry>,
+}
+
+impl ReceivedEvent {
+    /// Its id.
+    pub fn id(&self) -> EventId {
+        EventId::new(self.epoch, self.entry.seq)
+    }
+
+    /// Its topic.
+    pub fn topic(&self) -> &Topic {
+        &self.entry.topic
+    }
+
+    /// Whether it was published with [`Broker::publish_system`].
+    pub fn is_system(&self) -> bool {
+        self.entry.topic.as_str() == event::SYSTEM_TOPIC
+    }
+
+    /// Its type (`"message"` by default).
+    pub fn event_type(&self) -> &str {
+        self.entry.event_type.as_deref().unwrap_or("message")
+    }
+
+    /// Its payload.
+    pub fn data(&self) -> &str {
+        // Checked to be UTF-8 at publish.
+        std::str::from_utf8(&self.entry.data).unwrap_or_default()
+    }
+
+    /// Its complete SSE frame, `id:` line to blank line, as sent on the wire.
+    pub fn frame(&self) -> &Bytes {
+        &self.entry.frame
+    }
+}
+
+impl fmt::Debug for ReceivedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivedEvent")
+            .field("id", &self.id())
+            .field("topic", &self.entry.topic)
+            .field("event_type", &self.event_type())
+            .field("data", &self.data())
+            .finish()
+    }
+}
+
+/// Why [`Broker::publish`] refused an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The broker is closed.
+    Closed,
+    /// The event type is the empty string.
+    EmptyEventType,
+    /// The event type contains CR or LF, which would inject SSE fields.
+    InvalidEventType,
+    /// The topic name breaks the rules of [`Topic`].
+    InvalidTopic,
+    /// The payload is not UTF-8; the SSE stream is.
+    NotUtf8 {
+        /// Length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// The payload is larger than the broker accepts.
+    TooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The largest accepted.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::Closed => f.write_str("the broker is closed"),
+            PublishError::EmptyEventType => f.write_str("the event type is empty"),
+            PublishError::InvalidEventType => f.write_str("the event type contains CR or LF"),
+            PublishError::InvalidTopic => fmt::Display::fmt(&InvalidTopic::new(), f),
+            PublishError::NotUtf8 { valid_up_to } => {
+                write!(
+                    f,
+                    "the payload is not UTF-8 (valid up to byte {valid_up_to})"
+                )
+            }
+            PublishError::TooLarge { size, limit } => {
+                write!(f, "the payload is {size} bytes, over the limit of {limit}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// The broker is closed: no new subscriptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed(());
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the broker is closed")
+    }
+}
+
+impl std::error::Error for Closed {}

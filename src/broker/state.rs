@@ -1,0 +1,201 @@
+//! The log and the registry of subscribers, all behind one mutex.
+//!
+//! One lock, held briefly, is what makes the contract easy to keep: the id
+//! of an event is assigned in the same critical section that makes it
+//! visible, and a subscription takes its replay position in the same
+//! critical section that registers it, so there is no seam where an event
+//! could be seen twice or not at all.
+//!
+//! Layout: every retained event sits once in `log` (global order, used for
+//! eviction) and once in its topic's `entries` (used for reading). Eviction
+//! is strictly first-in first-out by sequence number, whatever bound
+//! triggers it, so every retained event is newer than every evicted one;
+//! the readers' lag accounting relies on that.
+
+use std::collections::{HashMap, VecDeque};
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use super::event::Topic;
+use crate::sync::Arc;
+
+/// A published event as retained: immutable, shared by every reader.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) seq: u64,
+    pub(crate) at: Duration,
+    pub(crate) topic_key: usize,
+    pub(crate) topic: Topic,
+    pub(crate) event_type: Option<Box<str>>,
+    /// The payload: a slice of `frame` when it is a single line, else its own bytes.
+    pub(crate) data: Bytes,
+    pub(crate) frame: Bytes,
+    /// What the entry counts against the byte bound.
+    pub(crate) cost: usize,
+}
+
+/// One topic's retained events and who watches it.
+#[derive(Debug)]
+pub(crate) struct TopicLog {
+    pub(crate) name: Topic,
+    pub(crate) entries: VecDeque<Arc<Entry>>,
+    /// Ordinal (position in this topic's own history) of `entries[0]`,
+    /// which is also how many of its events were evicted.
+    pub(crate) evicted: u64,
+    /// Highest sequence number evicted from this topic, 0 if none. A topic
+    /// created after others were pruned starts at the highest seq any
+    /// pruned topic evicted, since what it may have lost is unknown.
+    pub(crate) last_evicted_seq: u64,
+    pub(crate) published: u64,
+    /// Keys into [`State::subs`] of the subscriptions watching this topic.
+    pub(crate) watchers: Slab<usize>,
+}
+
+impl TopicLog {
+    /// Ordinal the next published event of this topic will get.
+    pub(crate) fn end(&self) -> u64 {
+        self.evicted + self.entries.len() as u64
+    }
+}
+
+/// A registered subscription, as the publisher sees it.
+#[derive(Debug, Default)]
+pub(crate) struct SubSlot {
+    pub(crate) waker: Option<Waker>,
+}
+
+/// Retention limits, fixed at build time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_events: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_age: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) next_seq: u64,
+    pub(crate) log: VecDeque<Arc<Entry>>,
+    pub(crate) retained_bytes: usize,
+    pub(crate) topics: Slab<TopicLog>,
+    pub(crate) topic_index: HashMap<Topic, usize>,
+    pub(crate) pruned_evicted_seq: u64,
+    pub(crate) subs: Slab<SubSlot>,
+    pub(crate) closed: bool,
+    pub(crate) close_frame: Option<Bytes>,
+    /// Keep-alive generation, bumped by `Broker::tick`.
+    pub(crate) tick: u64,
+    pub(crate) counters: Counters,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) published: u64,
+    pub(crate) evicted: u64,
+    pub(crate) lagged_events: u64,
+    pub(crate) lag_reports: u64,
+    pub(crate) resyncs: u64,
+    pub(crate) subscribed: u64,
+}
+
+impl State {
+    pub(crate) fn new() -> Self {
+        Self {
+            next_seq: 1,
+            log: VecDeque::new(),
+            retained_bytes: 0,
+            topics: Slab::new(),
+            topic_index: HashMap::new(),
+            pruned_evicted_seq: 0,
+            subs: Slab::new(),
+            closed: false,
+            close_frame: None,
+            tick: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The key of `topic`'s log, creating it if needed.
+    pub(crate) fn topic_key(&mut self, topic: &Topic) -> usize {
+        if let Some(&key) = self.topic_index.get(topic) {
+            return key;
+        }
+        let key = self.topics.insert(TopicLog {
+            name: topic.clone(),
+            entries: VecDeque::new(),
+            evicted: 0,
+            last_evicted_seq: self.pruned_evicted_seq,
+            published: 0,
+            watchers: Slab::new(),
+        });
+        self.topic_index.insert(topic.clone(), key);
+        key
+    }
+
+    /// Forgets a topic that holds no events and has no watchers, so that
+    /// short-lived topics (one per user, per request) do not pile up.
+    pub(crate) fn prune_topic(&mut self, key: usize) {
+        let topic = &self.topics[key];
+        if topic.entries.is_empty() && topic.watchers.is_empty() {
+            let topic = self.topics.remove(key);
+            self.pruned_evicted_seq = self.pruned_evicted_seq.max(topic.last_evicted_seq);
+            self.topic_index.remove(&topic.name);
+        }
+    }
+
+    /// Appends `entry` to the log, then evicts down to the limits.
+    pub(crate) fn append(&mut self, entry: Arc<Entry>, limits: &Limits, now: Duration) {
+        self.retained_bytes += entry.cost;
+        let topic = &mut self.topics[entry.topic_key];
+        topic.published += 1;
+        topic.entries.push_back(entry.clone());
+        self.log.push_back(entry);
+        self.counters.published += 1;
+        self.evict(limits, now);
+    }
+
+    /// Evicts from the front until every bound holds.
+    pub(crate) fn evict(&mut self, limits: &Limits, now: Duration) {
+        let cutoff = limits.max_age.and_then(|age| now.checked_sub(age));
+        while let Some(front) = self.log.front() {
+            let over = self.log.len() > limits.max_events
+                || self.retained_bytes > limits.max_bytes
+                || cutoff.is_some_and(|cutoff| front.at < cutoff);
+            if !over {
+                break;
+            }
+            let entry = self.log.pop_front().expect("front exists");
+            self.retained_bytes -= entry.cost;
+            self.counters.evicted += 1;
+            let key = entry.topic_key;
+            let topic = &mut self.topics[key];
+            let popped = topic.entries.pop_front();
+            debug_assert!(popped.is_some_and(|p| p.seq == entry.seq));
+            topic.evicted += 1;
+            topic.last_evicted_seq = entry.seq;
+            self.prune_topic(key);
+        }
+    }
+
+    /// Takes the wakers of every subscription watching topic `key`.
+    pub(crate) fn take_topic_wakers(&mut self, key: usize, out: &mut Vec<Waker>) {
+        let topic = &self.topics[key];
+        for (_, &sub) in topic.watchers.iter() {
+            if let Some(waker) = self.subs[sub].waker.take() {
+                out.push(waker);
+            }
+        }
+    }
+
+    /// Takes the wakers of every subscription.
+    pub(crate) fn take_all_wakers(&mut self, out: &mut Vec<Waker>) {
+        for (_, slot) in self.subs.iter_mut() {
+            if let Some(waker) = slot.waker.take() {
+                out.push(waker);
+            }
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The reading side: a [`Subscription`] is a cursor into the log.
+//!
+//! A subscription holds no queue of its own. It remembers, for each topic it
+//! watches, the ordinal of the next event to read, and reads the shared log
+//! under the broker's lock. A reader that falls behind therefore costs
+//! nothing but its cursor, and when events it has not read are evicted it
+//! sees it (the topic's eviction count passed its cursor) and reports
+//! [`Message::Lagged`] with the exact number missed, never a silent gap.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+
+use super::event::{EventId, Topic};
+use super::state::{Entry, State};
+use super::{Message, ReceivedEvent, ResyncReason, Shared};
+use crate::sse::frame;
+use crate::sync::{lock, Arc};
+
+#[derive(Debug)]
+struct Cursor {
+    topic_key: usize,
+    /// Key of this subscription in the topic's `watchers`.
+    watcher_key: usize,
+    /// Ordinal of the next event of the topic to read.
+    next: u64,
+}
+
+/// A live feed of the events of some topics, from a [`Broker`](crate::Broker).
+///
+/// Implements [`Stream`]: each item is a [`Message`], in strictly
+/// increasing id order, and the stream ends after
+/// [`Broker::close`](crate::Broker::close). Dropping it unsubscribes.
+///
+/// ```
+/// use tower_sse::{Broker, Event, Message, Topics};
+///
+/// let broker = Broker::new();
+/// let mut sub = broker.subscribe(&Topics::parse(["news"]).unwrap(), None).unwrap();
+/// broker.publish(Event::new("headline").topic("news").data("hello")).unwrap();
+/// broker.publish(Event::new("other").topic("sport").data("not for us")).unwrap();
+/// match sub.try_next() {
+///     Some(Message::Event(event)) => assert_eq!(event.data(), "hello"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// assert!(sub.try_next().is_none());
+/// ```
+pub struct Subscription {
+    shared: Arc<Shared>,
+    key: usize,
+    cursors: Box<[Cursor]>,
+    /// Every event of the watched topics with a seq up to here has been
+    /// delivered or reported missed.
+    pos: u64,
+    /// A `Resync` decided at subscribe time, delivered first.
+    pending: Option<Message>,
+    seen_tick: u64,
+    quiet_since_tick: bool,
+    finished: bool,
+}
+
+/// What [`Subscription::poll_frames`] produced.
+#[derive(Debug)]
+pub(crate) enum Frames {
+    /// Encoded frames, everything available up to the batch limit.
+    Data(Bytes),
+    /// Nothing to send, but the keep-alive is due.
+    KeepAlive,
+    /// The broker was closed and everything is delivered.
+    End,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        state: &mut State,
+        topics: &[Topic],
+        resume: Option<&str>,
+    ) -> Self {
+        let key = state.subs.insert(Default::default());
+        state.counters.subscribed += 1;
+        let mut cursors = Vec::with_capacity(topics.len() + 1);
+        let system = Topic::system();
+        for topic in topics.iter().chain(std::iter::once(&system)) {
+            let topic_key = state.topic_key(topic);
+            let log = &mut state.topics[topic_key];
+            let watcher_key = log.watchers.insert(key);
+            cursors.push(Cursor {
+                topic_key,
+                watcher_key,
+                next: log.end(),
+            });
+        }
+        let newest = state.next_seq - 1;
+        let mut sub = Self {
+            shared,
+            key,
+            cursors: cursors.into_boxed_slice(),
+            pos: newest,
+            pending: None,
+            seen_tick: state.tick,
+            quiet_since_tick: true,
+            finished: false,
+        };
+        if let Some(resume) = resume {
+            if let Err(reason) = sub.seek(state, resume) {
+                state.counters.resyncs += 1;
+                sub.pending = Some(Message::Resync {
+                    reason,
+                    resume_from: EventId::new(sub.shared.epoch, newest),
+                });
+            }
+        }
+        sub
+    }
+
+    /// Positions every cursor just after `resume`, if that loses nothing.
+    fn seek(&mut self, state: &State, resume: &str) -> Result<(), ResyncReason> {
+        let id: EventId = resume.parse().map_err(|_| ResyncReason::Malformed)?;
+        if id.epoch() != self.shared.epoch {
+            return Err(ResyncReason::UnknownEpoch);
+        }
+        let seq = id.seq();
+        if seq >= state.next_seq {
+            return Err(ResyncReason::Future);
+        }
+        if self
+            .cursors
+            .iter()
+            .any(|c| state.topics[c.topic_key].last_evicted_seq > seq)
+        {
+            return Err(ResyncReason::Expired);
+        }
+        for cursor in self.cursors.iter_mut() {
+            let log = &state.topics[cursor.topic_key];
+            cursor.next = log.evicted + log.entries.partition_point(|e| e.seq <= seq) as u64;
+        }
+        self.pos = seq;
+        Ok(())
+    }
+
+    /// The next message, if one is available now, with the lock held.
+    fn next_locked(&mut self, state: &mut State) -> Option<Message> {
+        if let Some(message) = self.pending.take() {
+            return Some(message);
+        }
+        let mut missed = 0;
+        for cursor in self.cursors.iter_mut() {
+            let log = &state.topics[cursor.topic_key];
+            if log.evicted > cursor.next {
+                missed += log.evicted - cursor.next;
+                cursor.next = log.evicted;
+                self.pos = self.pos.max(log.last_evicted_seq);
+            }
+        }
+        if missed > 0 {
+            state.counters.lagged_events += missed;
+            state.counters.lag_reports += 1;
+            return Some(Message::Lagged {
+                missed,
+                resume_from: EventId::new(self.shared.epoch, self.pos),
+            });
+        }
+        let mut best: Option<(usize, &Arc<Entry>)> = None;
+        for (i, cursor) in self.cursors.iter().enumerate() {
+            let log = &state.topics[cursor.topic_key];
+            let index = (cursor.next - log.evicted) as usize;
+            if let Some(entry) = log.entries.get(index) {
+                if best.is_none_or(|(_, b)| entry.seq < b.seq) {
+                    best = Some((i, entry));
+                }
+            }
+        }
+        let (i, entry) = best?;
+        let entry = entry.clone();
+        self.cursors[i].next += 1;
+        self.pos = entry.seq;
+        Some(Message::Event(ReceivedEvent {
+            epoch: self.shared.epoch,
+            entry,
+        }))
+    }
+
+    /// Locks, drops what has aged out, and hands the state to `f`.
+    fn with_state<R>(&mut self, f: impl FnOnce(&mut Self, &mut State) -> R) -> R {
+        let shared = self.shared.clone();
+        let mut state = lock(&shared.state);
+        let now = shared.clock.now();
+        state.evict(&shared.limits, now);
+        f(self, &mut state)
+    }
+
+    /// The next message if one is ready, without waiting.
+    ///
+    /// Returns `None` both when nothing is available yet and when the stream
+    /// has ended; [`Subscription::is_finished`] tells which.
+    pub fn try_next(&mut self) -> Option<Message> {
+        if self.finished {
+            return None;
+        }
+        self.with_state(|sub, state| {
+            let message = sub.next_locked(state);
+            if message.is_none() && state.closed {
+                sub.finished = true;
+            }
+            message
+        })
+    }
+
+    /// Whether the stream has ended (the broker was closed and every
+    /// message was read).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The id this subscription would resume from: every event of its
+    /// topics up to it has been delivered or reported missed.
+    pub fn position(&self) -> EventId {
+        EventId::new(self.shared.epoch, self.pos)
+    }
+
+    /// Receives the next message, waiting for one.
+    ///
+    /// Cancel safe: dropping the future loses nothing.
+    pub fn recv(&mut self) -> Recv<'_> {
+        Recv { sub: self }
+    }
+
+    /// Polls for the next message.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        self.with_state(|sub, state| match sub.next_locked(state) {
+            Some(message) => Poll::Ready(Some(message)),
+            None if state.closed => {
+                sub.finished = true;
+                Poll::Ready(None)
+            }
+            None => {
+                sub.park(state, cx);
+                Poll::Pending
+            }
+        })
+    }
+
+    fn park(&self, state: &mut State, cx: &mut Context<'_>) {
+        let slot = &mut state.subs[self.key];
+        match &slot.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+    }
+
+    /// Everything available now, encoded as one chunk of SSE frames of at
+    /// most about `max_bytes` (one event is never split).
+    ///
+    /// One lock acquisition for the whole batch; a single event is passed on
+    /// as the shared frame itself, without copying.
+    pub(crate) fn poll_frames(&mut self, cx: &mut Context<'_>, max_bytes: usize) -> Poll<Frames> {
+        if self.finished {
+            return Poll::Ready(Frames::End);
+        }
+        self.with_state(|sub, state| {
+            let mut batch = Batch::default();
+            while batch.len() < max_bytes {
+                match sub.next_locked(state) {
+                    Some(message) => batch.push(message.frame()),
+                    None => break,
+                }
+            }
+            if let Some(bytes) = batch.finish() {
+                sub.quiet_since_tick = false;
+                return Poll::Ready(Frames::Data(bytes));
+            }
+            if state.closed {
+                sub.finished = true;
+                return Poll::Ready(match state.close_frame.clone() {
+                    Some(bytes) => Frames::Data(bytes),
+                    None => Frames::End,
+                });
+            }
+            if state.tick != sub.seen_tick {
+                sub.seen_tick = state.tick;
+                let due = sub.quiet_since_tick;
+                sub.quiet_since_tick = true;
+                if due {
+                    sub.park(state, cx);
+                    return Poll::Ready(Frames::KeepAlive);
+                }
+            }
+            sub.park(state, cx);
+            Poll::Pending
+        })
+    }
+}
+
+impl Message {
+    /// The SSE frame for this message, as sent on the events route.
+    pub fn frame(&self) -> Bytes {
+        match self {
+            Message::Event(event) => event.entry.frame.clone(),
+            Message::Resync {
+                reason,
+                resume_from,
+            } => frame::resync_frame(*reason, None, *resume_from),
+            Message::Lagged {
+                missed,
+                resume_from,
+            } => frame::resync_frame(ResyncReason::Lagged, Some(*missed), *resume_from),
+        }
+    }
+}
+
+/// Collects frames, copying only when there is more than one.
+#[derive(Default)]
+struct Batch {
+    first: Option<Bytes>,
+    rest: BytesMut,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.rest.len()
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(frame);
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.rest.reserve(first.len() + frame.len());
+            self.rest.extend_from_slice(&first);
+        }
+        self.rest.extend_from_slice(&frame);
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        match self.first {
+            Some(first) => Some(first),
+            None if self.rest.is_empty() => None,
+            None => Some(self.rest.freeze()),
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        for cursor in self.cursors.iter() {
+            state.topics[cursor.topic_key]
+                .watchers
+                .remove(cursor.watcher_key);
+            state.prune_topic(cursor.topic_key);
+        }
+        state.subs.remove(self.key);
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topics", &self.cursors.len().saturating_sub(1))
+            .field("position", &self.position())
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+/// Future returned by [`Subscription::recv`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Recv<'a> {
+    sub: &'a mut Subscription,
+}
+
+impl std::future::Future for Recv<'_> {
+    type Output = Option<Message>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.get_mut().sub.poll_recv(cx)
+    }
+}

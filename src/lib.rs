@@ -1,0 +1,56 @@
+//! Server-sent events for any tower-based HTTP app (axum, plain hyper):
+//! ordered fan-out with a replay log, resume from `Last-Event-ID` across
+//! reconnects, an explicit `resync` when resuming is impossible, topics with
+//! per-connection authorization, and keep-alives, while publishers never
+//! wait on a slow browser.
+//!
+//! Two pieces:
+//!
+//! - [`Broker`]: the in-process hub. It knows nothing of HTTP or of any
+//!   runtime; see its [module docs](broker) for the contract.
+//! - [`SseLayer`]: a tower layer that serves the events route from a broker
+//!   and passes every other request to the service it wraps.
+//!
+//! ```no_run
+//! # #[cfg(not(loom))]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{routing::get, Router};
+//! use tower_sse::{Broker, Event, SseLayer};
+//!
+//! let broker = Broker::new();
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(SseLayer::new(broker.clone()).path("/events"));
+//!
+//! broker.publish(Event::new("item.created").topic("public").data(r#"{"id":1}"#))?;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `axum`: [`axum`](crate::axum) glue, a `Router` for the events route and a
+//!   [`Broker`] extractor.
+
+#![warn(missing_docs)]
+#![deny(unreachable_pub, unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod broker;
+mod clock;
+pub mod sse;
+mod sync;
+
+#[cfg(all(feature = "axum", not(loom)))]
+pub mod axum;
+
+pub use broker::{
+    Broker, BrokerBuilder, BrokerStats, Closed, Event, EventId, Message, PublishError,
+    ReceivedEvent, ResyncReason, Subscription, Topic, TopicStats, Topics,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(not(loom))]
+pub use sse::{Grant, Rejection, SseLayer};

@@ -1,0 +1,168 @@
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::frame;
+use super::layer::Runtime;
+use crate::broker::{Frames, Subscription};
+
+pin_project! {
+    /// Response body of [`Sse`](super::Sse): the inner service's body, an
+    /// event stream, or a short answer of the events route.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Events { stream: EventStream },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    pub(crate) fn events(stream: EventStream) -> Self {
+        Self {
+            kind: Kind::Events { stream },
+        }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Events { stream } => stream.poll_frame(cx).map(|frame| frame.map(Ok)),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Events { stream } => stream.sub.is_finished(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Events { .. } => SizeHint::default(),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Inner { .. } => "Inner",
+            Kind::Events { .. } => "Events",
+            Kind::Full { .. } => "Full",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+/// One open stream: its subscription, the `retry:` hint still to send, and
+/// its place under the connection limit.
+pub(crate) struct EventStream {
+    sub: Subscription,
+    first: Option<Bytes>,
+    max_batch_bytes: usize,
+    _slot: ConnectionSlot,
+}
+
+impl EventStream {
+    pub(crate) fn new(
+        sub: Subscription,
+        first: Bytes,
+        max_batch_bytes: usize,
+        slot: ConnectionSlot,
+    ) -> Self {
+        Self {
+            sub,
+            first: Some(first),
+            max_batch_bytes,
+            _slot: slot,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Frame::data(first)));
+        }
+        match self.sub.poll_frames(cx, self.max_batch_bytes) {
+            Poll::Ready(Frames::Data(bytes)) => Poll::Ready(Some(Frame::data(bytes))),
+            Poll::Ready(Frames::KeepAlive) => {
+                Poll::Ready(Some(Frame::data(Bytes::from_static(frame::KEEP_ALIVE))))
+            }
+            Poll::Ready(Frames::End) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A place under the connection limit, given back on drop.
+pub(crate) struct ConnectionSlot {
+    runtime: Arc<Runtime>,
+}
+
+impl ConnectionSlot {
+    pub(crate) fn acquire(runtime: &Arc<Runtime>, limit: Option<usize>) -> Option<Self> {
+        let previous = runtime.connections.fetch_add(1, Ordering::AcqRel);
+        if limit.is_some_and(|limit| previous >= limit) {
+            runtime.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self {
+            runtime: runtime.clone(),
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.runtime.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}

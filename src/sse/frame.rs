@@ -1,0 +1,219 @@
+//! The SSE wire format (WHATWG HTML, "Server-sent events"), encoding only.
+//!
+//! An event becomes
+//!
+//! ```text
+//! id: EPOCH-SEQ
+//! event: TYPE          (left out for the default type "message")
+//! data: LINE           (one per line of the payload)
+//! <blank line>
+//! ```
+//!
+//! The payload is split at every LF, CR and CRLF, because a parser ends a
+//! line at any of the three; each piece becomes its own `data:` line and the
+//! parser joins them with LF. The single space after each colon is the one a
+//! parser strips, so a payload that itself starts with a space survives.
+//!
+//! Publishing encodes an event once, in [`encode_body`], outside the broker's
+//! lock and with room left in front for the id; [`stamp_id`] writes the id
+//! into that room under the lock, where the id is assigned. Every subscriber
+//! then shares the same [`Bytes`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::broker::{EventId, ResyncReason};
+
+/// Bytes reserved in front of an encoded body for `id: EPOCH-SEQ\n`
+/// (4 + 20 + 1 + 20 + 1 at most).
+pub(crate) const ID_HEADROOM: usize = 46;
+
+/// The keep-alive: a comment line, which every parser ignores.
+pub(crate) const KEEP_ALIVE: &[u8] = b":\n\n";
+
+/// Encodes `event:` and `data:` lines and the closing blank line, after
+/// [`ID_HEADROOM`] bytes left for [`stamp_id`].
+///
+/// `event_type` must already be free of CR and LF (checked at publish).
+pub(crate) fn encode_body(event_type: Option<&str>, data: &str) -> Vec<u8> {
+    let lines = 1 + data.bytes().filter(|b| matches!(b, b'\n' | b'\r')).count();
+    let type_len = event_type.map_or(0, |t| t.len() + 8);
+    let mut out = Vec::with_capacity(ID_HEADROOM + type_len + data.len() + lines * 7 + 1);
+    out.resize(ID_HEADROOM, 0);
+    if let Some(event_type) = event_type.filter(|t| *t != "message") {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event_type.as_bytes());
+        out.push(b'\n');
+    }
+    for line in Lines::new(data) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// Writes `id: EPOCH-SEQ\n` just before the body and returns the frame.
+pub(crate) fn stamp_id(mut encoded: Vec<u8>, id: EventId) -> Bytes {
+    let mut line = [0u8; ID_HEADROOM];
+    let len = write_id_line(&mut line, id);
+    let start = ID_HEADROOM - len;
+    encoded[start..ID_HEADROOM].copy_from_slice(&line[..len]);
+    Bytes::from(encoded).slice(start..)
+}
+
+/// Writes `id: EPOCH-SEQ\n` at the start of `buf`, returning its length.
+fn write_id_line(buf: &mut [u8; ID_HEADROOM], id: EventId) -> usize {
+    let mut at = 0;
+    for &b in b"id: " {
+        buf[at] = b;
+        at += 1;
+    }
+    at += write_decimal(&mut buf[at..], id.epoch());
+    buf[at] = b'-';
+    at += 1;
+    at += write_decimal(&mut buf[at..], id.seq());
+    buf[at] = b'\n';
+    at + 1
+}
+
+fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = digits[len - 1 - i];
+    }
+    len
+}
+
+/// The frame telling a client that what it holds is no longer a complete
+/// picture: `event: resync`, JSON data naming the reason (and for a lag, how
+/// many events were missed), and the id the stream continues from, so a
+/// reconnect right after it resumes from here rather than resyncing again.
+pub(crate) fn resync_frame(
+    reason: ResyncReason,
+    missed: Option<u64>,
+    resume_from: EventId,
+) -> Bytes {
+    let mut line = [0u8; ID_HEADROOM];
+    let len = write_id_line(&mut line, resume_from);
+    let mut out = BytesMut::with_capacity(len + 80);
+    out.put_slice(&line[..len]);
+    out.put_slice(b"event: resync\ndata: {\"reason\":\"");
+    out.put_slice(reason.as_str().as_bytes());
+    out.put_slice(b"\"");
+    if let Some(missed) = missed {
+        let mut digits = [0u8; 20];
+        let n = write_decimal(&mut digits, missed);
+        out.put_slice(b",\"missed\":");
+        out.put_slice(&digits[..n]);
+    }
+    out.put_slice(b"}\n\n");
+    out.freeze()
+}
+
+/// `retry: MS`, the reconnection delay an `EventSource` adopts.
+pub(crate) fn retry_frame(millis: u64) -> Bytes {
+    let mut digits = [0u8; 20];
+    let n = write_decimal(&mut digits, millis);
+    let mut out = BytesMut::with_capacity(n + 9);
+    out.put_slice(b"retry: ");
+    out.put_slice(&digits[..n]);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// Splits at LF, CR and CRLF, as an SSE parser does; always yields at least
+/// one (possibly empty) line, and an empty last line after a trailing break.
+struct Lines<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(s: &'a str) -> Self {
+        Self { rest: Some(s) }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.find(['\n', '\r']) {
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+            Some(at) => {
+                let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+                self.rest = Some(&rest[at + skip..]);
+                Some(&rest[..at])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(event_type: Option<&str>, data: &str, seq: u64) -> String {
+        let bytes = stamp_id(encode_body(event_type, data), EventId::new(7, seq));
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn single_line_message_has_no_event_line() {
+        assert_eq!(frame(None, "hi", 1), "id: 7-1\ndata: hi\n\n");
+        assert_eq!(frame(Some("message"), "hi", 1), "id: 7-1\ndata: hi\n\n");
+    }
+
+    #[test]
+    fn every_line_break_starts_a_data_line() {
+        assert_eq!(
+            frame(Some("t"), "a\nb\r\nc\rd", 12),
+            "id: 7-12\nevent: t\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+        assert_eq!(frame(None, "a\n", 1), "id: 7-1\ndata: a\ndata: \n\n");
+        assert_eq!(frame(None, "", 1), "id: 7-1\ndata: \n\n");
+        assert_eq!(
+            frame(None, "\r\n\r\n", 1),
+            "id: 7-1\ndata: \ndata: \ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn ids_fill_the_headroom_at_the_extremes() {
+        let bytes = stamp_id(encode_body(None, "x"), EventId::new(u64::MAX, u64::MAX));
+        assert_eq!(
+            &bytes[..],
+            b"id: 18446744073709551615-18446744073709551615\ndata: x\n\n"
+        );
+        let bytes = stamp_id(encode_body(None, "x"), EventId::new(0, 0));
+        assert_eq!(&bytes[..], b"id: 0-0\ndata: x\n\n");
+    }
+
+    #[test]
+    fn resync_and_retry_frames() {
+        let f = resync_frame(ResyncReason::Lagged, Some(42), EventId::new(3, 9));
+        assert_eq!(
+            &f[..],
+            b"id: 3-9\nevent: resync\ndata: {\"reason\":\"lagged\",\"missed\":42}\n\n"
+        );
+        let f = resync_frame(ResyncReason::Malformed, None, EventId::new(3, 0));
+        assert_eq!(
+            &f[..],
+            b"id: 3-0\nevent: resync\ndata: {\"reason\":\"malformed-id\"}\n\n"
+        );
+        assert_eq!(&retry_frame(2500)[..], b"retry: 2500\n\n");
+    }
+}

@@ -1,0 +1,181 @@
+use std::fmt;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use tower_service::Service;
+
+use super::authorize::{json_response, Rejection};
+use super::body::{ConnectionSlot, EventStream, ResponseBody};
+use super::frame;
+use super::future::ResponseFuture;
+use super::layer::Config;
+
+/// Longest `Last-Event-ID` looked at; anything longer cannot be an id and
+/// is treated as malformed without being copied.
+const MAX_ID_LEN: usize = 64;
+
+/// The service made by [`SseLayer`](crate::SseLayer): answers the events
+/// route itself and hands every other request to `inner`.
+#[derive(Clone)]
+pub struct Sse<S> {
+    inner: S,
+    config: Config,
+}
+
+impl<S> Sse<S> {
+    pub(crate) fn new(inner: S, config: Config) -> Self {
+        Self { inner, config }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Sse<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: http_body::Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if request.uri().path() != &*self.config.path {
+            return ResponseFuture::future(self.inner.call(request));
+        }
+        let (parts, _body) = request.into_parts();
+        ResponseFuture::ready(self.config.respond(&parts))
+    }
+}
+
+impl Config {
+    /// The whole answer of the events route. Every refusal is a clear
+    /// status or a short stream; nothing here can panic or answer 500.
+    pub(crate) fn respond<B>(&self, parts: &Parts) -> Response<ResponseBody<B>> {
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            let mut response = refusal(Rejection::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the events route answers GET",
+            ));
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let grant = match self.authorizer.authorize(parts) {
+            Ok(grant) => grant,
+            Err(rejection) => return refusal(rejection),
+        };
+        if grant.topics().len() > self.max_topics {
+            return refusal(Rejection::bad_request(format!(
+                "at most {} topics per connection",
+                self.max_topics
+            )));
+        }
+        if parts.method == Method::HEAD {
+            return stream_response(ResponseBody::empty());
+        }
+        let Some(slot) = ConnectionSlot::acquire(&self.runtime, self.max_connections) else {
+            tracing::debug!("events route over its connection limit");
+            let mut response = self.busy(b":over capacity\n\n");
+            let seconds = self.busy_retry.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        };
+        let resume = last_event_id(parts);
+        let subscription = match self.broker.subscribe(grant.topics(), resume.as_deref()) {
+            Ok(subscription) => subscription,
+            Err(_closed) => return self.busy(b":shutting down\n\n"),
+        };
+        self.ensure_ticker();
+        let first = frame::retry_frame(self.retry.as_millis().try_into().unwrap_or(u64::MAX));
+        stream_response(ResponseBody::events(EventStream::new(
+            subscription,
+            first,
+            self.max_batch_bytes,
+            slot,
+        )))
+    }
+
+    /// A short `200` stream: a `retry:` back-off and a comment, then the end.
+    /// A browser's `EventSource` reconnects after the delay, where a 503
+    /// would make it give up for good.
+    fn busy<B>(&self, comment: &'static [u8]) -> Response<ResponseBody<B>> {
+        let retry = frame::retry_frame(self.busy_retry.as_millis().try_into().unwrap_or(u64::MAX));
+        let mut body = Vec::with_capacity(retry.len() + comment.len());
+        body.extend_from_slice(&retry);
+        body.extend_from_slice(comment);
+        stream_response(ResponseBody::full(Bytes::from(body)))
+    }
+}
+
+/// The client's position: the `Last-Event-ID` header, else the
+/// `lastEventId` query parameter (browsers cannot set headers on their first
+/// connect). Bytes that cannot be an id become the empty string, which the
+/// broker answers with a resync.
+fn last_event_id(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get("last-event-id") {
+        let bytes = value.as_bytes();
+        if bytes.len() > MAX_ID_LEN {
+            return Some(String::new());
+        }
+        return Some(std::str::from_utf8(bytes).unwrap_or_default().to_owned());
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "lastEventId")
+        .map(|(_, value)| {
+            if value.len() > MAX_ID_LEN {
+                String::new()
+            } else {
+                value.into_owned()
+            }
+        })
+}
+
+fn stream_response<B>(body: ResponseBody<B>) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn refusal<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
+    let (status, body) = rejection.into_parts();
+    json_response(status, body, ResponseBody::full)
+}
+
+impl<S: fmt::Debug> fmt::Debug for Sse<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sse")
+            .field("inner", &self.inner)
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,370 @@
+//! The broker contract, case by case (the proptest model in `model.rs`
+//! covers random sequences).
+#![cfg(not(loom))]
+
+use std::time::Duration;
+
+use tower_sse::{Broker, Event, EventId, ManualClock, Message, PublishError, ResyncReason, Topics};
+
+fn topics(names: &[&str]) -> Topics {
+    Topics::parse(names).unwrap()
+}
+
+fn data_of(message: Option<Message>) -> String {
+    match message {
+        Some(Message::Event(event)) => event.data().to_owned(),
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+fn broker() -> Broker {
+    Broker::builder().epoch(7).build()
+}
+
+#[test]
+fn ids_are_epoch_and_one_sequence_for_all_topics() {
+    let broker = broker();
+    let a = broker
+        .publish(Event::new("t").topic("a").data("1"))
+        .unwrap();
+    let b = broker
+        .publish(Event::new("t").topic("b").data("2"))
+        .unwrap();
+    assert_eq!(a, EventId::new(7, 1));
+    assert_eq!(b.to_string(), "7-2");
+    assert_eq!(broker.last_event_id(), b);
+}
+
+#[test]
+fn no_id_means_live_from_now_without_resync() {
+    let broker = broker();
+    broker.publish(Event::new("t").data("old")).unwrap();
+    let mut sub = broker.subscribe(&topics(&["public"]), None).unwrap();
+    assert!(sub.try_next().is_none());
+    broker.publish(Event::new("t").data("new")).unwrap();
+    assert_eq!(data_of(sub.try_next()), "new");
+    assert!(sub.try_next().is_none());
+}
+
+#[test]
+fn resume_replays_exactly_what_followed_the_id() {
+    let broker = broker();
+    let ids: Vec<_> = (0..5)
+        .map(|i| broker.publish(Event::new("t").data(i.to_string())).unwrap())
+        .collect();
+    let mut sub = broker
+        .subscribe(&topics(&["public"]), Some(&ids[1].to_string()))
+        .unwrap();
+    for expected in ["2", "3", "4"] {
+        assert_eq!(data_of(sub.try_next()), expected);
+    }
+    assert!(sub.try_next().is_none());
+    assert_eq!(sub.position(), ids[4]);
+}
+
+#[test]
+fn resume_from_zero_replays_everything_retained() {
+    let broker = broker();
+    broker.publish(Event::new("t").data("a")).unwrap();
+    let mut sub = broker.subscribe(&topics(&["public"]), Some("7-0")).unwrap();
+    assert_eq!(data_of(sub.try_next()), "a");
+}
+
+#[test]
+fn unusable_ids_resync_then_go_live() {
+    let broker = broker();
+    broker.publish(Event::new("t").data("a")).unwrap();
+    let junk = "x".repeat(10_000);
+    let cases: [(&str, ResyncReason); 8] = [
+        ("", ResyncReason::Malformed),
+        ("abc", ResyncReason::Malformed),
+        ("1-2-3", ResyncReason::Malformed),
+        ("7-99999999999999999999999", ResyncReason::Malformed),
+        (&junk, ResyncReason::Malformed),
+        ("8-1", ResyncReason::UnknownEpoch),
+        ("7-2", ResyncReason::Future),
+        ("7-18446744073709551615", ResyncReason::Future),
+    ];
+    for (id, expected) in cases {
+        let mut sub = broker.subscribe(&topics(&["public"]), Some(id)).unwrap();
+        match sub.try_next() {
+            Some(Message::Resync {
+                reason,
+                resume_from,
+            }) => {
+                assert_eq!(reason, expected, "id {id:?}");
+                assert_eq!(resume_from, EventId::new(7, 1));
+            }
+            other => panic!("id {id:?}: expected resync, got {other:?}"),
+        }
+        assert!(sub.try_next().is_none());
+    }
+}
+
+#[test]
+fn resume_boundaries_at_the_oldest_retained_event() {
+    let broker = Broker::builder().epoch(7).retain_events(3).build();
+    for i in 1..=6 {
+        broker.publish(Event::new("t").data(i.to_string())).unwrap();
+    }
+    // Retained: 4, 5, 6. Resuming from 3 (oldest-1) loses nothing.
+    let mut sub = broker.subscribe(&topics(&["public"]), Some("7-3")).unwrap();
+    assert_eq!(data_of(sub.try_next()), "4");
+    // From 2 (oldest-2), event 3 is gone.
+    let mut sub = broker.subscribe(&topics(&["public"]), Some("7-2")).unwrap();
+    assert!(matches!(
+        sub.try_next(),
+        Some(Message::Resync {
+            reason: ResyncReason::Expired,
+            ..
+        })
+    ));
+    // From the newest: nothing to replay, no resync.
+    let mut sub = broker.subscribe(&topics(&["public"]), Some("7-6")).unwrap();
+    assert!(sub.try_next().is_none());
+}
+
+#[test]
+fn evictions_of_other_topics_do_not_resync_a_quiet_topic() {
+    let broker = Broker::builder().epoch(7).retain_events(2).build();
+    let quiet = broker
+        .publish(Event::new("t").topic("quiet").data("q"))
+        .unwrap();
+    broker
+        .publish(Event::new("t").topic("quiet").data("q2"))
+        .unwrap();
+    let mut live = broker
+        .subscribe(&topics(&["quiet"]), Some(&quiet.to_string()))
+        .unwrap();
+    for i in 0..10 {
+        broker
+            .publish(Event::new("t").topic("busy").data(i.to_string()))
+            .unwrap();
+    }
+    // q2 was evicted before `live` read it: that is a lag, reported.
+    match live.try_next() {
+        Some(Message::Lagged { missed, .. }) => assert_eq!(missed, 1),
+        other => panic!("expected lag, got {other:?}"),
+    }
+    let mut idle = broker.subscribe(&topics(&["quiet"]), None).unwrap();
+    for i in 0..10 {
+        broker
+            .publish(Event::new("t").topic("busy").data(i.to_string()))
+            .unwrap();
+    }
+    assert!(idle.try_next().is_none());
+    assert!(live.try_next().is_none());
+}
+
+#[test]
+fn a_lagging_reader_is_told_how_many_it_missed() {
+    let broker = Broker::builder().epoch(7).retain_events(4).build();
+    let mut sub = broker.subscribe(&topics(&["public"]), None).unwrap();
+    for i in 1..=10 {
+        broker.publish(Event::new("t").data(i.to_string())).unwrap();
+    }
+    match sub.try_next() {
+        Some(Message::Lagged {
+            missed,
+            resume_from,
+        }) => {
+            assert_eq!(missed, 6);
+            assert_eq!(resume_from, EventId::new(7, 6));
+        }
+        other => panic!("expected lag, got {other:?}"),
+    }
+    for expected in 7..=10 {
+        assert_eq!(data_of(sub.try_next()), expected.to_string());
+    }
+    let stats = broker.stats();
+    assert_eq!((stats.lagged_events, stats.lag_reports), (6, 1));
+}
+
+#[test]
+fn age_retention_uses_the_injected_clock() {
+    let clock = ManualClock::new();
+    let broker = Broker::builder()
+        .epoch(7)
+        .retain_for(Duration::from_secs(30))
+        .clock(clock.clone())
+        .build();
+    let first = broker.publish(Event::new("t").data("old")).unwrap();
+    clock.advance(Duration::from_secs(20));
+    broker.publish(Event::new("t").data("newer")).unwrap();
+    clock.advance(Duration::from_secs(11));
+    let mut sub = broker.subscribe(&topics(&["public"]), Some("7-0")).unwrap();
+    assert!(matches!(
+        sub.try_next(),
+        Some(Message::Resync {
+            reason: ResyncReason::Expired,
+            ..
+        })
+    ));
+    let mut sub = broker
+        .subscribe(&topics(&["public"]), Some(&first.to_string()))
+        .unwrap();
+    assert_eq!(data_of(sub.try_next()), "newer");
+    assert_eq!(broker.stats().retained_events, 1);
+}
+
+#[test]
+fn byte_retention_bounds_the_log() {
+    let broker = Broker::builder().epoch(7).retain_bytes(1_000).build();
+    for _ in 0..100 {
+        broker
+            .publish(Event::new("t").data("x".repeat(100)))
+            .unwrap();
+    }
+    let stats = broker.stats();
+    assert!(stats.retained_bytes <= 1_000, "{stats:?}");
+    assert!(stats.retained_events >= 1);
+}
+
+#[test]
+fn bad_events_are_refused_with_a_reason() {
+    let broker = Broker::builder().max_event_bytes(16).build();
+    assert_eq!(
+        broker.publish(Event::new("a\nb").data("x")),
+        Err(PublishError::InvalidEventType)
+    );
+    assert_eq!(
+        broker.publish(Event::new("a\rb").data("x")),
+        Err(PublishError::InvalidEventType)
+    );
+    assert_eq!(
+        broker.publish(Event::new("")),
+        Err(PublishError::EmptyEventType)
+    );
+    assert_eq!(
+        broker.publish(Event::new("t").data(vec![0xff, 0xfe])),
+        Err(PublishError::NotUtf8 { valid_up_to: 0 })
+    );
+    assert_eq!(
+        broker.publish(Event::new("t").data("x".repeat(17))),
+        Err(PublishError::TooLarge {
+            size: 17,
+            limit: 16
+        })
+    );
+    assert_eq!(
+        broker.publish(Event::new("t").topic("no spaces")),
+        Err(PublishError::InvalidTopic)
+    );
+    assert_eq!(
+        broker.publish(Event::new("t").topic("$system")),
+        Err(PublishError::InvalidTopic)
+    );
+    assert_eq!(broker.stats().published, 0);
+}
+
+#[test]
+fn topics_are_isolated_and_system_events_reach_everyone() {
+    let broker = broker();
+    let mut a = broker.subscribe(&topics(&["a"]), None).unwrap();
+    let mut b = broker.subscribe(&topics(&["b"]), None).unwrap();
+    broker
+        .publish(Event::new("t").topic("a").data("for a"))
+        .unwrap();
+    broker
+        .publish_system(Event::new("server.state").data("{}"))
+        .unwrap();
+    assert_eq!(data_of(a.try_next()), "for a");
+    match b.try_next() {
+        Some(Message::Event(event)) => {
+            assert!(event.is_system());
+            assert_eq!(event.event_type(), "server.state");
+        }
+        other => panic!("expected the system event, got {other:?}"),
+    }
+    assert_eq!(data_of(a.try_next()), "{}");
+    assert!(b.try_next().is_none());
+}
+
+#[test]
+fn a_subscriber_of_several_topics_sees_one_increasing_order() {
+    let broker = broker();
+    let mut sub = broker.subscribe(&topics(&["a", "b"]), Some("7-0")).unwrap();
+    for i in 0..20 {
+        let topic = if i % 3 == 0 { "a" } else { "b" };
+        broker
+            .publish(Event::new("t").topic(topic).data(i.to_string()))
+            .unwrap();
+    }
+    let mut last = 0;
+    for i in 0..20 {
+        match sub.try_next() {
+            Some(Message::Event(event)) => {
+                assert!(event.id().seq() > last);
+                last = event.id().seq();
+                assert_eq!(event.data(), i.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn drop_unsubscribes_and_close_ends_streams() {
+    let broker = broker();
+    let sub = broker.subscribe(&topics(&["a"]), None).unwrap();
+    let mut other = broker.subscribe(&topics(&["a"]), None).unwrap();
+    assert_eq!(broker.stats().subscribers, 2);
+    drop(sub);
+    assert_eq!(broker.stats().subscribers, 1);
+    broker
+        .publish(Event::new("t").topic("a").data("last"))
+        .unwrap();
+    broker.close();
+    assert_eq!(
+        broker.publish(Event::new("t").topic("a")),
+        Err(PublishError::Closed)
+    );
+    assert!(broker.subscribe(&topics(&["a"]), None).is_err());
+    assert_eq!(data_of(other.try_next()), "last");
+    assert!(other.try_next().is_none());
+    assert!(other.is_finished());
+    drop(other);
+    let stats = broker.stats();
+    assert_eq!(stats.subscribers, 0);
+}
+
+#[test]
+fn unwatched_empty_topics_are_forgotten() {
+    let broker = Broker::builder().epoch(7).retain_events(1).build();
+    for i in 0..100 {
+        let sub = broker
+            .subscribe(&topics(&[&format!("user-{i}")]), None)
+            .unwrap();
+        broker
+            .publish(Event::new("t").topic(format!("user-{i}")))
+            .unwrap();
+        drop(sub);
+    }
+    // Only the last event is retained, so at most its topic remains.
+    assert!(broker.stats().topics <= 1, "{:?}", broker.stats());
+}
+
+#[test]
+fn a_pruned_topic_cannot_be_resumed_past_what_it_lost() {
+    let broker = Broker::builder().epoch(7).retain_events(1).build();
+    let before = broker
+        .publish(Event::new("t").topic("gone").data("1"))
+        .unwrap();
+    broker
+        .publish(Event::new("t").topic("gone").data("2"))
+        .unwrap();
+    broker
+        .publish(Event::new("t").topic("other").data("x"))
+        .unwrap();
+    // "gone" holds nothing now and was forgotten; event 2 was lost.
+    let mut sub = broker
+        .subscribe(&topics(&["gone"]), Some(&before.to_string()))
+        .unwrap();
+    assert!(matches!(
+        sub.try_next(),
+        Some(Message::Resync {
+            reason: ResyncReason::Expired,
+            ..
+        })
+    ));
+}
