@@ -261,13 +261,14 @@ impl Broker {
             + ENTRY_OVERHEAD
             + if single_line { 0 } else { data.len() };
         if cost > self.shared.limits.max_bytes {
+            // Report the payload that would fit with this event's framing.
             return Err(PublishError::TooLarge {
                 size: data.len(),
                 limit: self
                     .shared
                     .limits
                     .max_bytes
-                    .saturating_sub(ENTRY_OVERHEAD + frame::ID_HEADROOM),
+                    .saturating_sub(cost - data.len()),
             });
         }
         let event_type = event_type
