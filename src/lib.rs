@@ -56,3 +56,8 @@ pub use broker::{
 pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(not(loom))]
 pub use sse::{Grant, Rejection, SseLayer};
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(all(doctest, not(loom)))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
