@@ -368,3 +368,58 @@ fn a_pruned_topic_cannot_be_resumed_past_what_it_lost() {
         })
     ));
 }
+
+/// A waker that counts how often it is woken.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_publish_wakes_only_the_watchers_of_its_topic() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    let broker = broker();
+    let counter = Arc::new(CountingWaker(Default::default()));
+    let waker = Waker::from(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut others: Vec<_> = (0..1_000)
+        .map(|_| broker.subscribe(&topics(&["other"]), None).unwrap())
+        .collect();
+    for sub in &mut others {
+        assert!(sub.poll_recv(&mut cx).is_pending());
+    }
+    let mut watcher = broker.subscribe(&topics(&["hot"]), None).unwrap();
+    let watcher_counter = Arc::new(CountingWaker(Default::default()));
+    let watcher_waker = Waker::from(watcher_counter.clone());
+    assert!(watcher
+        .poll_recv(&mut Context::from_waker(&watcher_waker))
+        .is_pending());
+
+    for i in 0..100 {
+        broker
+            .publish(Event::new("t").topic("hot").data(i.to_string()))
+            .unwrap();
+    }
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        0,
+        "other topics were woken"
+    );
+    // Woken once: it has not polled again, so later publishes find no waker.
+    assert_eq!(watcher_counter.0.load(Ordering::SeqCst), 1);
+    match watcher.poll_recv(&mut Context::from_waker(&watcher_waker)) {
+        Poll::Ready(Some(Message::Event(event))) => assert_eq!(event.data(), "0"),
+        other => panic!("{other:?}"),
+    }
+    // A system event does reach every subscription.
+    broker
+        .publish_system(Event::new("server.state").data("{}"))
+        .unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1_000);
+}
