@@ -5,16 +5,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::frame;
-use super::layer::Runtime;
 use crate::broker::{Frames, Subscription};
+use crate::sse::frame;
+use crate::sse::Runtime;
 
 pin_project! {
-    /// Response body of [`Sse`](super::Sse): the inner service's body, an
-    /// event stream, or a short answer of the events route.
+    /// Response body of this crate's middleware: the inner service's body,
+    /// an event stream, or a short answer of the middleware's own.
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -37,6 +38,7 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    #[allow(private_interfaces)]
     pub(crate) fn events(stream: EventStream) -> Self {
         Self {
             kind: Kind::Events { stream },
@@ -165,4 +167,20 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.runtime.connections.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A JSON answer of this crate's own (refusals, health), never cached.
+pub(crate) fn json_response<B>(
+    status: StatusCode,
+    value: &serde_json::Value,
+) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }

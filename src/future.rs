@@ -6,11 +6,11 @@ use std::task::{Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::body::ResponseBody;
+use crate::body::ResponseBody;
 
 pin_project! {
-    /// Response future of [`Sse`](super::Sse): the inner service's future,
-    /// or the events route's answer, ready at once.
+    /// Response future of this crate's middleware: the inner service's
+    /// future, or the middleware's own answer, ready at once.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,

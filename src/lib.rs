@@ -41,19 +41,41 @@
 // A loom build compiles the broker without the HTTP layer that uses parts of it.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+#[cfg(not(loom))]
+mod body;
 pub mod broker;
 mod clock;
+#[cfg(not(loom))]
+mod future;
+#[cfg(not(loom))]
+pub mod health;
+#[cfg(not(loom))]
+pub mod mode;
+#[cfg(not(loom))]
+pub mod require_writable;
+#[cfg(not(loom))]
+mod shutdown;
 pub mod sse;
 mod sync;
 
 #[cfg(all(feature = "axum", not(loom)))]
 pub mod axum;
 
+#[cfg(not(loom))]
+pub use body::ResponseBody;
 pub use broker::{
     Broker, BrokerBuilder, BrokerStats, Closed, Event, EventId, Message, PublishError,
     ReceivedEvent, ResyncReason, Subscription, Topic, TopicStats, Topics,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(not(loom))]
+pub use future::ResponseFuture;
+#[cfg(not(loom))]
+pub use health::HealthLayer;
+#[cfg(not(loom))]
+pub use require_writable::RequireWritableLayer;
+#[cfg(not(loom))]
+pub use shutdown::{Shutdown, DEFAULT_SHUTDOWN_RETRY};
 #[cfg(not(loom))]
 pub use sse::{Grant, Rejection, SseLayer};
 

@@ -218,7 +218,7 @@ impl Broker {
     /// [`close`](Broker::close).
     pub fn publish(&self, event: Event) -> Result<EventId, PublishError> {
         let topic = Topic::new(&event.topic).map_err(|_| PublishError::InvalidTopic)?;
-        self.publish_to(topic, event.event_type, event.data)
+        self.publish_to(topic, event.event_type, event.data, false)
     }
 
     /// Publishes `event` to every subscription, whatever its topics; the
@@ -227,7 +227,16 @@ impl Broker {
     /// For events about the server itself (its mode, a coming shutdown)
     /// that every client must see.
     pub fn publish_system(&self, event: Event) -> Result<EventId, PublishError> {
-        self.publish_to(Topic::system(), event.event_type, event.data)
+        self.publish_to(Topic::system(), event.event_type, event.data, false)
+    }
+
+    /// Publishes a system event that also becomes the greeting: the first
+    /// frame (without its id) of every stream opened on the events route
+    /// from now on, so that a client connecting learns the current state
+    /// (e.g. the server mode) before anything else.
+    #[cfg(not(loom))]
+    pub(crate) fn publish_system_greeting(&self, event: Event) -> Result<EventId, PublishError> {
+        self.publish_to(Topic::system(), event.event_type, event.data, true)
     }
 
     fn publish_to(
@@ -235,6 +244,7 @@ impl Broker {
         topic: Topic,
         event_type: Option<String>,
         data: Bytes,
+        greeting: bool,
     ) -> Result<EventId, PublishError> {
         if let Some(t) = &event_type {
             if t.is_empty() {
@@ -292,6 +302,11 @@ impl Broker {
             } else {
                 data
             };
+            if greeting {
+                // The frame without its `id:` line.
+                let id_line = frame.len() - (body_len);
+                state.greeting = Some(frame.slice(id_line..));
+            }
             let topic_key = state.topic_key(&topic);
             state.take_topic_wakers(topic_key, &mut wakers);
             let entry = Arc::new(Entry {
@@ -360,12 +375,14 @@ impl Broker {
     }
 
     /// Like [`close`](Broker::close), and every stream served by the events
-    /// route ends with a `retry:` hint of `delay`, so that browsers come
-    /// back after it (to this server once restarted, or to another
-    /// replica) instead of at once. The hint is not stored in the log.
+    /// route ends with a final frame: a `retry:` hint of `delay`, so that
+    /// browsers come back after it (to this server once restarted, or to
+    /// another replica) instead of at once, and an `event: shutdown` whose
+    /// data is `{"retry": MILLISECONDS}` for pages that want to say so. The
+    /// frame has no id and is not stored in the log.
     pub fn close_with_retry(&self, delay: Duration) {
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.close_inner(Some(frame::retry_frame(millis)));
+        self.close_inner(Some(frame::shutdown_frame(millis)));
     }
 
     fn close_inner(&self, frame: Option<Bytes>) {
@@ -467,7 +484,7 @@ impl fmt::Debug for Broker {
 }
 
 /// A consistent snapshot of a broker's counters, from [`Broker::stats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct BrokerStats {
     /// Events published since the broker was built.
@@ -492,7 +509,7 @@ pub struct BrokerStats {
 }
 
 /// A snapshot of one topic, from [`Broker::topic_stats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct TopicStats {
     /// Events published to the topic while the broker held state for it.

@@ -86,6 +86,9 @@ pub(crate) struct State {
     pub(crate) subs: Slab<SubSlot>,
     pub(crate) closed: bool,
     pub(crate) close_frame: Option<Bytes>,
+    /// Sent first on every new stream of the events route (see
+    /// `Broker::publish_system_greeting`).
+    pub(crate) greeting: Option<Bytes>,
     /// Keep-alive generation, bumped by `Broker::tick`.
     pub(crate) tick: u64,
     pub(crate) counters: Counters,
@@ -113,6 +116,7 @@ impl State {
             subs: Slab::new(),
             closed: false,
             close_frame: None,
+            greeting: None,
             tick: 0,
             counters: Counters::default(),
         }

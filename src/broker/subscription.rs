@@ -57,6 +57,9 @@ pub struct Subscription {
     pos: u64,
     /// A `Resync` decided at subscribe time, delivered first.
     pending: Option<Message>,
+    /// The broker's greeting when this subscription was made, sent ahead of
+    /// everything by `poll_frames`.
+    greeting: Option<Bytes>,
     seen_tick: u64,
     quiet_since_tick: bool,
     finished: bool,
@@ -101,6 +104,7 @@ impl Subscription {
             cursors: cursors.into_boxed_slice(),
             pos: newest,
             pending: None,
+            greeting: state.greeting.clone(),
             seen_tick: state.tick,
             quiet_since_tick: true,
             finished: false,
@@ -266,6 +270,9 @@ impl Subscription {
         }
         self.with_state(|sub, state| {
             let mut batch = Batch::default();
+            if let Some(greeting) = sub.greeting.take() {
+                batch.push(greeting);
+            }
             while batch.len() < max_bytes {
                 match sub.next_locked(state) {
                     Some(message) => batch.push(message.frame()),

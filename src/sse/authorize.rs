@@ -4,9 +4,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::StatusCode;
 
 use crate::broker::{Topic, Topics, DEFAULT_TOPIC};
 
@@ -182,9 +181,8 @@ impl Rejection {
         &self.message
     }
 
-    pub(crate) fn into_parts(self) -> (StatusCode, Bytes) {
-        let body = serde_json::json!({ "error": self.message });
-        (self.status, Bytes::from(body.to_string()))
+    pub(crate) fn into_response<B>(self) -> http::Response<crate::body::ResponseBody<B>> {
+        crate::body::json_response(self.status, &serde_json::json!({ "error": self.message }))
     }
 }
 
@@ -195,21 +193,3 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
-
-/// A JSON response with `body`, used for every refusal the route answers.
-pub(crate) fn json_response<B>(
-    status: StatusCode,
-    body: Bytes,
-    wrap: impl FnOnce(Bytes) -> B,
-) -> Response<B> {
-    let mut response = Response::new(wrap(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}

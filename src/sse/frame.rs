@@ -131,6 +131,19 @@ pub(crate) fn retry_frame(millis: u64) -> Bytes {
     out.freeze()
 }
 
+/// The last frame of a stream at shutdown: `retry:` and an `event: shutdown`.
+pub(crate) fn shutdown_frame(millis: u64) -> Bytes {
+    let mut digits = [0u8; 20];
+    let n = write_decimal(&mut digits, millis);
+    let mut out = BytesMut::with_capacity(2 * n + 56);
+    out.put_slice(b"retry: ");
+    out.put_slice(&digits[..n]);
+    out.put_slice(b"\nevent: shutdown\ndata: {\"retry\":");
+    out.put_slice(&digits[..n]);
+    out.put_slice(b"}\n\n");
+    out.freeze()
+}
+
 /// Splits at LF, CR and CRLF, as an SSE parser does; always yields at least
 /// one (possibly empty) line, and an empty last line after a trailing break.
 struct Lines<'a> {
@@ -215,5 +228,9 @@ mod tests {
             b"id: 3-0\nevent: resync\ndata: {\"reason\":\"malformed-id\"}\n\n"
         );
         assert_eq!(&retry_frame(2500)[..], b"retry: 2500\n\n");
+        assert_eq!(
+            &shutdown_frame(5000)[..],
+            b"retry: 5000\nevent: shutdown\ndata: {\"retry\":5000}\n\n"
+        );
     }
 }

@@ -36,10 +36,6 @@ pub(crate) mod frame;
 #[cfg(not(loom))]
 mod authorize;
 #[cfg(not(loom))]
-mod body;
-#[cfg(not(loom))]
-mod future;
-#[cfg(not(loom))]
 mod layer;
 #[cfg(not(loom))]
 mod service;
@@ -47,9 +43,7 @@ mod service;
 #[cfg(not(loom))]
 pub use self::authorize::{any_topic, public_only, requested_topics, Authorize, Grant, Rejection};
 #[cfg(not(loom))]
-pub use self::body::ResponseBody;
-#[cfg(not(loom))]
-pub use self::future::ResponseFuture;
+pub(crate) use self::layer::Runtime;
 #[cfg(not(loom))]
 pub use self::layer::{
     SseLayer, DEFAULT_BUSY_RETRY, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_TOPICS,

@@ -6,11 +6,11 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower_service::Service;
 
-use super::authorize::{json_response, Rejection};
-use super::body::{ConnectionSlot, EventStream, ResponseBody};
+use super::authorize::Rejection;
 use super::frame;
-use super::future::ResponseFuture;
 use super::layer::Config;
+use crate::body::{ConnectionSlot, EventStream, ResponseBody};
+use crate::future::ResponseFuture;
 
 /// Longest `Last-Event-ID` looked at; anything longer cannot be an id and
 /// is treated as malformed without being copied.
@@ -167,8 +167,7 @@ fn stream_response<B>(body: ResponseBody<B>) -> Response<ResponseBody<B>> {
 }
 
 fn refusal<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
-    let (status, body) = rejection.into_parts();
-    json_response(status, body, ResponseBody::full)
+    rejection.into_response()
 }
 
 impl<S: fmt::Debug> fmt::Debug for Sse<S> {
