@@ -33,6 +33,8 @@
 mod probe;
 #[cfg(all(feature = "signal", unix))]
 mod signal;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -118,18 +118,27 @@ impl fmt::Debug for Probe {
 }
 
 /// A running probe. Dropping it leaves the probe running; [`stop`](ProbeHandle::stop) ends it.
-#[derive(Debug)]
 pub struct ProbeHandle {
     task: JoinHandle<()>,
-    mode: ServerMode,
+    mode: std::sync::Weak<super::Inner>,
     id: u64,
+}
+
+impl fmt::Debug for ProbeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeHandle")
+            .field("finished", &self.task.is_finished())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProbeHandle {
     /// Stops the probe and lifts its degraded cause, if any.
     pub fn stop(self) {
         self.task.abort();
-        self.mode.probe_passing(self.id);
+        if let Some(inner) = self.mode.upgrade() {
+            ServerMode { inner }.probe_passing(self.id);
+        }
     }
 
     /// Whether the probe's task has ended (it ends by itself once every
@@ -151,10 +160,10 @@ impl ServerMode {
     pub fn spawn_probe(&self, probe: Probe) -> ProbeHandle {
         let id = NEXT_PROBE.fetch_add(1, Ordering::Relaxed);
         let weak = Arc::downgrade(&self.inner);
-        let task = tokio::spawn(run(probe, id, weak));
+        let task = tokio::spawn(run(probe, id, weak.clone()));
         ProbeHandle {
             task,
-            mode: self.clone(),
+            mode: weak,
             id,
         }
     }
