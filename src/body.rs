@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::broker::{Frames, Subscription};
+use crate::mailbox::Connection;
 use crate::sse::frame;
 use crate::sse::Runtime;
 
@@ -113,6 +114,7 @@ pub(crate) struct EventStream {
     first: Option<Bytes>,
     max_batch_bytes: usize,
     _slot: ConnectionSlot,
+    mailbox: Option<Connection>,
 }
 
 impl EventStream {
@@ -121,12 +123,14 @@ impl EventStream {
         first: Bytes,
         max_batch_bytes: usize,
         slot: ConnectionSlot,
+        mailbox: Option<Connection>,
     ) -> Self {
         Self {
             sub,
             first: Some(first),
             max_batch_bytes,
             _slot: slot,
+            mailbox,
         }
     }
 
@@ -134,7 +138,14 @@ impl EventStream {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Frame::data(first)));
         }
-        match self.sub.poll_frames(cx, self.max_batch_bytes) {
+        let polled = self.sub.poll_frames(cx, self.max_batch_bytes);
+        if let Some(connection) = &self.mailbox {
+            if let Some((after, through)) = self.sub.take_lag() {
+                // Notifications in what this stream missed go out again.
+                connection.mailbox().lagged(connection.client(), after, through);
+            }
+        }
+        match polled {
             Poll::Ready(Frames::Data(bytes)) => Poll::Ready(Some(Frame::data(bytes))),
             Poll::Ready(Frames::KeepAlive) => {
                 Poll::Ready(Some(Frame::data(Bytes::from_static(frame::KEEP_ALIVE))))

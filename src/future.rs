@@ -22,6 +22,7 @@ pin_project! {
     enum Kind<F, B> {
         Future { #[pin] future: F },
         Ready { response: Option<Response<ResponseBody<B>>>, _marker: PhantomData<fn() -> B> },
+        Boxed { future: Pin<Box<dyn Future<Output = Response<ResponseBody<B>>> + Send>> },
     }
 }
 
@@ -42,6 +43,18 @@ impl<F, B> ResponseFuture<F, B> {
     }
 }
 
+impl<F, B> ResponseFuture<F, B> {
+    /// An answer that needs to wait (e.g. for the request body); only for
+    /// routes off the hot path.
+    pub(crate) fn boxed(
+        future: Pin<Box<dyn Future<Output = Response<ResponseBody<B>>> + Send>>,
+    ) -> Self {
+        Self {
+            kind: Kind::Boxed { future },
+        }
+    }
+}
+
 impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
@@ -56,6 +69,7 @@ where
             KindProj::Ready { response, .. } => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
+            KindProj::Boxed { future } => future.as_mut().poll(cx).map(Ok),
         }
     }
 }

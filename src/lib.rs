@@ -45,6 +45,7 @@
 mod body;
 pub mod broker;
 mod clock;
+pub mod mailbox;
 #[cfg(not(loom))]
 mod future;
 #[cfg(not(loom))]

@@ -205,6 +205,12 @@ impl Topic {
     pub(crate) fn system() -> Self {
         Self(Arc::from(SYSTEM_TOPIC))
     }
+
+    /// The private topic of a mailbox client: reserved (`$`), so no
+    /// authorizer can grant it by name.
+    pub(crate) fn client(id: &str) -> Self {
+        Self(Arc::from(format!("$client/{id}")))
+    }
 }
 
 /// The reserved topic every subscription watches implicitly.
@@ -323,6 +329,15 @@ impl Topics {
             return Err(InvalidTopic(()));
         }
         Ok(Self(topics))
+    }
+
+    /// These topics plus `extra` (which may be a reserved topic).
+    pub(crate) fn with(&self, extra: Topic) -> Self {
+        let mut topics = self.0.clone();
+        if let Err(at) = topics.binary_search(&extra) {
+            topics.insert(at, extra);
+        }
+        Self(topics)
     }
 
     /// Just the one topic.

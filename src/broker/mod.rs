@@ -230,6 +230,11 @@ impl Broker {
         self.publish_to(Topic::system(), event.event_type, event.data, false)
     }
 
+    /// Publishes to `topic`, which may be a reserved one.
+    pub(crate) fn publish_to_topic(&self, topic: Topic, event: Event) -> Result<EventId, PublishError> {
+        self.publish_to(topic, event.event_type, event.data, false)
+    }
+
     /// Publishes a system event that also becomes the greeting: the first
     /// frame (without its id) of every stream opened on the events route
     /// from now on, so that a client connecting learns the current state

@@ -63,6 +63,8 @@ pub struct Subscription {
     seen_tick: u64,
     quiet_since_tick: bool,
     finished: bool,
+    /// The span of sequence numbers reported missed since last taken.
+    lag: Option<(u64, u64)>,
 }
 
 /// What [`Subscription::poll_frames`] produced.
@@ -108,6 +110,7 @@ impl Subscription {
             seen_tick: state.tick,
             quiet_since_tick: true,
             finished: false,
+            lag: None,
         };
         if let Some(resume) = resume {
             if let Err(reason) = sub.seek(state, resume) {
@@ -152,6 +155,7 @@ impl Subscription {
             return Some(message);
         }
         let mut missed = 0;
+        let before = self.pos;
         for cursor in self.cursors.iter_mut() {
             let log = &state.topics[cursor.topic_key];
             if log.evicted > cursor.next {
@@ -161,6 +165,10 @@ impl Subscription {
             }
         }
         if missed > 0 {
+            self.lag = Some(match self.lag {
+                Some((after, _)) => (after, self.pos),
+                None => (before, self.pos),
+            });
             state.counters.lagged_events += missed;
             state.counters.lag_reports += 1;
             return Some(Message::Lagged {
@@ -212,6 +220,16 @@ impl Subscription {
             }
             message
         })
+    }
+
+    /// The ids `(after, through]` this subscription reported missed since
+    /// the last call, if any.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn take_lag(&mut self) -> Option<(EventId, EventId)> {
+        let epoch = self.shared.epoch;
+        self.lag
+            .take()
+            .map(|(after, through)| (EventId::new(epoch, after), EventId::new(epoch, through)))
     }
 
     /// Whether the stream has ended (the broker was closed and every

@@ -13,17 +13,47 @@ use crate::broker::{Topic, Topics, DEFAULT_TOPIC};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     topics: Topics,
+    client: Option<String>,
 }
 
 impl Grant {
     /// Grants `topics`.
     pub fn new(topics: Topics) -> Self {
-        Self { topics }
+        Self {
+            topics,
+            client: None,
+        }
+    }
+
+    /// Names the connection's client, from the app's own authentication:
+    /// with a [`Mailbox`](crate::mailbox::Mailbox) on the layer, the stream
+    /// then carries that client's notifications.
+    ///
+    /// ```
+    /// use http::request::Parts;
+    /// use tower_sse::{Grant, Rejection, Topics};
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// fn authorize(parts: &Parts) -> Result<Grant, Rejection> {
+    ///     let user = parts.extensions.get::<User>().ok_or_else(|| Rejection::unauthorized("log in"))?;
+    ///     Ok(Grant::new(Topics::parse(["public"]).unwrap()).client(user.0.clone()))
+    /// }
+    /// ```
+    pub fn client(mut self, id: impl Into<String>) -> Self {
+        self.client = Some(id.into());
+        self
     }
 
     /// The topics granted.
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+
+    /// The client, if named.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client.as_deref()
     }
 }
 

@@ -8,6 +8,7 @@ use tower_layer::Layer;
 use super::authorize::{public_only, Authorize};
 use super::service::Sse;
 use crate::broker::{Broker, WeakBroker};
+use crate::mailbox::Mailbox;
 
 /// Default `retry:` hint sent on connect: how long a browser waits before
 /// reconnecting after the stream ends.
@@ -59,6 +60,7 @@ pub(crate) struct Config {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_topics: usize,
     pub(crate) max_batch_bytes: usize,
+    pub(crate) mailbox: Option<Mailbox>,
     pub(crate) runtime: Arc<Runtime>,
 }
 
@@ -84,6 +86,7 @@ impl SseLayer {
                 max_connections: None,
                 max_topics: DEFAULT_MAX_TOPICS,
                 max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+                mailbox: None,
                 runtime: Arc::default(),
             },
         }
@@ -147,6 +150,14 @@ impl SseLayer {
     /// one event is never split).
     pub fn max_batch_bytes(mut self, n: usize) -> Self {
         self.config.max_batch_bytes = n.max(1);
+        self
+    }
+
+    /// Delivers `mailbox`'s notifications on the streams of the client the
+    /// authorizer names ([`Grant::client`](crate::Grant::client)): held ones
+    /// first, then live.
+    pub fn mailbox(mut self, mailbox: Mailbox) -> Self {
+        self.config.mailbox = Some(mailbox);
         self
     }
 

@@ -10,6 +10,8 @@ use super::authorize::Rejection;
 use super::frame;
 use super::layer::Config;
 use crate::body::{ConnectionSlot, EventStream, ResponseBody};
+use crate::broker::Topic;
+use crate::mailbox::valid_client_id;
 use crate::future::ResponseFuture;
 
 /// Longest `Last-Event-ID` looked at; anything longer cannot be an id and
@@ -91,6 +93,14 @@ impl Config {
                 self.max_topics
             )));
         }
+        let client = match (&self.mailbox, grant.client_id()) {
+            (Some(_), Some(client)) if !valid_client_id(client) => {
+                tracing::warn!("the authorizer named an invalid client id");
+                return refusal(Rejection::bad_request("invalid client identity"));
+            }
+            (Some(mailbox), Some(client)) => Some((mailbox, client)),
+            _ => None,
+        };
         if parts.method == Method::HEAD {
             return stream_response(ResponseBody::empty());
         }
@@ -104,10 +114,17 @@ impl Config {
             return response;
         };
         let resume = last_event_id(parts);
-        let subscription = match self.broker.subscribe(grant.topics(), resume.as_deref()) {
+        let topics = match client {
+            Some((_, client)) => grant.topics().with(Topic::client(client)),
+            None => grant.topics().clone(),
+        };
+        let subscription = match self.broker.subscribe(&topics, resume.as_deref()) {
             Ok(subscription) => subscription,
             Err(_closed) => return self.busy(b":shutting down\n\n"),
         };
+        // After subscribing, so that nothing the mailbox sends from now on
+        // can miss this stream.
+        let connection = client.map(|(mailbox, client)| mailbox.connect(client, resume.as_deref()));
         self.ensure_ticker();
         let first = frame::retry_frame(self.retry.as_millis().try_into().unwrap_or(u64::MAX));
         stream_response(ResponseBody::events(EventStream::new(
@@ -115,6 +132,7 @@ impl Config {
             first,
             self.max_batch_bytes,
             slot,
+            connection,
         )))
     }
 

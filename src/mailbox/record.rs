@@ -1,0 +1,207 @@
+//! One held notification, its trace id and what is reported about it.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::ser::SerializeStruct;
+
+use crate::broker::EventId;
+
+/// The id of a notification: 32 hex digits, unique within the process and
+/// not guessable from other traces.
+///
+/// Not a secret: who may see a trace's status is decided by identity (its
+/// sender and its target only), never by knowing the trace.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(Box<str>);
+
+impl TraceId {
+    /// Keyed hashing of a serial number with keys drawn once per process.
+    pub(crate) fn generate(serial: u64) -> Self {
+        static KEYS: OnceLock<(std::collections::hash_map::RandomState, std::collections::hash_map::RandomState)> =
+            OnceLock::new();
+        let (a, b) = KEYS.get_or_init(Default::default);
+        let mut high = a.build_hasher();
+        high.write_u64(serial);
+        let mut low = b.build_hasher();
+        low.write_u64(serial);
+        Self(format!("{:016x}{:016x}", high.finish(), low.finish()).into_boxed_str())
+    }
+
+    /// Parses a trace as found in a URL; `None` unless 32 lowercase hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        let valid = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| Self(Box::from(s)))
+    }
+
+    /// The trace as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// A reply to a notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Who replied (the notification's target).
+    pub by: String,
+    /// The reply, as JSON text.
+    pub payload: Bytes,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// What is known of a notification, from [`Mailbox::status`](super::Mailbox::status).
+///
+/// Serializes as `{"trace","from","to","expects_reply","created",
+/// "expires_in_ms","delivered","delivered_at","replied","reply","replied_at"}`
+/// with `reply` the reply's JSON value and times in RFC 3339.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// The trace.
+    pub trace: TraceId,
+    /// The sender.
+    pub from: String,
+    /// The target.
+    pub to: String,
+    /// Whether a reply is expected.
+    pub expects_reply: bool,
+    /// When it was sent.
+    pub created: SystemTime,
+    /// Whether the target confirmed it arrived.
+    pub delivered: bool,
+    /// When it was confirmed.
+    pub delivered_at: Option<SystemTime>,
+    /// Whether it was replied to.
+    pub replied: bool,
+    /// The reply.
+    pub reply: Option<Reply>,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn json_value(bytes: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null)
+}
+
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Status", 10)?;
+        s.serialize_field("trace", &self.trace)?;
+        s.serialize_field("from", &self.from)?;
+        s.serialize_field("to", &self.to)?;
+        s.serialize_field("expects_reply", &self.expects_reply)?;
+        s.serialize_field("created", &rfc3339(self.created))?;
+        s.serialize_field("delivered", &self.delivered)?;
+        s.serialize_field("delivered_at", &self.delivered_at.map(rfc3339))?;
+        s.serialize_field("replied", &self.replied)?;
+        s.serialize_field("reply", &self.reply.as_ref().map(|r| json_value(&r.payload)))?;
+        s.serialize_field("replied_at", &self.reply.as_ref().map(|r| rfc3339(r.at)))?;
+        s.end()
+    }
+}
+
+/// A held notification.
+pub(crate) struct Record {
+    pub(crate) trace: TraceId,
+    /// Its place in the expiry index.
+    pub(crate) serial: u64,
+    pub(crate) from: Box<str>,
+    pub(crate) to: Box<str>,
+    pub(crate) payload: Bytes,
+    pub(crate) expects_reply: bool,
+    pub(crate) created: SystemTime,
+    pub(crate) expires_at: Duration,
+    pub(crate) delivered_at: Option<SystemTime>,
+    /// Id of the last frame that carried it to the target.
+    pub(crate) last_sent: Option<EventId>,
+    pub(crate) reply: Option<Reply>,
+}
+
+impl Record {
+    pub(crate) fn new(
+        trace: TraceId,
+        serial: u64,
+        from: &str,
+        to: &str,
+        payload: Bytes,
+        expects_reply: bool,
+        expires_at: Duration,
+    ) -> Self {
+        Self {
+            trace,
+            serial,
+            from: Box::from(from),
+            to: Box::from(to),
+            payload,
+            expects_reply,
+            created: SystemTime::now(),
+            expires_at,
+            delivered_at: None,
+            last_sent: None,
+            reply: None,
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        Status {
+            trace: self.trace.clone(),
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            expects_reply: self.expects_reply,
+            created: self.created,
+            delivered: self.delivered_at.is_some(),
+            delivered_at: self.delivered_at,
+            replied: self.reply.is_some(),
+            reply: self.reply.clone(),
+        }
+    }
+
+    /// The data of the `notification` frame.
+    pub(crate) fn notification_json(&self) -> Vec<u8> {
+        let value = serde_json::json!({
+            "trace": self.trace,
+            "from": &*self.from,
+            "payload": json_value(&self.payload),
+            "expects_reply": self.expects_reply,
+            "created": rfc3339(self.created),
+        });
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    /// The data of the `notification.reply` frame.
+    pub(crate) fn reply_json(&self) -> Vec<u8> {
+        let reply = self.reply.as_ref();
+        let value = serde_json::json!({
+            "trace": self.trace,
+            "by": reply.map(|r| r.by.as_str()),
+            "payload": reply.map(|r| json_value(&r.payload)),
+            "at": reply.map(|r| rfc3339(r.at)),
+        });
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+}
