@@ -309,3 +309,60 @@ fn close_racing_parked_subscriber_ends_it() {
         assert!(sub.is_finished());
     });
 }
+
+/// Mailbox: a notification sent while its target's stream opens is handed
+/// to that stream exactly once, whichever wins the race: either the send
+/// sees the stream and publishes, or the stream's connect finds it held
+/// and sends it.
+#[test]
+fn notification_racing_connect_reaches_the_stream() {
+    use tower_sse::mailbox::Mailbox;
+    model(|| {
+        let mailbox = Mailbox::new(broker());
+        let sender = {
+            let mailbox = mailbox.clone();
+            thread::spawn(move || mailbox.send("bob", "ann", "hi", false, None).unwrap())
+        };
+        let client = {
+            let mailbox = mailbox.clone();
+            thread::spawn(move || mailbox.subscribe("bob", None).unwrap())
+        };
+        let trace = sender.join().unwrap();
+        let (mut sub, _connection) = client.join().unwrap();
+        let mut seen = Vec::new();
+        drain(&mut sub, &mut seen);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        match &seen[0] {
+            Seen::Event(_, data) => assert!(data.contains(trace.as_str())),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+/// Mailbox: a notification sent while a stream of its target closes is
+/// never lost: unconfirmed, it reaches the next stream.
+#[test]
+fn notification_racing_disconnect_is_not_lost() {
+    use tower_sse::mailbox::Mailbox;
+    model(|| {
+        let mailbox = Mailbox::new(broker());
+        let (sub, connection) = mailbox.subscribe("bob", None).unwrap();
+        let closer = thread::spawn(move || drop((sub, connection)));
+        let sender = {
+            let mailbox = mailbox.clone();
+            thread::spawn(move || mailbox.send("bob", "ann", "hi", false, None).unwrap())
+        };
+        closer.join().unwrap();
+        let trace = sender.join().unwrap();
+        assert!(!mailbox.status(&trace).unwrap().delivered);
+        let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
+        let mut seen = Vec::new();
+        drain(&mut sub, &mut seen);
+        assert!(
+            seen.iter()
+                .any(|s| matches!(s, Seen::Event(_, data) if data.contains(trace.as_str()))),
+            "{seen:?}"
+        );
+        assert_eq!(mailbox.stats().online, 1);
+    });
+}

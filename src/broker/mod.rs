@@ -231,7 +231,11 @@ impl Broker {
     }
 
     /// Publishes to `topic`, which may be a reserved one.
-    pub(crate) fn publish_to_topic(&self, topic: Topic, event: Event) -> Result<EventId, PublishError> {
+    pub(crate) fn publish_to_topic(
+        &self,
+        topic: Topic,
+        event: Event,
+    ) -> Result<EventId, PublishError> {
         self.publish_to(topic, event.event_type, event.data, false)
     }
 
@@ -402,6 +406,12 @@ impl Broker {
             state.take_all_wakers(&mut wakers);
         }
         wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// The frame every stream ends with after `close_with_retry`.
+    #[cfg(not(loom))]
+    pub(crate) fn close_frame(&self) -> Option<Bytes> {
+        lock(&self.shared.state).close_frame.clone()
     }
 
     /// Whether [`close`](Broker::close) was called.

@@ -36,11 +36,11 @@
 //! target, before it expires ([`Mailbox::reply`]); the sender's streams get
 //! an `event: notification.reply` frame.
 
+#[cfg(not(loom))]
+mod janitor;
 mod record;
 #[cfg(not(loom))]
 mod routes;
-#[cfg(not(loom))]
-mod janitor;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -53,9 +53,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::sync::{lock, Arc, Mutex};
 use crate::{Broker, Event};
 
-pub use self::record::{Reply, Status, TraceId};
 #[cfg(not(loom))]
 pub use self::janitor::Janitor;
+pub use self::record::{Reply, Status, TraceId};
 #[cfg(not(loom))]
 pub use self::routes::{MailboxLayer, MailboxRoutes};
 
@@ -334,7 +334,8 @@ impl Mailbox {
         if !valid_client_id(to) || !valid_client_id(from) {
             return Err(SendError::InvalidClientId);
         }
-        let payload = serde_json::to_vec(&payload).map_err(|e| SendError::Payload(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(&payload).map_err(|e| SendError::Payload(e.to_string()))?;
         if payload.len() > self.shared.max_payload {
             return Err(SendError::TooLarge {
                 size: payload.len(),
@@ -417,7 +418,8 @@ impl Mailbox {
         by: &str,
         payload: impl serde::Serialize,
     ) -> Result<Status, ReplyError> {
-        let payload = serde_json::to_vec(&payload).map_err(|e| ReplyError::Payload(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(&payload).map_err(|e| ReplyError::Payload(e.to_string()))?;
         if payload.len() > self.shared.max_payload {
             return Err(ReplyError::TooLarge {
                 size: payload.len(),
@@ -477,6 +479,34 @@ impl Mailbox {
         }
     }
 
+    /// Opens an in-process stream of `client`'s notifications (and the
+    /// broker's system events), for transports other than the events route:
+    /// subscribes to the client's private topic, then
+    /// [`connect`](Mailbox::connect)s. Keep the [`Connection`] as long as
+    /// the subscription is read.
+    ///
+    /// ```
+    /// use tower_sse::mailbox::Mailbox;
+    /// use tower_sse::{Broker, Message};
+    ///
+    /// let mailbox = Mailbox::new(Broker::new());
+    /// let trace = mailbox.send("bob", "alice", "hi", false, None).unwrap();
+    /// let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
+    /// let Some(Message::Event(event)) = sub.try_next() else { panic!() };
+    /// assert_eq!(event.event_type(), "notification");
+    /// assert!(event.data().contains(trace.as_str()));
+    /// ```
+    pub fn subscribe(
+        &self,
+        client: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<(crate::Subscription, Connection), crate::Closed> {
+        let topics = crate::Topics::one(Topic::client(client));
+        let subscription = self.shared.broker.subscribe(&topics, last_event_id)?;
+        let connection = self.connect(client, last_event_id);
+        Ok((subscription, connection))
+    }
+
     /// A stream of `client` opened, positioned after `resume` (its
     /// `Last-Event-ID`, if any): marks what that id proves arrived as
     /// delivered, and sends everything else still held again. The stream's
@@ -496,7 +526,10 @@ impl Mailbox {
             .map(|queue| queue.iter().cloned().collect())
             .unwrap_or_default();
         for trace in pending {
-            let record = state.records.get_mut(&trace).expect("queued traces are held");
+            let record = state
+                .records
+                .get_mut(&trace)
+                .expect("queued traces are held");
             if record.delivered_at.is_some() {
                 continue;
             }
@@ -529,7 +562,9 @@ impl Mailbox {
             .filter(|trace| {
                 let record = &state.records[*trace];
                 record.delivered_at.is_none()
-                    && record.last_sent.is_some_and(|sent| sent > after && sent <= through)
+                    && record
+                        .last_sent
+                        .is_some_and(|sent| sent > after && sent <= through)
             })
             .cloned()
             .collect();
@@ -562,7 +597,10 @@ impl Mailbox {
 impl Shared {
     /// Publishes `trace` to its target's streams and remembers the id.
     fn publish(&self, state: &mut State, trace: &TraceId) {
-        let record = state.records.get_mut(trace).expect("published traces are held");
+        let record = state
+            .records
+            .get_mut(trace)
+            .expect("published traces are held");
         let event = Event::new(NOTIFICATION_EVENT).data(record.notification_json());
         if let Ok(id) = self.broker.publish_to_client(&record.to, event) {
             record.last_sent = Some(id);
@@ -573,7 +611,9 @@ impl Shared {
 
 impl State {
     fn target_full(&self, to: &str, per_target: usize) -> bool {
-        self.by_target.get(to).is_some_and(|q| q.len() >= per_target)
+        self.by_target
+            .get(to)
+            .is_some_and(|q| q.len() >= per_target)
     }
 
     fn purge_expired(&mut self, now: Duration) -> usize {
@@ -631,13 +671,17 @@ impl Drop for Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection").field("client", &self.client).finish()
+        f.debug_struct("Connection")
+            .field("client", &self.client)
+            .finish()
     }
 }
 
 impl fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Mailbox").field("stats", &self.stats()).finish()
+        f.debug_struct("Mailbox")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 

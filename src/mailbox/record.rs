@@ -21,8 +21,10 @@ pub struct TraceId(Box<str>);
 impl TraceId {
     /// Keyed hashing of a serial number with keys drawn once per process.
     pub(crate) fn generate(serial: u64) -> Self {
-        static KEYS: OnceLock<(std::collections::hash_map::RandomState, std::collections::hash_map::RandomState)> =
-            OnceLock::new();
+        static KEYS: OnceLock<(
+            std::collections::hash_map::RandomState,
+            std::collections::hash_map::RandomState,
+        )> = OnceLock::new();
         let (a, b) = KEYS.get_or_init(Default::default);
         let mut high = a.build_hasher();
         high.write_u64(serial);
@@ -119,7 +121,10 @@ impl serde::Serialize for Status {
         s.serialize_field("delivered", &self.delivered)?;
         s.serialize_field("delivered_at", &self.delivered_at.map(rfc3339))?;
         s.serialize_field("replied", &self.replied)?;
-        s.serialize_field("reply", &self.reply.as_ref().map(|r| json_value(&r.payload)))?;
+        s.serialize_field(
+            "reply",
+            &self.reply.as_ref().map(|r| json_value(&r.payload)),
+        )?;
         s.serialize_field("replied_at", &self.reply.as_ref().map(|r| rfc3339(r.at)))?;
         s.end()
     }

@@ -144,7 +144,10 @@ fn not_found<B>() -> Response<ResponseBody<B>> {
 }
 
 fn method_not_allowed<B>(allow: &'static str) -> Response<ResponseBody<B>> {
-    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, format!("this route answers {allow}"));
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route answers {allow}"),
+    );
     response
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -234,11 +237,21 @@ where
                 format!("a reply is at most {limit} bytes"),
             )
         }
-        Err(_) => return error(StatusCode::BAD_REQUEST, "the request body could not be read"),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        }
     };
     let payload: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(value) => value,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the reply must be JSON: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the reply must be JSON: {e}"),
+            )
+        }
     };
     match mailbox.reply(&trace, &client, payload) {
         Ok(status) => json_response(StatusCode::OK, &serde_json::json!(status)),

@@ -11,8 +11,8 @@ use super::frame;
 use super::layer::Config;
 use crate::body::{ConnectionSlot, EventStream, ResponseBody};
 use crate::broker::Topic;
-use crate::mailbox::valid_client_id;
 use crate::future::ResponseFuture;
+use crate::mailbox::valid_client_id;
 
 /// Longest `Last-Event-ID` looked at; anything longer cannot be an id and
 /// is treated as malformed without being copied.
@@ -120,7 +120,11 @@ impl Config {
         };
         let subscription = match self.broker.subscribe(&topics, resume.as_deref()) {
             Ok(subscription) => subscription,
-            Err(_closed) => return self.busy(b":shutting down\n\n"),
+            // Closed: the same final frame the open streams got, else a back-off.
+            Err(_closed) => match self.broker.close_frame() {
+                Some(frame) => return stream_response(ResponseBody::full(frame)),
+                None => return self.busy(b":shutting down\n\n"),
+            },
         };
         // After subscribing, so that nothing the mailbox sends from now on
         // can miss this stream.
