@@ -134,6 +134,22 @@ impl serde::Serialize for ModeState {
     }
 }
 
+/// The causes the mode is derived from, from [`ServerMode::causes`]: what
+/// an admin page shows, since a degraded mode hides an operator's
+/// read-only underneath it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ModeCauses {
+    /// The operator's read-only reason, if on.
+    pub read_only: Option<String>,
+    /// The reason of the degraded cause set by code, if on.
+    pub degraded: Option<String>,
+    /// Failing probes: `(name, first error)`.
+    pub failing_probes: Vec<(String, String)>,
+    /// Whether a shutdown has begun.
+    pub shutting_down: bool,
+}
+
 /// The event type of mode changes on the events route.
 pub const STATE_EVENT: &str = "server.state";
 
@@ -215,6 +231,17 @@ impl ServerMode {
         self.lock().current.clone()
     }
 
+    /// Every cause in force now, each on its own.
+    pub fn causes(&self) -> ModeCauses {
+        let causes = self.lock();
+        ModeCauses {
+            read_only: causes.read_only.clone(),
+            degraded: causes.degraded.clone(),
+            failing_probes: causes.probes.values().cloned().collect(),
+            shutting_down: causes.shutting_down,
+        }
+    }
+
     /// Whether writes are served now.
     pub fn is_writable(&self) -> bool {
         self.lock().current.is_writable()
@@ -262,6 +289,21 @@ impl ServerMode {
     pub fn set_degraded(&self, reason: impl Into<String>) {
         let reason = reason.into();
         self.update(|c| c.degraded = Some(reason));
+    }
+
+    /// Toggles the degraded cause set by code, with `reason` when turning it
+    /// on; returns whether it is now on.
+    pub fn toggle_degraded(&self, reason: impl Into<String>) -> bool {
+        let reason = reason.into();
+        let mut on = false;
+        self.update(|c| {
+            c.degraded = match c.degraded.take() {
+                Some(_) => None,
+                None => Some(reason),
+            };
+            on = c.degraded.is_some();
+        });
+        on
     }
 
     /// Lifts the degraded cause set by code. Failing probes still count.

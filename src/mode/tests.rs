@@ -15,6 +15,7 @@ enum Op {
     ToggleReadOnly(u8),
     SetDegraded(u8),
     ClearDegraded,
+    ToggleDegraded(u8),
     ProbeFailing(u64, u8),
     ProbePassing(u64),
     BeginShutdown,
@@ -27,6 +28,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..3).prop_map(Op::ToggleReadOnly),
         4 => (0u8..3).prop_map(Op::SetDegraded),
         3 => Just(Op::ClearDegraded),
+        2 => (0u8..3).prop_map(Op::ToggleDegraded),
         4 => (0u64..3, 0u8..3).prop_map(|(id, e)| Op::ProbeFailing(id, e)),
         4 => (0u64..3).prop_map(Op::ProbePassing),
         1 => Just(Op::BeginShutdown),
@@ -95,6 +97,11 @@ proptest! {
                 }
                 Op::SetDegraded(r) => { model.degraded = Some(format!("deg{r}")); mode.set_degraded(format!("deg{r}")); }
                 Op::ClearDegraded => { model.degraded = None; mode.clear_degraded(); }
+                Op::ToggleDegraded(r) => {
+                    model.degraded = match model.degraded.take() { Some(_) => None, None => Some(format!("deg{r}")) };
+                    let on = mode.toggle_degraded(format!("deg{r}"));
+                    prop_assert_eq!(on, model.degraded.is_some());
+                }
                 Op::ProbeFailing(id, e) => {
                     model.probes.entry(*id).or_insert_with(|| format!("err{e}"));
                     mode.probe_failing(*id, &format!("probe{id}"), format!("err{e}"));
@@ -108,6 +115,10 @@ proptest! {
             prop_assert_eq!(&current.reason, &expected_reason);
             prop_assert_eq!(current.shutting_down, model.shutting_down);
             prop_assert_eq!(&*rx.borrow(), &current);
+            let causes = mode.causes();
+            prop_assert_eq!(&causes.read_only, &model.read_only);
+            prop_assert_eq!(&causes.degraded, &model.degraded);
+            prop_assert_eq!(causes.failing_probes.len(), model.probes.len());
             prop_assert_eq!(current.is_writable(), expected_mode == Mode::Normal && !model.shutting_down);
             prop_assert_eq!(current.is_ready(), expected_mode != Mode::Degraded && !model.shutting_down);
 
