@@ -142,7 +142,9 @@ impl EventStream {
         if let Some(connection) = &self.mailbox {
             if let Some((after, through)) = self.sub.take_lag() {
                 // Notifications in what this stream missed go out again.
-                connection.mailbox().lagged(connection.client(), after, through);
+                connection
+                    .mailbox()
+                    .lagged(connection.client(), after, through);
             }
         }
         match polled {

@@ -45,11 +45,11 @@
 mod body;
 pub mod broker;
 mod clock;
-pub mod mailbox;
 #[cfg(not(loom))]
 mod future;
 #[cfg(not(loom))]
 pub mod health;
+pub mod mailbox;
 #[cfg(not(loom))]
 pub mod mode;
 #[cfg(not(loom))]
