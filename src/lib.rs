@@ -4,12 +4,21 @@
 //! per-connection authorization, and keep-alives, while publishers never
 //! wait on a slow browser.
 //!
-//! Two pieces:
+//! The pieces:
 //!
 //! - [`Broker`]: the in-process hub. It knows nothing of HTTP or of any
 //!   runtime; see its [module docs](broker) for the contract.
 //! - [`SseLayer`]: a tower layer that serves the events route from a broker
 //!   and passes every other request to the service it wraps.
+//! - [`mode::ServerMode`]: normal / read-only / degraded, from independent
+//!   causes (an operator, code, [probes](mode::Probe)); every change reaches
+//!   every stream as a `server.state` event.
+//! - [`RequireWritableLayer`]: `503` + `Retry-After` for writes while the
+//!   server is not writable.
+//! - [`HealthLayer`]: `/health` and `/ready`.
+//! - [`Shutdown`]: graceful shutdown that open streams cannot hang.
+//! - [`mailbox::Mailbox`]: store-and-forward notifications for clients,
+//!   delivered over their streams, with trace ids and replies.
 //!
 //! ```no_run
 //! # #[cfg(not(loom))]
@@ -32,8 +41,11 @@
 //!
 //! # Feature flags
 //!
-//! - `axum`: [`axum`](crate::axum) glue, a `Router` for the events route and a
-//!   [`Broker`] extractor.
+//! - `axum`: glue in [`axum`](mod@crate::axum): a `Router` for the events
+//!   route and a [`Broker`] extractor.
+//! - `signal`: `SIGUSR1` toggles operator read-only
+//!   (`ServerMode::toggle_read_only_on_sigusr1`); `Shutdown::on_terminate_signal`
+//!   waits for Ctrl-C or SIGTERM.
 
 #![warn(missing_docs)]
 #![deny(unreachable_pub, unsafe_code)]
