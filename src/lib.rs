@@ -41,7 +41,7 @@
 //!
 //! # Feature flags
 //!
-//! - `axum`: glue in [`axum`](mod@crate::axum): a `Router` for the events
+//! - `axum`: glue in the `axum` module: a `Router` for the events
 //!   route and a [`Broker`] extractor.
 //! - `signal`: `SIGUSR1` toggles operator read-only
 //!   (`ServerMode::toggle_read_only_on_sigusr1`); `Shutdown::on_terminate_signal`
