@@ -1,6 +1,8 @@
 //! An axum app with a live page: publish events from one tab, watch them
-//! arrive in every other, and switch the server between normal, read-only
-//! and degraded while watching the mode change live.
+//! arrive in every other, switch the server between normal, read-only and
+//! degraded while watching the mode change live, and send notifications
+//! from one user to another, held while the target is offline and answered
+//! with a reply that the sender sees live.
 //!
 //! ```text
 //! cargo run --example demo                      # http://127.0.0.1:3000
@@ -24,21 +26,63 @@
 //! curl -i localhost:3000/ready; curl localhost:3000/health
 //! ```
 //!
-//! Routes:
+//! Notifications, with the demo's toy identity `?as=NAME`:
+//!
+//! ```text
+//! curl -X POST 'localhost:3000/notify?as=alice' -d '{"to": "bob", "payload": {"text": "lunch?"}, "expects_reply": true}'
+//! curl -N 'localhost:3000/events?as=bob'              # bob's stream: the held notification first
+//! curl -X POST 'localhost:3000/notifications/TRACE/reply?as=bob' -d '"yes"'
+//! curl 'localhost:3000/notifications/TRACE?as=alice'  # "replied": true, "reply": "yes"
+//! curl -X POST 'localhost:3000/notifications/TRACE/ack?as=bob'   # 204: delivered
+//! ```
+//!
+//! # The toy identity
+//!
+//! **`?as=NAME` on any request is who the request claims to be, and this
+//! demo believes it.** No real app may do that: the crate never reads an
+//! identity from the request itself, it takes it from the app, through the
+//! authorizer's [`Grant::client`] for the events route and
+//! [`MailboxLayer::identify`] for the notification routes, which a real app
+//! fills from its own authentication (a session cookie checked by its auth
+//! middleware, a verified token). This demo plugs `?as=` into exactly those
+//! two hooks, so swapping in real authentication touches nothing else.
+//!
+//! # Routes
 //!
 //! - `GET /`: the page, with the broker's current id in it, so that its
-//!   first connect resumes from there and misses nothing published between
-//!   the render and the connect.
-//! - `GET /events?topic=NAME` (repeatable, default `public`): the stream,
-//!   served by [`SseLayer`] mounted with `Router::layer`. Every stream
-//!   starts with a `server.state` event (the mode now) and gets one on
-//!   every change: `{"mode": "normal" | "read-only" | "degraded", "reason",
-//!   "since"}`, plus `"shutting_down": true` at the end.
+//!   first anonymous connect resumes from there and misses nothing
+//!   published between the render and the connect. `GET /demo.js` and
+//!   `GET /demo.css` are its script and style.
+//! - `GET /events?topic=NAME` (repeatable, default `public`), and `as=NAME`:
+//!   the stream, served by [`SseLayer`] mounted with `Router::layer`. Every
+//!   stream starts with a `server.state` event (the mode now) and gets one
+//!   on every change: `{"mode": "normal" | "read-only" | "degraded",
+//!   "reason", "since"}`, plus `"shutting_down": true` at the end. With
+//!   `as=NAME` it also carries NAME's notifications, as `event:
+//!   notification` frames with `{"trace", "from", "payload",
+//!   "expects_reply", "created"}` (those held while NAME was offline
+//!   first), and the replies to what NAME sent, as `event:
+//!   notification.reply` frames with `{"trace", "by", "payload", "at"}`.
 //! - `POST /publish` with `{"topic"?: "...", "event"?: "...", "data": <JSON>}`:
 //!   publishes `data` as JSON and answers `{"id": "..."}`, or 400 with
 //!   `{"error": "..."}`; `503` with `{"error", "mode", "reason", ...}` and
 //!   `Retry-After` while the server is not writable ([`RequireWritableLayer`]).
-//! - `GET /stats`: the broker's counters.
+//! - `POST /notify?as=NAME` with `{"to": "...", "payload": <JSON>,
+//!   "expects_reply"?: bool, "ttl_secs"?: int}`: sends a notification from
+//!   NAME and answers `{"trace": "..."}`. No `as` → 401; a body that is not
+//!   that JSON, an invalid name or TTL → 400; a payload over 64 KiB → 413;
+//!   the mailbox full → 503; all with `{"error": "..."}`. Refused with 503
+//!   while the server is not writable, like every write.
+//! - `GET /notifications/{trace}?as=NAME`: the status, for its sender or
+//!   target only (`{"trace", "from", "to", "expects_reply", "created",
+//!   "delivered", "delivered_at", "replied", "reply", "replied_at"}`);
+//!   `POST /notifications/{trace}/reply?as=NAME` with any JSON body: the
+//!   target's one reply; `POST /notifications/{trace}/ack?as=NAME`: the
+//!   target confirms it got it (`204`). Served by [`MailboxLayer`]: 401
+//!   without `as`, 404 for a trace that is unknown or not NAME's, 409 for a
+//!   second reply or a reply nobody asked for, 410 once expired. Replies
+//!   and acks are writes: 503 while the server is not writable.
+//! - `GET /stats`: the broker's counters, and the mailbox's under `"mailbox"`.
 //! - `GET /health` (always 200, what an operator reads) and `GET /ready`
 //!   (503 when degraded or shutting down, what a load balancer polls),
 //!   served by [`HealthLayer`].
@@ -46,8 +90,13 @@
 //!   body `{"on"?: bool, "reason"?: "..."}` (no `on`: toggle): set or clear
 //!   the operator's read-only, or the degraded cause that code would set
 //!   (say, on a failed disk), and answer the new state with
-//!   `"switches": {"read_only": bool, "degraded": bool}`. Exempt from
+//!   `"switches": {"read_only": bool, "degraded": bool}` and every cause
+//!   in force under `"causes"` ([`ServerMode::causes`]). Exempt from
 //!   [`RequireWritableLayer`], or read-only could never be lifted.
+//!
+//! Notifications are held for 24 hours (or `ttl_secs`) until their target
+//! confirms it got them, by an ack or by reconnecting past them; a janitor
+//! task purges the expired ones every 30 seconds.
 //!
 //! `kill -USR1 PID` toggles read-only too. Ctrl-C or SIGTERM triggers a
 //! [`Shutdown`]: readiness and writes answer 503, and every open stream gets
@@ -59,6 +108,10 @@
 //! [`RequireWritableLayer`]: tower_sse::RequireWritableLayer
 //! [`HealthLayer`]: tower_sse::HealthLayer
 //! [`Shutdown`]: tower_sse::Shutdown
+//! [`Grant::client`]: tower_sse::Grant::client
+//! [`MailboxLayer`]: tower_sse::mailbox::MailboxLayer
+//! [`MailboxLayer::identify`]: tower_sse::mailbox::MailboxLayer::identify
+//! [`ServerMode::causes`]: tower_sse::mode::ServerMode::causes
 
 #[cfg(loom)]
 fn main() {}
@@ -71,29 +124,38 @@ fn main() -> std::process::ExitCode {
 #[cfg(not(loom))]
 mod demo {
     use std::process::ExitCode;
-    use std::sync::{Arc, Mutex, PoisonError};
     use std::time::Duration;
 
     use axum::body::Bytes;
     use axum::extract::rejection::BytesRejection;
     use axum::extract::State;
-    use axum::http::{header, StatusCode};
+    use axum::http::request::Parts;
+    use axum::http::{header, StatusCode, Uri};
     use axum::response::{Html, IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
     use serde::Deserialize;
     use serde_json::{json, Value};
-    use tower_sse::mode::{ModeState, ServerMode};
-    use tower_sse::{Broker, Event, HealthLayer, RequireWritableLayer, Shutdown, SseLayer};
+    use tower_sse::mailbox::{Mailbox, MailboxLayer, SendError};
+    use tower_sse::mode::ServerMode;
+    use tower_sse::{
+        Broker, Event, Grant, HealthLayer, Rejection, RequireWritableLayer, Shutdown, SseLayer,
+    };
 
     const DEFAULT_ADDR: &str = "127.0.0.1:3000";
     /// The page; `{{LAST_EVENT_ID}}` and `{{PID}}` are replaced on every render.
     const INDEX_HTML: &str = include_str!("demo/index.html");
+    const DEMO_JS: &str = include_str!("demo/demo.js");
+    const DEMO_CSS: &str = include_str!("demo/demo.css");
     /// How long browsers wait before reconnecting once the server stops.
     const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(5);
     /// How long open connections get to finish once the streams are closed:
     /// a client that keeps a plain request open must not hold the exit.
     const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How often the janitor purges expired notifications.
+    const JANITOR_INTERVAL: Duration = Duration::from_secs(30);
+    /// The longest `ttl_secs` a notification may ask for: a week.
+    const MAX_TTL_SECS: u64 = 7 * 24 * 60 * 60;
     /// The reasons given when a request or signal names none.
     const READ_ONLY_REASON: &str = "operator (POST /admin/read-only)";
     const DEGRADED_REASON: &str = "simulated failure (POST /admin/degraded)";
@@ -120,7 +182,8 @@ mod demo {
     #[derive(Clone)]
     struct AppState {
         broker: Broker,
-        switches: Arc<Switches>,
+        mode: ServerMode,
+        mailbox: Mailbox,
     }
 
     async fn run(addr: &str) -> std::io::Result<()> {
@@ -129,32 +192,49 @@ mod demo {
         // Every change of the mode becomes a `server.state` event on every
         // stream, and each new stream starts with the current one.
         broker.follow_mode(&mode);
-        let switches = Arc::new(Switches::new(mode.clone()));
+        // Notifications travel on the same broker, each on its target's
+        // private topic. The janitor stops when its handle is dropped, at
+        // the end of `run`: it lives exactly as long as the server.
+        let mailbox = Mailbox::new(broker.clone());
+        let _janitor = mailbox.spawn_janitor(JANITOR_INTERVAL);
         let shutdown = Shutdown::new()
             .broker(&broker)
             .mode(&mode)
             .retry(RECONNECT_AFTER_SHUTDOWN);
 
+        // Any topic the request names, and, with `?as=NAME`, NAME's
+        // notifications and replies.
         let events = SseLayer::new(broker.clone())
             .path("/events")
-            .authorize(tower_sse::sse::any_topic);
+            .authorize(authorize)
+            .mailbox(mailbox.clone());
+        // Status, reply and ack of notifications, for the caller `?as=` names.
+        let notifications = MailboxLayer::new(mailbox.clone())
+            .identify(|parts: &Parts| toy_identity(parts.uri.query()));
         // Refuses POST/PUT/PATCH/DELETE with 503 unless the server is
-        // writable; the admin switches must pass, or read-only would stick.
+        // writable, replies and acks included; the admin switches must
+        // pass, or read-only would stick.
         let writable = RequireWritableLayer::new(mode.clone())
             .exempt(|parts| parts.uri.path().starts_with("/admin/"));
         let health = HealthLayer::new(mode.clone()).broker(&broker);
         // The last layer added is the outermost: `/events`, `/health` and
-        // `/ready` are answered before the write guard, in every mode.
+        // `/ready` are answered before the write guard, in every mode; the
+        // notification routes after it.
         let app = Router::new()
             .route("/", get(index))
+            .route("/demo.js", get(script))
+            .route("/demo.css", get(style))
             .route("/publish", post(publish))
+            .route("/notify", post(notify))
             .route("/stats", get(stats))
             .route("/admin/read-only", post(admin_read_only))
             .route("/admin/degraded", post(admin_degraded))
             .with_state(AppState {
                 broker: broker.clone(),
-                switches: switches.clone(),
+                mode: mode.clone(),
+                mailbox,
             })
+            .layer(notifications)
             .layer(writable)
             .layer(health)
             .layer(events);
@@ -166,7 +246,7 @@ mod demo {
         println!("listening on http://{} (pid {pid})", listener.local_addr()?);
         println!("kill -USR1 {pid} toggles read-only; Ctrl-C or kill {pid} stops");
 
-        toggle_read_only_on_sigusr1(&switches);
+        toggle_read_only_on_sigusr1(&mode);
         tokio::spawn(trigger_on_terminate_signal(shutdown.clone()));
 
         // `wait()` completes once the streams were told to end; from then
@@ -185,8 +265,36 @@ mod demo {
         Ok(())
     }
 
-    /// The page, with the newest id embedded: its first connect passes it as
-    /// `?lastEventId=` and so resumes exactly where this render stands.
+    // --- the toy identity --------------------------------------------------
+
+    /// **A toy**: the `as` query parameter, taken on the caller's word.
+    /// A real app reads who is calling from what its own authentication
+    /// middleware verified and stored in the request's extensions; the
+    /// crate only ever gets the identity from these two hooks.
+    fn toy_identity(query: Option<&str>) -> Option<String> {
+        form_urlencoded::parse(query?.as_bytes())
+            .find(|(key, _)| key == "as")
+            .map(|(_, name)| name.into_owned())
+            .filter(|name| !name.is_empty())
+    }
+
+    /// The events route's authorizer: whatever topics the request names
+    /// (default `public`), and with `?as=NAME` the stream is NAME's, so it
+    /// carries NAME's notifications too. A name the mailbox cannot take
+    /// (over 128 bytes, control characters) is refused with 400.
+    fn authorize(parts: &Parts) -> Result<Grant, Rejection> {
+        let grant = tower_sse::sse::any_topic(parts)?;
+        Ok(match toy_identity(parts.uri.query()) {
+            Some(name) => Grant::new(grant.topics().clone()).client(name),
+            None => grant,
+        })
+    }
+
+    // --- the page ----------------------------------------------------------
+
+    /// The page, with the newest id embedded: its first anonymous connect
+    /// passes it as `?lastEventId=` and so resumes exactly where this render
+    /// stands.
     async fn index(State(app): State<AppState>) -> impl IntoResponse {
         let page = INDEX_HTML
             .replace("{{LAST_EVENT_ID}}", &app.broker.last_event_id().to_string())
@@ -194,6 +302,28 @@ mod demo {
         // Never from a cache: an old copy carries an old id.
         ([(header::CACHE_CONTROL, "no-store")], Html(page))
     }
+
+    async fn script() -> impl IntoResponse {
+        (
+            [
+                (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            DEMO_JS,
+        )
+    }
+
+    async fn style() -> impl IntoResponse {
+        (
+            [
+                (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            DEMO_CSS,
+        )
+    }
+
+    // --- publishing --------------------------------------------------------
 
     #[derive(Deserialize)]
     struct PublishRequest {
@@ -244,7 +374,80 @@ mod demo {
         }
     }
 
-    /// `GET /stats`: the broker's counters.
+    // --- notifications -----------------------------------------------------
+
+    #[derive(Deserialize)]
+    struct NotifyRequest {
+        /// The target's name.
+        to: String,
+        /// Required; any JSON value, `null` included.
+        payload: Value,
+        /// Whether the target may answer once (default false).
+        #[serde(default)]
+        expects_reply: bool,
+        /// How long it is held, 1 s to a week (default: the mailbox's 24 h).
+        ttl_secs: Option<u64>,
+    }
+
+    /// `POST /notify?as=NAME`: a notification from NAME. Delivered at once
+    /// to every open stream of the target, else held until one opens; the
+    /// trace names it on the status, reply and ack routes. While the server
+    /// is not writable, [`RequireWritableLayer`] answers 503 before this runs.
+    async fn notify(
+        State(app): State<AppState>,
+        uri: Uri,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Response {
+        let Some(from) = toy_identity(uri.query()) else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "who is sending? add ?as=NAME (the demo's toy identity)",
+            );
+        };
+        let body = match body {
+            Ok(body) => body,
+            Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        };
+        let request: NotifyRequest = match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        r#"expected {{"to": string, "payload": any JSON, "expects_reply"?: bool, "ttl_secs"?: int}}: {e}"#
+                    ),
+                )
+            }
+        };
+        let ttl = match request.ttl_secs {
+            None => None,
+            Some(secs @ 1..=MAX_TTL_SECS) => Some(Duration::from_secs(secs)),
+            Some(secs) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("ttl_secs is 1 to {MAX_TTL_SECS}, not {secs}"),
+                )
+            }
+        };
+        let sent = app.mailbox.send(
+            &request.to,
+            &from,
+            &request.payload,
+            request.expects_reply,
+            ttl,
+        );
+        match sent {
+            Ok(trace) => Json(json!({ "trace": trace })).into_response(),
+            Err(e @ SendError::TooLarge { .. }) => {
+                error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            Err(e @ SendError::Full) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            // An invalid name, a payload that cannot be encoded.
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+
+    /// `GET /stats`: the broker's counters, and the mailbox's.
     async fn stats(State(app): State<AppState>) -> Json<Value> {
         let broker = &app.broker;
         let s = broker.stats();
@@ -259,25 +462,11 @@ mod demo {
             "lag_reports": s.lag_reports,
             "resyncs": s.resyncs,
             "topics": s.topics,
+            "mailbox": app.mailbox.stats(),
         }))
     }
 
     // --- the mode switches -------------------------------------------------
-
-    /// The two causes this demo sets on the [`ServerMode`], kept here
-    /// because the mode only reports what it derives from them (degraded
-    /// hides an operator's read-only) and has no toggle for degraded. Every
-    /// change goes through the lock, so a toggle never races another.
-    struct Switches {
-        mode: ServerMode,
-        on: Mutex<SwitchState>,
-    }
-
-    #[derive(Clone, Copy, Default)]
-    struct SwitchState {
-        read_only: bool,
-        degraded: bool,
-    }
 
     #[derive(Clone, Copy)]
     enum Switch {
@@ -285,40 +474,36 @@ mod demo {
         Degraded,
     }
 
-    impl Switches {
-        fn new(mode: ServerMode) -> Self {
-            Self {
-                mode,
-                on: Mutex::new(SwitchState::default()),
+    /// Sets `switch` to `on` (`None`: toggles it), with `reason` when on.
+    /// Each is one cause of the [`ServerMode`], changed under its lock, so
+    /// a toggle never races another.
+    fn set_switch(mode: &ServerMode, switch: Switch, on: Option<bool>, reason: String) {
+        match (switch, on) {
+            (Switch::ReadOnly, None) => {
+                mode.toggle_read_only(reason);
             }
-        }
-
-        /// Sets `switch` to `on` (`None`: toggles it), with `reason` when
-        /// on; returns the state it leads to and the switches.
-        fn set(&self, switch: Switch, on: Option<bool>, reason: &str) -> (ModeState, SwitchState) {
-            let mut state = self.on.lock().unwrap_or_else(PoisonError::into_inner);
-            let flag = match switch {
-                Switch::ReadOnly => &mut state.read_only,
-                Switch::Degraded => &mut state.degraded,
-            };
-            let on = on.unwrap_or(!*flag);
-            *flag = on;
-            match (switch, on) {
-                (Switch::ReadOnly, true) => self.mode.set_read_only(reason),
-                (Switch::ReadOnly, false) => self.mode.clear_read_only(),
-                (Switch::Degraded, true) => self.mode.set_degraded(reason),
-                (Switch::Degraded, false) => self.mode.clear_degraded(),
+            (Switch::ReadOnly, Some(true)) => mode.set_read_only(reason),
+            (Switch::ReadOnly, Some(false)) => mode.clear_read_only(),
+            (Switch::Degraded, None) => {
+                mode.toggle_degraded(reason);
             }
-            (self.mode.current(), *state)
+            (Switch::Degraded, Some(true)) => mode.set_degraded(reason),
+            (Switch::Degraded, Some(false)) => mode.clear_degraded(),
         }
     }
 
     /// What the admin routes answer: `{"mode", "reason", "since"}` as in
-    /// `server.state` events, and `"switches"`.
-    fn switch_answer((mode, switches): (ModeState, SwitchState)) -> Json<Value> {
-        let mut answer = serde_json::to_value(mode).unwrap_or_default();
-        answer["switches"] =
-            json!({ "read_only": switches.read_only, "degraded": switches.degraded });
+    /// `server.state` events, `"switches"`, and every cause in force, since
+    /// the mode shows only the strongest (degraded hides an operator's
+    /// read-only underneath it).
+    fn switch_answer(mode: &ServerMode) -> Json<Value> {
+        let causes = mode.causes();
+        let mut answer = serde_json::to_value(mode.current()).unwrap_or_default();
+        answer["switches"] = json!({
+            "read_only": causes.read_only.is_some(),
+            "degraded": causes.degraded.is_some(),
+        });
+        answer["causes"] = serde_json::to_value(&causes).unwrap_or_default();
         Json(answer)
     }
 
@@ -381,7 +566,8 @@ mod demo {
             .reason
             .filter(|r| !r.trim().is_empty())
             .unwrap_or_else(|| default_reason.to_owned());
-        switch_answer(app.switches.set(switch, request.on, &reason)).into_response()
+        set_switch(&app.mode, switch, request.on, reason);
+        switch_answer(&app.mode).into_response()
     }
 
     fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -390,9 +576,11 @@ mod demo {
 
     // --- signals -----------------------------------------------------------
 
-    /// `kill -USR1 PID` toggles the operator's read-only.
+    /// `kill -USR1 PID` toggles the operator's read-only. (The crate's
+    /// `ServerMode::toggle_read_only_on_sigusr1` does the same behind the
+    /// `signal` feature; this demo runs without features.)
     #[cfg(unix)]
-    fn toggle_read_only_on_sigusr1(switches: &Arc<Switches>) {
+    fn toggle_read_only_on_sigusr1(mode: &ServerMode) {
         use tokio::signal::unix::{signal, SignalKind};
         let mut usr1 = match signal(SignalKind::user_defined1()) {
             Ok(usr1) => usr1,
@@ -401,18 +589,24 @@ mod demo {
                 return;
             }
         };
-        let switches = switches.clone();
+        let mode = mode.clone();
         tokio::spawn(async move {
             while usr1.recv().await.is_some() {
-                let (mode, on) = switches.set(Switch::ReadOnly, None, SIGUSR1_REASON);
-                let on = if on.read_only { "on" } else { "off" };
-                println!("SIGUSR1: read-only {on}; the server is now {}", mode.mode);
+                let on = if mode.toggle_read_only(SIGUSR1_REASON) {
+                    "on"
+                } else {
+                    "off"
+                };
+                println!(
+                    "SIGUSR1: read-only {on}; the server is now {}",
+                    mode.current().mode
+                );
             }
         });
     }
 
     #[cfg(not(unix))]
-    fn toggle_read_only_on_sigusr1(_: &Arc<Switches>) {}
+    fn toggle_read_only_on_sigusr1(_: &ServerMode) {}
 
     /// Triggers `shutdown` on Ctrl-C, or SIGTERM on Unix.
     async fn trigger_on_terminate_signal(shutdown: Shutdown) {
