@@ -182,13 +182,19 @@ fn refusal<B>(state: &ModeState, retry_after: Duration) -> Response<ResponseBody
     let body = serde_json::json!({
         "error": error,
         "mode": state.mode.as_str(),
-        "reason": state.reason,
+        "reason": state.reason.as_deref().or(state.shutting_down.then_some("shutting down")),
         "since": state.since_rfc3339(),
         "shutting_down": state.shutting_down,
     });
     let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
-    if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+    if let Ok(value) = HeaderValue::from_str(&whole_seconds(retry_after).to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
+}
+
+/// `Retry-After` takes whole seconds: round up, and never say 0.
+pub(crate) fn whole_seconds(delay: Duration) -> u64 {
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    seconds.max(1)
 }

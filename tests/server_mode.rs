@@ -916,7 +916,13 @@ async fn require_writable_refuses_writes_while_shutting_down() {
 
     for method in UNSAFE {
         let reply = call(service.clone(), support::request(method.clone(), "/items")).await;
-        assert_refused(&reply, "normal", None, "30", &format!("{method}"));
+        assert_refused(
+            &reply,
+            "normal",
+            Some("shutting down"),
+            "30",
+            &format!("{method}"),
+        );
         let body = reply.json();
         let error = body["error"].as_str().unwrap();
         assert!(error.contains("shutting down"), "{method}: {body}");

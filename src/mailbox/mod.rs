@@ -12,8 +12,11 @@
 //! - Sent while the target is offline, it is held; when a stream of the
 //!   target opens, every notification not yet confirmed is sent again on it.
 //! - A notification counts as **delivered** once the client shows it
-//!   arrived: it reconnects with a `Last-Event-ID` at or past the frame's id,
-//!   or acknowledges the trace explicitly ([`Mailbox::ack`], the ack route).
+//!   arrived: it reconnects with a `Last-Event-ID` header at or past the
+//!   frame's id (the header an `EventSource` sets from ids it received; a
+//!   `lastEventId` query parameter, which a page may have been handed, proves
+//!   nothing and is not taken as proof), or acknowledges the trace
+//!   explicitly ([`Mailbox::ack`], the ack route).
 //!   Until then it is sent again on every new connection, so a cut
 //!   connection loses nothing; a stream that lagged past a notification
 //!   gets it again at once.
@@ -507,9 +510,10 @@ impl Mailbox {
         Ok((subscription, connection))
     }
 
-    /// A stream of `client` opened, positioned after `resume` (its
-    /// `Last-Event-ID`, if any): marks what that id proves arrived as
-    /// delivered, and sends everything else still held again. The stream's
+    /// A stream of `client` opened; `resume` is an id the client proved it
+    /// received everything up to (an `EventSource`'s own `Last-Event-ID`
+    /// header), if any: marks what it proves arrived as delivered, and sends
+    /// everything else still held again. The stream's
     /// subscription must exist already, so that nothing sent from here on
     /// can miss it. Returns the guard that marks the stream closed on drop.
     pub fn connect(&self, client: &str, resume: Option<&str>) -> Connection {

@@ -107,18 +107,18 @@ impl Config {
         let Some(slot) = ConnectionSlot::acquire(&self.runtime, self.max_connections) else {
             tracing::debug!("events route over its connection limit");
             let mut response = self.busy(b":over capacity\n\n");
-            let seconds = self.busy_retry.as_secs().max(1).to_string();
+            let seconds = crate::require_writable::whole_seconds(self.busy_retry).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
             return response;
         };
-        let resume = last_event_id(parts);
+        let resume = resume_from(parts);
         let topics = match client {
             Some((_, client)) => grant.topics().with(Topic::client(client)),
             None => grant.topics().clone(),
         };
-        let subscription = match self.broker.subscribe(&topics, resume.as_deref()) {
+        let subscription = match self.broker.subscribe(&topics, resume.id.as_deref()) {
             Ok(subscription) => subscription,
             // Closed: the same final frame the open streams got, else a back-off.
             Err(_closed) => match self.broker.close_frame() {
@@ -128,7 +128,9 @@ impl Config {
         };
         // After subscribing, so that nothing the mailbox sends from now on
         // can miss this stream.
-        let connection = client.map(|(mailbox, client)| mailbox.connect(client, resume.as_deref()));
+        // Only the browser's own header proves what arrived.
+        let proof = resume.id.as_deref().filter(|_| resume.from_header);
+        let connection = client.map(|(mailbox, client)| mailbox.connect(client, proof));
         self.ensure_ticker();
         let first = frame::retry_frame(self.retry.as_millis().try_into().unwrap_or(u64::MAX));
         stream_response(ResponseBody::events(EventStream::new(
@@ -152,28 +154,44 @@ impl Config {
     }
 }
 
+/// Where a client resumes from, and whether its browser said so.
+struct Resume {
+    id: Option<String>,
+    /// The id came in the `Last-Event-ID` header, which an `EventSource`
+    /// sets only from ids it received on its own stream. A `lastEventId`
+    /// query parameter is whatever the page was handed (e.g. an id rendered
+    /// with the page), which proves nothing about what this client received.
+    from_header: bool,
+}
+
 /// The client's position: the `Last-Event-ID` header, else the
 /// `lastEventId` query parameter (browsers cannot set headers on their first
 /// connect). Bytes that cannot be an id become the empty string, which the
 /// broker answers with a resync.
-fn last_event_id(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get("last-event-id") {
-        let bytes = value.as_bytes();
-        if bytes.len() > MAX_ID_LEN {
-            return Some(String::new());
+fn resume_from(parts: &Parts) -> Resume {
+    fn bounded(value: &str) -> String {
+        if value.len() > MAX_ID_LEN {
+            String::new()
+        } else {
+            value.to_owned()
         }
-        return Some(std::str::from_utf8(bytes).unwrap_or_default().to_owned());
     }
-    let query = parts.uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == "lastEventId")
-        .map(|(_, value)| {
-            if value.len() > MAX_ID_LEN {
-                String::new()
-            } else {
-                value.into_owned()
-            }
-        })
+    if let Some(value) = parts.headers.get("last-event-id") {
+        let text = std::str::from_utf8(value.as_bytes()).unwrap_or_default();
+        return Resume {
+            id: Some(bounded(text)),
+            from_header: true,
+        };
+    }
+    let id = parts.uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "lastEventId")
+            .map(|(_, value)| bounded(&value))
+    });
+    Resume {
+        id,
+        from_header: false,
+    }
 }
 
 fn stream_response<B>(body: ResponseBody<B>) -> Response<ResponseBody<B>> {
