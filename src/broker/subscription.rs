@@ -50,6 +50,14 @@ struct Cursor {
 /// ```
 pub struct Subscription {
     shared: Arc<Shared>,
+    reader: Reader,
+}
+
+/// Everything a subscription owns; the broker's lock is taken by
+/// [`Subscription`] and this is handed the state.
+#[derive(Debug)]
+struct Reader {
+    epoch: u64,
     key: usize,
     cursors: Box<[Cursor]>,
     /// Every event of the watched topics with a seq up to here has been
@@ -100,8 +108,8 @@ impl Subscription {
             });
         }
         let newest = state.next_seq - 1;
-        let mut sub = Self {
-            shared,
+        let mut sub = Reader {
+            epoch: shared.epoch,
             key,
             cursors: cursors.into_boxed_slice(),
             pos: newest,
@@ -117,17 +125,22 @@ impl Subscription {
                 state.counters.resyncs += 1;
                 sub.pending = Some(Message::Resync {
                     reason,
-                    resume_from: EventId::new(sub.shared.epoch, newest),
+                    resume_from: EventId::new(sub.epoch, newest),
                 });
             }
         }
-        sub
+        Self {
+            shared,
+            reader: sub,
+        }
     }
+}
 
+impl Reader {
     /// Positions every cursor just after `resume`, if that loses nothing.
     fn seek(&mut self, state: &State, resume: &str) -> Result<(), ResyncReason> {
         let id: EventId = resume.parse().map_err(|_| ResyncReason::Malformed)?;
-        if id.epoch() != self.shared.epoch {
+        if id.epoch() != self.epoch {
             return Err(ResyncReason::UnknownEpoch);
         }
         let seq = id.seq();
@@ -173,7 +186,7 @@ impl Subscription {
             state.counters.lag_reports += 1;
             return Some(Message::Lagged {
                 missed,
-                resume_from: EventId::new(self.shared.epoch, self.pos),
+                resume_from: EventId::new(self.epoch, self.pos),
             });
         }
         let mut best: Option<(usize, &Arc<Entry>)> = None;
@@ -191,18 +204,27 @@ impl Subscription {
         self.cursors[i].next += 1;
         self.pos = entry.seq;
         Some(Message::Event(ReceivedEvent {
-            epoch: self.shared.epoch,
+            epoch: self.epoch,
             entry,
         }))
     }
 
+    fn park(&self, state: &mut State, cx: &mut Context<'_>) {
+        let slot = &mut state.subs[self.key];
+        match &slot.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+    }
+}
+
+impl Subscription {
     /// Locks, drops what has aged out, and hands the state to `f`.
-    fn with_state<R>(&mut self, f: impl FnOnce(&mut Self, &mut State) -> R) -> R {
-        let shared = self.shared.clone();
-        let mut state = lock(&shared.state);
-        let now = shared.clock.now();
-        state.evict(&shared.limits, now);
-        f(self, &mut state)
+    fn with_state<R>(&mut self, f: impl FnOnce(&mut Reader, &mut State) -> R) -> R {
+        let mut state = lock(&self.shared.state);
+        let now = self.shared.clock.now();
+        state.evict(&self.shared.limits, now);
+        f(&mut self.reader, &mut state)
     }
 
     /// The next message if one is ready, without waiting.
@@ -210,7 +232,7 @@ impl Subscription {
     /// Returns `None` both when nothing is available yet and when the stream
     /// has ended; [`Subscription::is_finished`] tells which.
     pub fn try_next(&mut self) -> Option<Message> {
-        if self.finished {
+        if self.reader.finished {
             return None;
         }
         self.with_state(|sub, state| {
@@ -226,8 +248,9 @@ impl Subscription {
     /// the last call, if any.
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn take_lag(&mut self) -> Option<(EventId, EventId)> {
-        let epoch = self.shared.epoch;
-        self.lag
+        let epoch = self.reader.epoch;
+        self.reader
+            .lag
             .take()
             .map(|(after, through)| (EventId::new(epoch, after), EventId::new(epoch, through)))
     }
@@ -235,13 +258,13 @@ impl Subscription {
     /// Whether the stream has ended (the broker was closed and every
     /// message was read).
     pub fn is_finished(&self) -> bool {
-        self.finished
+        self.reader.finished
     }
 
     /// The id this subscription would resume from: every event of its
     /// topics up to it has been delivered or reported missed.
     pub fn position(&self) -> EventId {
-        EventId::new(self.shared.epoch, self.pos)
+        EventId::new(self.reader.epoch, self.reader.pos)
     }
 
     /// Receives the next message, waiting for one.
@@ -253,7 +276,7 @@ impl Subscription {
 
     /// Polls for the next message.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        if self.finished {
+        if self.reader.finished {
             return Poll::Ready(None);
         }
         self.with_state(|sub, state| match sub.next_locked(state) {
@@ -269,21 +292,13 @@ impl Subscription {
         })
     }
 
-    fn park(&self, state: &mut State, cx: &mut Context<'_>) {
-        let slot = &mut state.subs[self.key];
-        match &slot.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => slot.waker = Some(cx.waker().clone()),
-        }
-    }
-
     /// Everything available now, encoded as one chunk of SSE frames of at
     /// most about `max_bytes` (one event is never split).
     ///
     /// One lock acquisition for the whole batch; a single event is passed on
     /// as the shared frame itself, without copying.
     pub(crate) fn poll_frames(&mut self, cx: &mut Context<'_>, max_bytes: usize) -> Poll<Frames> {
-        if self.finished {
+        if self.reader.finished {
             return Poll::Ready(Frames::End);
         }
         self.with_state(|sub, state| {
@@ -384,22 +399,22 @@ impl Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
-        for cursor in self.cursors.iter() {
+        for cursor in self.reader.cursors.iter() {
             state.topics[cursor.topic_key]
                 .watchers
                 .remove(cursor.watcher_key);
             state.prune_topic(cursor.topic_key);
         }
-        state.subs.remove(self.key);
+        state.subs.remove(self.reader.key);
     }
 }
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("topics", &self.cursors.len().saturating_sub(1))
+            .field("topics", &self.reader.cursors.len().saturating_sub(1))
             .field("position", &self.position())
-            .field("finished", &self.finished)
+            .field("finished", &self.reader.finished)
             .finish()
     }
 }
