@@ -46,6 +46,8 @@
 //! - `signal`: `SIGUSR1` toggles operator read-only
 //!   (`ServerMode::toggle_read_only_on_sigusr1`); `Shutdown::on_terminate_signal`
 //!   waits for Ctrl-C or SIGTERM.
+//! - `tcp`: `tcp::TcpTuning`, socket options that let the
+//!   kernel drop readers that vanished or stopped reading.
 
 #![warn(missing_docs)]
 #![deny(unreachable_pub, unsafe_code)]
@@ -70,6 +72,8 @@ pub mod require_writable;
 mod shutdown;
 pub mod sse;
 mod sync;
+#[cfg(all(feature = "tcp", not(loom)))]
+pub mod tcp;
 
 #[cfg(all(feature = "axum", not(loom)))]
 pub mod axum;
