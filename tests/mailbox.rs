@@ -220,6 +220,9 @@ fn run(ops: Vec<Op>) {
                             model.recs[i].delivered = true;
                             continue;
                         }
+                        // Still retained (retention is unbounded here): the
+                        // resumed stream replays it, no need to send again.
+                        continue;
                     }
                     let trace = model.recs[i].trace.clone();
                     let seq = model.publish(&mut conns, client, "notification", &trace);

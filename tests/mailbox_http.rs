@@ -731,3 +731,60 @@ async fn the_per_target_cap_keeps_the_newest_for_an_offline_client() {
     let reply = server.reply(Some("bob"), n1.as_str(), "1").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn only_an_honoured_last_event_id_header_proves_receipt() {
+    let server = start(|b| b).await;
+    let mut tab = server.open("bob", None).await;
+    let a = server.send("bob", "alice", json!("A"), false);
+    let a_frame = tab.next_event().await;
+    assert_eq!(traces(std::slice::from_ref(&a_frame)), [t(&a)]);
+    drop(tab);
+    server.all_offline().await;
+
+    // A `lastEventId` query parameter positions the stream but proves
+    // nothing: a page may have been handed that id with its HTML.
+    let path = format!("/events?lastEventId={}", a_frame.id);
+    let mut tab = Tab::open_at(server.addr, "bob", &path, None).await;
+    assert!(
+        !server.delivered("alice", &a).await,
+        "a query id is no proof"
+    );
+    assert_eq!(
+        traces(&server.drain(&mut tab).await),
+        [t(&a)],
+        "A comes again"
+    );
+    drop(tab);
+    server.all_offline().await;
+
+    // An id from the future is answered with a resync and proves nothing.
+    let future = format!("{EPOCH}-{}", server.broker.last_event_id().seq() + 100);
+    let mut tab = server.open("bob", Some(&future)).await;
+    assert!(
+        !server.delivered("alice", &a).await,
+        "a future id is no proof"
+    );
+    let again = server.drain(&mut tab).await;
+    let kinds: Vec<&str> = again.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["resync", "notification"]);
+    drop(tab);
+    server.all_offline().await;
+
+    // Resuming from before A's latest frame: the replay carries it, and
+    // the mailbox does not send it a second time.
+    let seq = |id: &str| id.split('-').nth(1).unwrap().parse::<u64>().unwrap();
+    let before = format!("{EPOCH}-{}", seq(&a_frame.id) - 1);
+    let newest = server.broker.last_event_id().seq();
+    let mut tab = server.open("bob", Some(&before)).await;
+    let replayed = server.drain(&mut tab).await;
+    assert!(
+        traces(&replayed).iter().all(|x| *x == t(&a)),
+        "{replayed:?}"
+    );
+    assert!(
+        replayed.iter().all(|e| seq(&e.id) <= newest),
+        "the mailbox sent A again although the replay carries it: {replayed:?}"
+    );
+    assert!(!server.delivered("alice", &a).await);
+}

@@ -377,6 +377,13 @@ impl Broker {
         EventId::new(self.shared.epoch, state.next_seq - 1)
     }
 
+    /// The seq of the oldest retained event (the next seq if none): every
+    /// event from it on is retained, since eviction is first in, first out.
+    pub(crate) fn oldest_retained_seq(&self) -> u64 {
+        let state = lock(&self.shared.state);
+        state.log.front().map_or(state.next_seq, |entry| entry.seq)
+    }
+
     /// Ends every subscription once it has read what is retained for it,
     /// and refuses later publishes and subscribes. Idempotent.
     pub fn close(&self) {

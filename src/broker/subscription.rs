@@ -255,6 +255,12 @@ impl Subscription {
             .map(|(after, through)| (EventId::new(epoch, after), EventId::new(epoch, through)))
     }
 
+    /// Whether this subscription begins with a [`Message::Resync`] not yet
+    /// read: the id it was given was not honoured.
+    pub(crate) fn starts_with_resync(&self) -> bool {
+        matches!(self.reader.pending, Some(Message::Resync { .. }))
+    }
+
     /// Whether the stream has ended (the broker was closed and every
     /// message was read).
     pub fn is_finished(&self) -> bool {

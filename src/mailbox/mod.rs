@@ -506,24 +506,31 @@ impl Mailbox {
     ) -> Result<(crate::Subscription, Connection), crate::Closed> {
         let topics = crate::Topics::one(Topic::client(client));
         let subscription = self.shared.broker.subscribe(&topics, last_event_id)?;
-        let connection = self.connect(client, last_event_id);
+        let honoured = last_event_id.filter(|_| !subscription.starts_with_resync());
+        let connection = self.connect(client, honoured);
         Ok((subscription, connection))
     }
 
-    /// A stream of `client` opened; `resume` is an id the client proved it
-    /// received everything up to (an `EventSource`'s own `Last-Event-ID`
-    /// header), if any: marks what it proves arrived as delivered, and sends
-    /// everything else still held again. The stream's
-    /// subscription must exist already, so that nothing sent from here on
-    /// can miss it. Returns the guard that marks the stream closed on drop.
-    pub fn connect(&self, client: &str, resume: Option<&str>) -> Connection {
+    /// A stream of `client` opened. `resumed_after` is the id its
+    /// subscription was positioned after, if the broker honoured the
+    /// client's own proof of receipt (an `EventSource`'s `Last-Event-ID`
+    /// header; see [`subscribe`](Mailbox::subscribe) and the events route):
+    /// everything sent up to it is marked delivered, and what was sent after
+    /// it and is still retained is left to the stream's replay. Everything
+    /// else still held is sent again. The stream's subscription must exist
+    /// already, so that nothing sent from here on can miss it. Returns the
+    /// guard that marks the stream closed on drop.
+    pub fn connect(&self, client: &str, resumed_after: Option<&str>) -> Connection {
         let shared = &self.shared;
         let mut state = lock(&shared.state);
         state.purge_expired(shared.clock.now());
         *state.online.entry(Box::from(client)).or_default() += 1;
-        let seen = resume
+        let newest = shared.broker.last_event_id();
+        // An id from another epoch or from the future proves nothing.
+        let seen = resumed_after
             .and_then(|id| id.parse::<EventId>().ok())
-            .filter(|id| id.epoch() == shared.broker.epoch());
+            .filter(|id| id.epoch() == newest.epoch() && id.seq() <= newest.seq());
+        let oldest_retained = shared.broker.oldest_retained_seq();
         let pending: Vec<TraceId> = state
             .by_target
             .get(client)
@@ -541,6 +548,12 @@ impl Mailbox {
                 if sent <= seen {
                     record.delivered_at = Some(SystemTime::now());
                     state.counters.delivered += 1;
+                    continue;
+                }
+                if sent.seq() >= oldest_retained {
+                    // The stream replays that frame itself (or, if it is
+                    // evicted before being read, reports the lag, which
+                    // sends it again).
                     continue;
                 }
             }

@@ -128,8 +128,12 @@ impl Config {
         };
         // After subscribing, so that nothing the mailbox sends from now on
         // can miss this stream.
-        // Only the browser's own header proves what arrived.
-        let proof = resume.id.as_deref().filter(|_| resume.from_header);
+        // Only the browser's own header proves what arrived, and only if
+        // the broker could resume from it.
+        let proof = resume
+            .id
+            .as_deref()
+            .filter(|_| resume.from_header && !subscription.starts_with_resync());
         let connection = client.map(|(mailbox, client)| mailbox.connect(client, proof));
         self.ensure_ticker();
         let first = frame::retry_frame(self.retry.as_millis().try_into().unwrap_or(u64::MAX));

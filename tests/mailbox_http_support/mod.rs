@@ -171,16 +171,14 @@ impl Tab {
     /// fails the test unless it is a 200 event stream. Nothing of the body
     /// is read yet.
     pub async fn open(addr: SocketAddr, user: &str, resume: Option<&str>) -> Tab {
+        Self::open_at(addr, user, "/events", resume).await
+    }
+
+    /// Like [`Tab::open`], at `path` (e.g. with a `lastEventId` query).
+    pub async fn open_at(addr: SocketAddr, user: &str, path: &str, resume: Option<&str>) -> Tab {
         let headers: Vec<(&str, &str)> =
             resume.map(|id| ("last-event-id", id)).into_iter().collect();
-        let request = build(
-            addr,
-            Method::GET,
-            "/events",
-            Some(user),
-            &headers,
-            Bytes::new(),
-        );
+        let request = build(addr, Method::GET, path, Some(user), &headers, Bytes::new());
         let (parts, incoming, conn) = send(addr, request).await;
         assert_eq!(
             parts.status,
