@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The browser end-to-end test: the demo page in headless Debian Chromium,
+# driven by playwright-core; the browser's own EventSource is cut off and
+# must resume with Last-Event-ID, missing nothing. Screenshots and a JSON
+# report go to e2e/artifacts/.
+#
+#   bash e2e/run.sh
+#
+# Installs what is missing (Debian's chromium; playwright-core from the
+# committed package-lock.json, which never downloads a browser), builds the
+# demo, starts it on a free loopback port, runs the test, stops the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+E2E=$ROOT/e2e
+ARTIFACTS=$E2E/artifacts
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+
+step() { printf '\n==> e2e: %s\n' "$*"; }
+
+step "browser"
+if [ ! -x "$CHROMIUM" ]; then
+    SUDO=
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y chromium
+fi
+"$CHROMIUM" --version 2>/dev/null
+
+step "node packages"
+if ! command -v node >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
+    echo "e2e: needs Node.js 20 or newer (playwright-core); found: $(node --version 2>/dev/null || echo none)" >&2
+    exit 1
+fi
+# npm ci when nothing is installed or the lock changed since the install.
+if [ ! -f "$E2E/node_modules/playwright-core/package.json" ] ||
+   [ "$E2E/package-lock.json" -nt "$E2E/node_modules/.package-lock.json" ]; then
+    (cd "$E2E" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+node -e 'console.log("playwright-core " + require(process.argv[1]).version)' "$E2E/node_modules/playwright-core/package.json"
+
+step "build the demo"
+# Where cargo put it (CARGO_TARGET_DIR or a configured target-dir included).
+DEMO_BIN=$(cargo build --example demo --message-format=json-render-diagnostics |
+    node -e '
+        let exe = "";
+        for (const line of require("fs").readFileSync(0, "utf8").split("\n")) {
+            if (!line.startsWith("{")) continue;
+            const m = JSON.parse(line);
+            if (m.reason === "compiler-artifact" && m.target.name === "demo" && m.executable) exe = m.executable;
+        }
+        if (!exe) { console.error("e2e: cargo reported no demo executable"); process.exit(1); }
+        console.log(exe);
+    ')
+echo "$DEMO_BIN"
+
+step "start the demo"
+mkdir -p "$ARTIFACTS"
+DEMO_LOG=$ARTIFACTS/demo.log
+DEMO_PID=
+stop_demo() {
+    if [ -n "$DEMO_PID" ] && kill -0 "$DEMO_PID" 2>/dev/null; then
+        kill "$DEMO_PID" 2>/dev/null || true
+        # It drains for at most a few seconds; do not wait for ever.
+        for _ in $(seq 50); do kill -0 "$DEMO_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$DEMO_PID" 2>/dev/null || true
+        wait "$DEMO_PID" 2>/dev/null || true
+    fi
+}
+trap stop_demo EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# Port 0: the kernel picks a free port, the demo prints it.
+"$DEMO_BIN" --addr 127.0.0.1:0 >"$DEMO_LOG" 2>&1 &
+DEMO_PID=$!
+DEMO_URL=
+for _ in $(seq 300); do
+    DEMO_URL=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$DEMO_LOG" | head -n 1)
+    [ -n "$DEMO_URL" ] && break
+    kill -0 "$DEMO_PID" 2>/dev/null || { echo "e2e: the demo exited:" >&2; cat "$DEMO_LOG" >&2; exit 1; }
+    sleep 0.1
+done
+if [ -z "$DEMO_URL" ]; then
+    echo "e2e: the demo did not print its address within 30 s:" >&2
+    cat "$DEMO_LOG" >&2
+    exit 1
+fi
+echo "demo pid $DEMO_PID at $DEMO_URL"
+
+step "browser test"
+# The test bounds itself to 60 s; timeout(1) is the backstop.
+DEMO_URL=$DEMO_URL CHROMIUM=$CHROMIUM E2E_ARTIFACTS=$ARTIFACTS \
+    timeout --kill-after=5 90 node "$E2E/browser.test.mjs"
