@@ -197,3 +197,23 @@ pub(crate) fn json_response<B>(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// `{"error": message}` with `status`.
+pub(crate) fn json_error<B>(
+    status: StatusCode,
+    message: impl std::fmt::Display,
+) -> Response<ResponseBody<B>> {
+    json_response(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+/// `405` naming the methods a route answers, in `Allow` and in the body.
+pub(crate) fn method_not_allowed<B>(allow: &'static str) -> Response<ResponseBody<B>> {
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format_args!("this route answers {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

@@ -30,11 +30,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{json_response, ResponseBody};
+use crate::body::{json_response, method_not_allowed, ResponseBody};
 use crate::future::ResponseFuture;
 use crate::mode::{Mode, ServerMode};
 use crate::Broker;
@@ -198,15 +198,7 @@ where
         }
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
-            let mut response = crate::Rejection::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "this route answers GET and HEAD",
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return ResponseFuture::ready(response);
+            return ResponseFuture::ready(method_not_allowed("GET, HEAD"));
         }
         let mut response = if health {
             self.layer.health()

@@ -337,14 +337,10 @@ impl Mailbox {
         if !valid_client_id(to) || !valid_client_id(from) {
             return Err(SendError::InvalidClientId);
         }
-        let payload =
-            serde_json::to_vec(&payload).map_err(|e| SendError::Payload(e.to_string()))?;
-        if payload.len() > self.shared.max_payload {
-            return Err(SendError::TooLarge {
-                size: payload.len(),
-                limit: self.shared.max_payload,
-            });
-        }
+        let payload = self.shared.encode(&payload).map_err(|e| match e {
+            PayloadError::Serialize(e) => SendError::Payload(e),
+            PayloadError::TooLarge { size, limit } => SendError::TooLarge { size, limit },
+        })?;
         let shared = &self.shared;
         let mut state = lock(&shared.state);
         let now = shared.clock.now();
@@ -421,14 +417,10 @@ impl Mailbox {
         by: &str,
         payload: impl serde::Serialize,
     ) -> Result<Status, ReplyError> {
-        let payload =
-            serde_json::to_vec(&payload).map_err(|e| ReplyError::Payload(e.to_string()))?;
-        if payload.len() > self.shared.max_payload {
-            return Err(ReplyError::TooLarge {
-                size: payload.len(),
-                limit: self.shared.max_payload,
-            });
-        }
+        let payload = self.shared.encode(&payload).map_err(|e| match e {
+            PayloadError::Serialize(e) => ReplyError::Payload(e),
+            PayloadError::TooLarge { size, limit } => ReplyError::TooLarge { size, limit },
+        })?;
         let shared = &self.shared;
         let mut state = lock(&shared.state);
         let now = shared.clock.now();
@@ -611,7 +603,25 @@ impl Mailbox {
     }
 }
 
+enum PayloadError {
+    Serialize(String),
+    TooLarge { size: usize, limit: usize },
+}
+
 impl Shared {
+    /// A payload as JSON text, within the size limit.
+    fn encode(&self, payload: &impl serde::Serialize) -> Result<Vec<u8>, PayloadError> {
+        let bytes =
+            serde_json::to_vec(payload).map_err(|e| PayloadError::Serialize(e.to_string()))?;
+        if bytes.len() > self.max_payload {
+            return Err(PayloadError::TooLarge {
+                size: bytes.len(),
+                limit: self.max_payload,
+            });
+        }
+        Ok(bytes)
+    }
+
     /// Publishes `trace` to its target's streams and remembers the id.
     fn publish(&self, state: &mut State, trace: &TraceId) {
         let record = state

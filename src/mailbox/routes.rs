@@ -6,13 +6,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Mailbox, ReplyError, TraceId};
-use crate::body::{json_response, ResponseBody};
+use crate::body::{json_error as error, json_response, method_not_allowed, ResponseBody};
 use crate::future::ResponseFuture;
 
 type Identify = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -135,23 +135,8 @@ impl<S: fmt::Debug> fmt::Debug for MailboxRoutes<S> {
     }
 }
 
-fn error<B>(status: StatusCode, message: impl fmt::Display) -> Response<ResponseBody<B>> {
-    json_response(status, &serde_json::json!({ "error": message.to_string() }))
-}
-
 fn not_found<B>() -> Response<ResponseBody<B>> {
     error(StatusCode::NOT_FOUND, "no such notification")
-}
-
-fn method_not_allowed<B>(allow: &'static str) -> Response<ResponseBody<B>> {
-    let mut response = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("this route answers {allow}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MailboxRoutes<S>

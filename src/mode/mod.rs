@@ -273,16 +273,7 @@ impl ServerMode {
     /// Toggles operator read-only, with `reason` when turning it on;
     /// returns whether it is now on.
     pub fn toggle_read_only(&self, reason: impl Into<String>) -> bool {
-        let reason = reason.into();
-        let mut on = false;
-        self.update(|c| {
-            c.read_only = match c.read_only.take() {
-                Some(_) => None,
-                None => Some(reason),
-            };
-            on = c.read_only.is_some();
-        });
-        on
+        self.toggle(reason.into(), |c| &mut c.read_only)
     }
 
     /// Marks the server degraded by code, with `reason`.
@@ -294,14 +285,19 @@ impl ServerMode {
     /// Toggles the degraded cause set by code, with `reason` when turning it
     /// on; returns whether it is now on.
     pub fn toggle_degraded(&self, reason: impl Into<String>) -> bool {
-        let reason = reason.into();
+        self.toggle(reason.into(), |c| &mut c.degraded)
+    }
+
+    /// Flips the cause `slot` picks; returns whether it is now on.
+    fn toggle(&self, reason: String, slot: fn(&mut Causes) -> &mut Option<String>) -> bool {
         let mut on = false;
         self.update(|c| {
-            c.degraded = match c.degraded.take() {
+            let cause = slot(c);
+            *cause = match cause.take() {
                 Some(_) => None,
                 None => Some(reason),
             };
-            on = c.degraded.is_some();
+            on = cause.is_some();
         });
         on
     }

@@ -3,13 +3,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response};
 use tower_service::Service;
 
 use super::authorize::Rejection;
 use super::frame;
 use super::layer::Config;
-use crate::body::{ConnectionSlot, EventStream, ResponseBody};
+use crate::body::{method_not_allowed, ConnectionSlot, EventStream, ResponseBody};
 use crate::broker::Topic;
 use crate::future::ResponseFuture;
 use crate::mailbox::valid_client_id;
@@ -74,14 +74,7 @@ impl Config {
     /// status or a short stream; nothing here can panic or answer 500.
     pub(crate) fn respond<B>(&self, parts: &Parts) -> Response<ResponseBody<B>> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
-            let mut response = refusal(Rejection::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "the events route answers GET",
-            ));
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
+            return method_not_allowed("GET, HEAD");
         }
         let grant = match self.authorizer.authorize(parts) {
             Ok(grant) => grant,
