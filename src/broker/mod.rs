@@ -434,18 +434,17 @@ impl Broker {
         state.evict(&self.shared.limits, now);
     }
 
-    /// Marks a keep-alive period: every subscription read through the
-    /// events route that sent nothing since the previous tick sends a
-    /// keep-alive comment. One tick wakes every reader once, which replaces
-    /// a timer per connection.
+    /// Marks a keep-alive period: every stream of the events route that
+    /// wrote nothing since the previous tick sends a keep-alive comment.
+    /// One shared tick replaces a timer per connection, and wakes only the
+    /// streams that are due.
     pub(crate) fn tick(&self) {
         let mut wakers = Vec::new();
         {
             let mut state = lock(&self.shared.state);
             let now = self.shared.clock.now();
             state.evict(&self.shared.limits, now);
-            state.tick += 1;
-            state.take_all_wakers(&mut wakers);
+            state.keep_alive_tick(&mut wakers);
         }
         wakers.into_iter().for_each(Waker::wake);
     }

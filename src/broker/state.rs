@@ -65,6 +65,12 @@ impl TopicLog {
 #[derive(Debug, Default)]
 pub(crate) struct SubSlot {
     pub(crate) waker: Option<Waker>,
+    /// Read as SSE frames, so it takes keep-alives.
+    pub(crate) keeps_alive: bool,
+    /// Wrote something since the last keep-alive tick.
+    pub(crate) active: bool,
+    /// A tick found it quiet: its next read sends a keep-alive.
+    pub(crate) keep_alive_due: bool,
 }
 
 /// Retention limits, fixed at build time.
@@ -89,8 +95,6 @@ pub(crate) struct State {
     /// Sent first on every new stream of the events route (see
     /// `Broker::publish_system_greeting`).
     pub(crate) greeting: Option<Bytes>,
-    /// Keep-alive generation, bumped by `Broker::tick`.
-    pub(crate) tick: u64,
     pub(crate) counters: Counters,
 }
 
@@ -117,7 +121,6 @@ impl State {
             closed: false,
             close_frame: None,
             greeting: None,
-            tick: 0,
             counters: Counters::default(),
         }
     }
@@ -189,6 +192,25 @@ impl State {
         let topic = &self.topics[key];
         for (_, &sub) in topic.watchers.iter() {
             if let Some(waker) = self.subs[sub].waker.take() {
+                out.push(waker);
+            }
+        }
+    }
+
+    /// A keep-alive period passed: a stream that wrote nothing since the
+    /// previous one is due a keep-alive and woken; the others only forget
+    /// that they were active. An idle stream is thus woken once every two
+    /// ticks, and nobody else at all.
+    pub(crate) fn keep_alive_tick(&mut self, out: &mut Vec<Waker>) {
+        for (_, slot) in self.subs.iter_mut() {
+            if !slot.keeps_alive {
+                continue;
+            }
+            if std::mem::take(&mut slot.active) {
+                continue;
+            }
+            slot.keep_alive_due = true;
+            if let Some(waker) = slot.waker.take() {
                 out.push(waker);
             }
         }

@@ -68,8 +68,6 @@ struct Reader {
     /// The broker's greeting when this subscription was made, sent ahead of
     /// everything by `poll_frames`.
     greeting: Option<Bytes>,
-    seen_tick: u64,
-    quiet_since_tick: bool,
     finished: bool,
     /// The span of sequence numbers reported missed since last taken.
     lag: Option<(u64, u64)>,
@@ -115,8 +113,6 @@ impl Subscription {
             pos: newest,
             pending: None,
             greeting: state.greeting.clone(),
-            seen_tick: state.tick,
-            quiet_since_tick: true,
             finished: false,
             lag: None,
         };
@@ -318,8 +314,10 @@ impl Subscription {
                     None => break,
                 }
             }
+            let slot = &mut state.subs[sub.key];
+            slot.keeps_alive = true;
             if let Some(bytes) = batch.finish() {
-                sub.quiet_since_tick = false;
+                slot.active = true;
                 return Poll::Ready(Frames::Data(bytes));
             }
             if state.closed {
@@ -329,14 +327,10 @@ impl Subscription {
                     None => Frames::End,
                 });
             }
-            if state.tick != sub.seen_tick {
-                sub.seen_tick = state.tick;
-                let due = sub.quiet_since_tick;
-                sub.quiet_since_tick = true;
-                if due {
-                    sub.park(state, cx);
-                    return Poll::Ready(Frames::KeepAlive);
-                }
+            if std::mem::take(&mut slot.keep_alive_due) {
+                slot.active = true;
+                sub.park(state, cx);
+                return Poll::Ready(Frames::KeepAlive);
             }
             sub.park(state, cx);
             Poll::Pending
@@ -437,5 +431,80 @@ impl std::future::Future for Recv<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         self.get_mut().sub.poll_recv(cx)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::Frames;
+    use crate::{Broker, Event, Topics};
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll(sub: &mut crate::Subscription, waker: &Waker) -> Poll<Frames> {
+        sub.poll_frames(&mut Context::from_waker(waker), 1 << 16)
+    }
+
+    #[test]
+    fn keep_alives_go_only_to_quiet_streams_once_per_two_ticks() {
+        let broker = Broker::new();
+        let topics = Topics::parse(["a"]).unwrap();
+        let mut stream = broker.subscribe(&topics, None).unwrap();
+        let mut in_process = broker.subscribe(&topics, None).unwrap();
+        let (count, other) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let waker = Waker::from(count.clone());
+        let other_waker = Waker::from(other.clone());
+        assert!(poll(&mut stream, &waker).is_pending());
+        assert!(in_process
+            .poll_recv(&mut Context::from_waker(&other_waker))
+            .is_pending());
+
+        // Quiet since it started: the first tick makes it due.
+        broker.tick();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            poll(&mut stream, &waker),
+            Poll::Ready(Frames::KeepAlive)
+        ));
+        assert!(poll(&mut stream, &waker).is_pending());
+        // It just wrote: the next tick leaves it alone.
+        broker.tick();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        broker.tick();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            poll(&mut stream, &waker),
+            Poll::Ready(Frames::KeepAlive)
+        ));
+
+        // Data counts as activity: no keep-alive while events flow.
+        broker.tick();
+        broker
+            .publish(Event::new("t").topic("a").data("x"))
+            .unwrap();
+        assert!(matches!(
+            poll(&mut stream, &waker),
+            Poll::Ready(Frames::Data(_))
+        ));
+        broker.tick();
+        assert!(poll(&mut stream, &waker).is_pending());
+
+        // A subscription read as a Stream never hears of ticks.
+        assert_eq!(
+            other.0.load(Ordering::SeqCst),
+            1,
+            "woken by the publish only"
+        );
     }
 }

@@ -193,8 +193,8 @@ impl Config {
 }
 
 /// Ticks at half the interval: a stream sends a keep-alive at a tick when
-/// it sent nothing since the previous one, so no stream stays silent much
-/// longer than `interval`.
+/// it sent nothing since the previous one, so no stream stays silent longer
+/// than about `interval`, and an idle one is woken once per `interval`.
 async fn tick(broker: WeakBroker, runtime: Weak<Runtime>, interval: Duration) {
     let mut timer = tokio::time::interval(interval / 2);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
