@@ -366,3 +366,47 @@ fn notification_racing_disconnect_is_not_lost() {
         assert_eq!(mailbox.stats().online, 1);
     });
 }
+
+/// Coalescing: a publish racing the end of a stream's coalescing window
+/// still wakes the stream, whichever comes first (a lost wake-up would
+/// leave `block_on` parked, which loom reports).
+#[test]
+fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
+    use std::future::poll_fn;
+    use std::time::Duration;
+    use tower_sse::loom_internals::{poll_frames, release_throttled, Frames};
+    use tower_sse::ManualClock;
+
+    const WINDOW: Option<Duration> = Some(Duration::from_millis(20));
+    model(|| {
+        let clock = ManualClock::new();
+        let broker = Broker::builder()
+            .epoch(EPOCH)
+            .retain_forever()
+            .clock(clock.clone())
+            .build();
+        let mut sub = broker.subscribe(&topics(&["a"]), None).unwrap();
+        publish(&broker, "a", "1");
+        let first = loom::future::block_on(poll_fn(|cx| poll_frames(&mut sub, cx, WINDOW)));
+        assert!(matches!(first, Frames::Data(_)));
+
+        let publisher = {
+            let broker = broker.clone();
+            thread::spawn(move || publish(&broker, "a", "2"))
+        };
+        let releaser = {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                clock.advance(Duration::from_millis(20));
+                release_throttled(&broker);
+            })
+        };
+        let second = loom::future::block_on(poll_fn(|cx| poll_frames(&mut sub, cx, WINDOW)));
+        match second {
+            Frames::Data(bytes) => assert!(bytes.ends_with(b"data: 2\n\n")),
+            other => panic!("{other:?}"),
+        }
+        publisher.join().unwrap();
+        releaser.join().unwrap();
+    });
+}

@@ -3,6 +3,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -113,6 +114,7 @@ pub(crate) struct EventStream {
     sub: Subscription,
     first: Option<Bytes>,
     max_batch_bytes: usize,
+    coalesce: Option<Duration>,
     _slot: ConnectionSlot,
     mailbox: Option<Connection>,
 }
@@ -122,6 +124,7 @@ impl EventStream {
         sub: Subscription,
         first: Bytes,
         max_batch_bytes: usize,
+        coalesce: Option<Duration>,
         slot: ConnectionSlot,
         mailbox: Option<Connection>,
     ) -> Self {
@@ -129,6 +132,7 @@ impl EventStream {
             sub,
             first: Some(first),
             max_batch_bytes,
+            coalesce,
             _slot: slot,
             mailbox,
         }
@@ -138,7 +142,9 @@ impl EventStream {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Frame::data(first)));
         }
-        let polled = self.sub.poll_frames(cx, self.max_batch_bytes);
+        let polled = self
+            .sub
+            .poll_frames(cx, self.max_batch_bytes, self.coalesce);
         if let Some(connection) = &self.mailbox {
             if let Some((after, through)) = self.sub.take_lag() {
                 // Notifications in what this stream missed go out again.

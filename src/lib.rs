@@ -96,6 +96,52 @@ pub use shutdown::{Shutdown, DEFAULT_SHUTDOWN_RETRY};
 #[cfg(not(loom))]
 pub use sse::{Grant, Rejection, SseLayer};
 
+/// Entry points of the events route's reading side, for the loom models
+/// only: compiled under `--cfg loom` and nowhere else.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_internals {
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use crate::{Broker, Subscription};
+
+    /// What `poll_frames` produced, without the crate's private type.
+    #[derive(Debug)]
+    pub enum Frames {
+        /// Encoded frames.
+        Data(bytes::Bytes),
+        /// A keep-alive is due.
+        KeepAlive,
+        /// The stream ended.
+        End,
+    }
+
+    /// `Subscription::poll_frames`.
+    pub fn poll_frames(
+        sub: &mut Subscription,
+        cx: &mut Context<'_>,
+        coalesce: Option<Duration>,
+    ) -> Poll<Frames> {
+        sub.poll_frames(cx, 1 << 16, coalesce)
+            .map(|frames| match frames {
+                crate::broker::Frames::Data(bytes) => Frames::Data(bytes),
+                crate::broker::Frames::KeepAlive => Frames::KeepAlive,
+                crate::broker::Frames::End => Frames::End,
+            })
+    }
+
+    /// `Broker::release_throttled`.
+    pub fn release_throttled(broker: &Broker) {
+        broker.release_throttled();
+    }
+
+    /// `Broker::tick`.
+    pub fn tick(broker: &Broker) {
+        broker.tick();
+    }
+}
+
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(all(doctest, not(loom)))]
 #[doc = include_str!("../README.md")]

@@ -449,6 +449,21 @@ impl Broker {
         wakers.into_iter().for_each(Waker::wake);
     }
 
+    /// Ends the coalescing windows that are over and wakes the streams that
+    /// were published to meanwhile; called by the events route's ticker.
+    pub(crate) fn release_throttled(&self) {
+        let mut wakers = Vec::new();
+        {
+            let mut state = lock(&self.shared.state);
+            if state.throttled.is_empty() {
+                return;
+            }
+            let now = self.shared.clock.now();
+            state.release_throttled(now, &mut wakers);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
     /// Counters and sizes, read in one consistent snapshot.
     pub fn stats(&self) -> BrokerStats {
         let state = lock(&self.shared.state);

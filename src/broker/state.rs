@@ -71,6 +71,11 @@ pub(crate) struct SubSlot {
     pub(crate) active: bool,
     /// A tick found it quiet: its next read sends a keep-alive.
     pub(crate) keep_alive_due: bool,
+    /// Wrote within the coalescing window: publishes do not wake it until
+    /// the window ends (see `State::throttled`).
+    pub(crate) throttled: bool,
+    /// A publish for it came while throttled: wake it when the window ends.
+    pub(crate) wake_at_release: bool,
 }
 
 /// Retention limits, fixed at build time.
@@ -90,6 +95,9 @@ pub(crate) struct State {
     pub(crate) topic_index: HashMap<Topic, usize>,
     pub(crate) pruned_evicted_seq: u64,
     pub(crate) subs: Slab<SubSlot>,
+    /// Streams in their coalescing window, with the window's end, in that
+    /// order (every window has the same length).
+    pub(crate) throttled: VecDeque<(Duration, usize)>,
     pub(crate) closed: bool,
     pub(crate) close_frame: Option<Bytes>,
     /// Sent first on every new stream of the events route (see
@@ -118,6 +126,7 @@ impl State {
             topic_index: HashMap::new(),
             pruned_evicted_seq: 0,
             subs: Slab::new(),
+            throttled: VecDeque::new(),
             closed: false,
             close_frame: None,
             greeting: None,
@@ -191,8 +200,42 @@ impl State {
     pub(crate) fn take_topic_wakers(&mut self, key: usize, out: &mut Vec<Waker>) {
         let topic = &self.topics[key];
         for (_, &sub) in topic.watchers.iter() {
-            if let Some(waker) = self.subs[sub].waker.take() {
+            let slot = &mut self.subs[sub];
+            if slot.throttled {
+                slot.wake_at_release = true;
+            } else if let Some(waker) = slot.waker.take() {
                 out.push(waker);
+            }
+        }
+    }
+
+    /// Starts the coalescing window of the stream `key`, which just wrote.
+    pub(crate) fn throttle(&mut self, key: usize, until: Duration) {
+        let slot = &mut self.subs[key];
+        if !slot.throttled {
+            slot.throttled = true;
+            self.throttled.push_back((until, key));
+        }
+    }
+
+    /// Ends every coalescing window that is over, taking the wakers of the
+    /// streams that were published to meanwhile.
+    pub(crate) fn release_throttled(&mut self, now: Duration, out: &mut Vec<Waker>) {
+        while let Some(&(until, key)) = self.throttled.front() {
+            if until > now {
+                break;
+            }
+            self.throttled.pop_front();
+            // The key may have been freed and reused since; ending the window
+            // of whatever holds it now early only costs a write.
+            let Some(slot) = self.subs.get_mut(key) else {
+                continue;
+            };
+            slot.throttled = false;
+            if std::mem::take(&mut slot.wake_at_release) {
+                if let Some(waker) = slot.waker.take() {
+                    out.push(waker);
+                }
             }
         }
     }

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
@@ -216,11 +217,11 @@ impl Reader {
 
 impl Subscription {
     /// Locks, drops what has aged out, and hands the state to `f`.
-    fn with_state<R>(&mut self, f: impl FnOnce(&mut Reader, &mut State) -> R) -> R {
+    fn with_state<R>(&mut self, f: impl FnOnce(&mut Reader, &mut State, Duration) -> R) -> R {
         let mut state = lock(&self.shared.state);
         let now = self.shared.clock.now();
         state.evict(&self.shared.limits, now);
-        f(&mut self.reader, &mut state)
+        f(&mut self.reader, &mut state, now)
     }
 
     /// The next message if one is ready, without waiting.
@@ -231,7 +232,7 @@ impl Subscription {
         if self.reader.finished {
             return None;
         }
-        self.with_state(|sub, state| {
+        self.with_state(|sub, state, _| {
             let message = sub.next_locked(state);
             if message.is_none() && state.closed {
                 sub.finished = true;
@@ -281,7 +282,7 @@ impl Subscription {
         if self.reader.finished {
             return Poll::Ready(None);
         }
-        self.with_state(|sub, state| match sub.next_locked(state) {
+        self.with_state(|sub, state, _| match sub.next_locked(state) {
             Some(message) => Poll::Ready(Some(message)),
             None if state.closed => {
                 sub.finished = true;
@@ -299,11 +300,21 @@ impl Subscription {
     ///
     /// One lock acquisition for the whole batch; a single event is passed on
     /// as the shared frame itself, without copying.
-    pub(crate) fn poll_frames(&mut self, cx: &mut Context<'_>, max_bytes: usize) -> Poll<Frames> {
+    ///
+    /// With a `coalesce` window, a stream that writes is not woken by
+    /// publishes again until the window has passed (see
+    /// [`Broker::release_throttled`]): what arrives meanwhile goes out
+    /// together, in one write, at most that much later.
+    pub(crate) fn poll_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_bytes: usize,
+        coalesce: Option<Duration>,
+    ) -> Poll<Frames> {
         if self.reader.finished {
             return Poll::Ready(Frames::End);
         }
-        self.with_state(|sub, state| {
+        self.with_state(|sub, state, now| {
             let mut batch = Batch::default();
             if let Some(greeting) = sub.greeting.take() {
                 batch.push(greeting);
@@ -318,6 +329,9 @@ impl Subscription {
             slot.keeps_alive = true;
             if let Some(bytes) = batch.finish() {
                 slot.active = true;
+                if let Some(window) = coalesce {
+                    state.throttle(sub.key, now.saturating_add(window));
+                }
                 return Poll::Ready(Frames::Data(bytes));
             }
             if state.closed {
@@ -453,7 +467,7 @@ mod tests {
     }
 
     fn poll(sub: &mut crate::Subscription, waker: &Waker) -> Poll<Frames> {
-        sub.poll_frames(&mut Context::from_waker(waker), 1 << 16)
+        sub.poll_frames(&mut Context::from_waker(waker), 1 << 16, None)
     }
 
     #[test]
@@ -506,5 +520,75 @@ mod tests {
             1,
             "woken by the publish only"
         );
+    }
+
+    #[test]
+    fn a_coalescing_stream_gets_what_came_during_its_window_in_one_write() {
+        use std::time::Duration;
+
+        let clock = crate::ManualClock::new();
+        let broker = Broker::builder().clock(clock.clone()).build();
+        let topics = Topics::parse(["a"]).unwrap();
+        let mut stream = broker.subscribe(&topics, None).unwrap();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let window = Some(Duration::from_millis(20));
+        let mut poll = |sub: &mut crate::Subscription| {
+            sub.poll_frames(&mut Context::from_waker(&waker), 1 << 16, window)
+        };
+        assert!(poll(&mut stream).is_pending());
+
+        // Quiet until now: the first event wakes it at once.
+        broker
+            .publish(Event::new("t").topic("a").data("1"))
+            .unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(poll(&mut stream), Poll::Ready(Frames::Data(_))));
+        assert!(poll(&mut stream).is_pending());
+
+        // Within its window: publishes do not wake it...
+        broker
+            .publish(Event::new("t").topic("a").data("2"))
+            .unwrap();
+        broker
+            .publish(Event::new("t").topic("a").data("3"))
+            .unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_millis(19));
+        broker.release_throttled();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken before the window ended"
+        );
+        // ...until it ends; then both go out together.
+        clock.advance(Duration::from_millis(1));
+        broker.release_throttled();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        match poll(&mut stream) {
+            Poll::Ready(Frames::Data(bytes)) => {
+                let text = std::str::from_utf8(&bytes).unwrap();
+                assert!(
+                    text.contains("data: 2\n") && text.contains("data: 3\n"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A window with nothing published wakes nobody when it ends.
+        assert!(poll(&mut stream).is_pending());
+        clock.advance(Duration::from_millis(20));
+        broker.release_throttled();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        // And the next event, after a quiet window, goes out at once.
+        broker
+            .publish(Event::new("t").topic("a").data("4"))
+            .unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+        // Closing wakes it whatever its window.
+        assert!(matches!(poll(&mut stream), Poll::Ready(Frames::Data(_))));
+        assert!(poll(&mut stream).is_pending());
+        broker.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 4);
     }
 }

@@ -18,6 +18,9 @@ pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 pub const DEFAULT_BUSY_RETRY: Duration = Duration::from_secs(30);
 /// Default longest silence on an idle stream before a keep-alive comment.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Default coalescing window: after a write, a stream waits this long for
+/// more events before it is woken again.
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(20);
 /// Default most topics one connection may watch.
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 /// Default most bytes written to a connection in one body frame when it
@@ -57,6 +60,7 @@ pub(crate) struct Config {
     pub(crate) retry: Duration,
     pub(crate) busy_retry: Duration,
     pub(crate) keep_alive: Option<Duration>,
+    pub(crate) coalesce: Option<Duration>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_topics: usize,
     pub(crate) max_batch_bytes: usize,
@@ -83,6 +87,7 @@ impl SseLayer {
                 retry: DEFAULT_RETRY,
                 busy_retry: DEFAULT_BUSY_RETRY,
                 keep_alive: Some(DEFAULT_KEEP_ALIVE),
+                coalesce: Some(DEFAULT_COALESCE),
                 max_connections: None,
                 max_topics: DEFAULT_MAX_TOPICS,
                 max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
@@ -132,6 +137,21 @@ impl SseLayer {
         self
     }
 
+    /// Coalesces writes: after a stream writes, events published within
+    /// `window` do not wake it one by one but go out together when the
+    /// window ends (default 20 ms).
+    ///
+    /// The first event after a quiet period still goes out at once; only
+    /// a stream receiving events faster than one per window waits, and at
+    /// most `window` (plus a quarter of it). That turns many small writes
+    /// (one system call and one TCP segment each) into few larger ones,
+    /// which is where the CPU of a busy fan-out goes. [`Duration::ZERO`]
+    /// turns it off, for streams where every millisecond counts.
+    pub fn coalesce(mut self, window: Duration) -> Self {
+        self.config.coalesce = (!window.is_zero()).then_some(window);
+        self
+    }
+
     /// Serves at most `n` streams at once from services made by this layer;
     /// past that a client gets a short `200` stream with a
     /// [`busy_retry`](SseLayer::busy_retry) hint (default: no limit).
@@ -172,9 +192,9 @@ impl Config {
     /// lazily, on the runtime of the first connection, and again if that
     /// runtime went away; it stops once the broker or the layer is gone.
     pub(crate) fn ensure_ticker(&self) {
-        let Some(interval) = self.keep_alive else {
+        if self.keep_alive.is_none() && self.coalesce.is_none() {
             return;
-        };
+        }
         let mut ticker = self
             .runtime
             .ticker
@@ -188,25 +208,53 @@ impl Config {
         };
         let broker = self.broker.downgrade();
         let runtime = Arc::downgrade(&self.runtime);
-        *ticker = Some(handle.spawn(tick(broker, runtime, interval)));
+        *ticker = Some(handle.spawn(tick(broker, runtime, self.keep_alive, self.coalesce)));
     }
 }
 
-/// Ticks at half the interval: a stream sends a keep-alive at a tick when
-/// it sent nothing since the previous one, so no stream stays silent longer
-/// than about `interval`, and an idle one is woken once per `interval`.
-async fn tick(broker: WeakBroker, runtime: Weak<Runtime>, interval: Duration) {
-    let mut timer = tokio::time::interval(interval / 2);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    timer.tick().await;
+/// The one timer of all the streams of a layer.
+///
+/// Keep-alive: ticks at half the interval; a stream sends a keep-alive at a
+/// tick when it sent nothing since the previous one, so no stream stays
+/// silent longer than about `interval`, and an idle one is woken once per
+/// `interval`. Coalescing: every quarter window, ends the windows that are
+/// over.
+async fn tick(
+    broker: WeakBroker,
+    runtime: Weak<Runtime>,
+    keep_alive: Option<Duration>,
+    coalesce: Option<Duration>,
+) {
+    use tokio::time::{sleep_until, Instant};
+
+    let keep_alive_every = keep_alive.map(|interval| interval / 2);
+    let release_every = coalesce.map(|window| (window / 4).max(Duration::from_millis(1)));
+    let start = Instant::now();
+    let mut next_keep_alive = keep_alive_every.map(|every| start + every);
+    let mut next_release = release_every.map(|every| start + every);
     loop {
-        timer.tick().await;
+        let Some(next) = [next_keep_alive, next_release].into_iter().flatten().min() else {
+            return;
+        };
+        sleep_until(next).await;
         if runtime.strong_count() == 0 {
             return;
         }
-        match broker.upgrade() {
-            Some(broker) if !broker.is_closed() => broker.tick(),
-            _ => return,
+        let Some(broker) = broker.upgrade().filter(|broker| !broker.is_closed()) else {
+            return;
+        };
+        let now = Instant::now();
+        if let (Some(at), Some(every)) = (next_release, release_every) {
+            if at <= now {
+                broker.release_throttled();
+                next_release = Some(now + every);
+            }
+        }
+        if let (Some(at), Some(every)) = (next_keep_alive, keep_alive_every) {
+            if at <= now {
+                broker.tick();
+                next_keep_alive = Some(now + every);
+            }
         }
     }
 }

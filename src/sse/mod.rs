@@ -46,8 +46,8 @@ pub use self::authorize::{any_topic, public_only, requested_topics, Authorize, G
 pub(crate) use self::layer::Runtime;
 #[cfg(not(loom))]
 pub use self::layer::{
-    SseLayer, DEFAULT_BUSY_RETRY, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_TOPICS,
-    DEFAULT_RETRY,
+    SseLayer, DEFAULT_BUSY_RETRY, DEFAULT_COALESCE, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_TOPICS, DEFAULT_RETRY,
 };
 #[cfg(not(loom))]
 pub use self::service::Sse;

@@ -134,6 +134,7 @@ impl Config {
             subscription,
             first,
             self.max_batch_bytes,
+            self.coalesce,
             slot,
             connection,
         )))
