@@ -533,7 +533,7 @@ mod tests {
         let count = Arc::new(Count::default());
         let waker = Waker::from(count.clone());
         let window = Some(Duration::from_millis(20));
-        let mut poll = |sub: &mut crate::Subscription| {
+        let poll = |sub: &mut crate::Subscription| {
             sub.poll_frames(&mut Context::from_waker(&waker), 1 << 16, window)
         };
         assert!(poll(&mut stream).is_pending());
