@@ -1,0 +1,260 @@
+//! What the two benchmark servers (`examples/bench_server.rs`, the crate,
+//! and `examples/bench_baseline.rs`, broadcast + `axum::response::Sse`)
+//! share, so that they differ only in how events reach the connections:
+//! the command line, the listener, the runtime, the publisher's schedule and
+//! payload, the subscriber sampling and the final line on SIGTERM.
+//!
+//! Included by both with `#[path = "../bench/server_common.rs"] mod common;`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::{TcpListener, TcpSocket};
+
+/// How often the subscriber count is sampled (for `max_subscribers` and to
+/// start the publisher).
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// Pending connections the listener queues: a client ramping up thousands
+/// of connections should not overflow it.
+const BACKLOG: u32 = 4096;
+
+/// The command line both servers accept.
+#[derive(Clone, Debug)]
+pub struct Args {
+    pub addr: String,
+    /// Events per second; 0 = as fast as the publisher can go.
+    pub rate: u64,
+    /// Events to publish; 0 = unlimited.
+    pub count: u64,
+    /// The publisher starts once this many subscribers are connected.
+    pub start_after_conns: u64,
+    /// Tokio worker threads.
+    pub threads: usize,
+    /// The one server-specific knob (`--retain-events` / `--capacity`).
+    pub extra: Option<usize>,
+}
+
+const USAGE: &str =
+    "usage: --addr HOST:PORT --rate R --count C --start-after-conns N [--threads T]";
+
+impl Args {
+    /// Parses `std::env::args`, accepting `extra_flag NUMBER` besides the
+    /// common flags.
+    pub fn parse(extra_flag: &str) -> Result<Self, String> {
+        let mut args = Args {
+            addr: "127.0.0.1:3100".to_owned(),
+            rate: 100,
+            count: 0,
+            start_after_conns: 1,
+            threads: 1,
+            extra: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let (flag, inline) = match flag.split_once('=') {
+                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+                None => (flag, None),
+            };
+            if flag == "-h" || flag == "--help" {
+                return Err(format!("{USAGE} [{extra_flag} N]"));
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?,
+            };
+            let number = || -> Result<u64, String> {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{flag}: {value:?} is not a number"))
+            };
+            match flag.as_str() {
+                "--addr" => args.addr = value.clone(),
+                "--rate" => args.rate = number()?,
+                "--count" => args.count = number()?,
+                "--start-after-conns" => args.start_after_conns = number()?,
+                "--threads" => args.threads = number()?.max(1) as usize,
+                f if f == extra_flag => args.extra = Some(number()? as usize),
+                _ => {
+                    return Err(format!(
+                        "unknown argument {flag:?}\n{USAGE} [{extra_flag} N]"
+                    ))
+                }
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// A multi-threaded runtime with `threads` workers.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+}
+
+/// Unix time in nanoseconds.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// This process's user and system CPU time in clock ticks, from
+/// `/proc/self/stat` (0 where there is none).
+pub fn cpu_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return (0, 0);
+    };
+    // Fields after the command name, which ends at the last ')': state is
+    // field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return (0, 0);
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field(14), field(15))
+}
+
+/// Counters both servers report.
+#[derive(Default)]
+pub struct Counters {
+    pub published: AtomicU64,
+    pub max_subscribers: AtomicUsize,
+}
+
+/// Serves `app` on `addr` (TCP_NODELAY on every connection, for both
+/// servers alike), until the process exits.
+pub async fn serve(addr: &str, app: Router) -> std::io::Result<()> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+    })?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener: TcpListener = socket.listen(BACKLOG)?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
+}
+
+/// Samples the subscriber count every 10 ms for `max_subscribers`, starts
+/// the publisher once `args.start_after_conns` are connected, then publishes
+/// `args.count` events (0 = for ever) at `args.rate` per second (0 = as
+/// fast as it can), each with the payload `SEQ TS_NS`.
+pub async fn run_publisher(
+    args: Args,
+    counters: Arc<Counters>,
+    subscribers: impl Fn() -> usize + Send + Sync + 'static,
+    mut publish: impl FnMut(String) + Send + 'static,
+) {
+    let subscribers = Arc::new(subscribers);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let counters = counters.clone();
+        let subscribers = subscribers.clone();
+        let wanted = args.start_after_conns;
+        tokio::spawn(async move {
+            let mut started = Some(started_tx);
+            let mut timer = tokio::time::interval(SAMPLE_EVERY);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                timer.tick().await;
+                let n = subscribers();
+                counters.max_subscribers.fetch_max(n, Ordering::Relaxed);
+                if n as u64 >= wanted {
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+    }
+    if started_rx.await.is_err() {
+        return;
+    }
+    // Where the measurement window starts: `bench/run.sh` reads the CPU
+    // time spent from here on.
+    let (utime, stime) = cpu_ticks();
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "publisher_started": true,
+            "subscribers": subscribers(),
+            "utime": utime,
+            "stime": stime,
+        })
+    );
+    let limit = if args.count == 0 {
+        u64::MAX
+    } else {
+        args.count
+    };
+    let mut seq = 0u64;
+    let next = |seq: u64| format!("{seq} {}", unix_ns());
+    if args.rate == 0 {
+        // As fast as publishing goes, letting the connections run between
+        // batches.
+        while seq < limit {
+            for _ in 0..64 {
+                if seq >= limit {
+                    break;
+                }
+                publish(next(seq));
+                seq += 1;
+                counters.published.store(seq, Ordering::Relaxed);
+            }
+            tokio::task::yield_now().await;
+        }
+        return;
+    }
+    // Every millisecond, publish what is due since the start: the average
+    // rate is exact whatever the timer's jitter.
+    let start = Instant::now();
+    let mut timer = tokio::time::interval(Duration::from_millis(1));
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while seq < limit {
+        timer.tick().await;
+        let elapsed = start.elapsed().as_nanos();
+        let due = ((elapsed * u128::from(args.rate)) / 1_000_000_000) as u64 + 1;
+        while seq < due.min(limit) {
+            publish(next(seq));
+            seq += 1;
+            counters.published.store(seq, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits for SIGTERM (or Ctrl-C), prints
+/// `{"published","lagged_skipped","max_subscribers"}` to stderr and exits.
+pub async fn exit_on_sigterm(counters: Arc<Counters>, lagged_skipped: impl Fn() -> u64) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let line = serde_json::json!({
+        "published": counters.published.load(Ordering::Relaxed),
+        "lagged_skipped": lagged_skipped(),
+        "max_subscribers": counters.max_subscribers.load(Ordering::Relaxed),
+    });
+    eprintln!("{line}");
+    std::process::exit(0);
+}

@@ -1,0 +1,122 @@
+//! The crate's side of the loopback load benchmark (`bench/run.sh`): the
+//! events route of [`SseLayer`] over a [`Broker`], plus a publisher.
+//!
+//! ```text
+//! cargo run --release --example bench_server -- --addr 127.0.0.1:3100 \
+//!     --rate 100 --count 2000 --start-after-conns 1000 [--threads 1] [--retain-events 20000]
+//! ```
+//!
+//! - `GET /events` streams (the crate's route, default topic, keep-alive
+//!   every 15 s);
+//! - `GET /stats` answers `{"subscribers","published","lagged"}`, `lagged`
+//!   being the broker's `lagged_events` (events readers fell behind on, each
+//!   reported to its client with an `event: resync` frame);
+//! - the publisher starts once `--start-after-conns` subscribers are
+//!   connected and publishes `--count` events (0 = unlimited) at `--rate`
+//!   per second (0 = as fast as it can), with the data `SEQ TS_NS` and the
+//!   default event type;
+//! - on SIGTERM it prints `{"published","lagged_skipped","max_subscribers"}`
+//!   to stderr and exits. `lagged_skipped` is 0 by construction: a reader
+//!   that falls behind is told so, nothing is skipped silently.
+//!
+//! `--retain-events` (default 20 000, the broker's own default is 2000)
+//! sizes the replay log, so that a connection that stalls briefly is
+//! replayed what it missed instead of getting a resync.
+
+#[cfg(loom)]
+fn main() {}
+
+#[cfg(not(loom))]
+#[path = "../bench/server_common.rs"]
+mod common;
+
+#[cfg(not(loom))]
+fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use tower_sse::{Broker, Event, SseLayer};
+
+    /// Replay log size unless `--retain-events` says otherwise.
+    const RETAIN_EVENTS: usize = 20_000;
+
+    let args = match common::Args::parse("--retain-events") {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let retain_events = args.extra.unwrap_or(RETAIN_EVENTS);
+    let runtime = match common::runtime(args.threads) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "server": "tower-sse",
+            "addr": args.addr,
+            "rate": args.rate,
+            "count": args.count,
+            "start_after_conns": args.start_after_conns,
+            "threads": args.threads,
+            "retain_events": retain_events,
+            "keep_alive_s": 15,
+        })
+    );
+    runtime.block_on(async move {
+        let broker = Broker::builder().retain_events(retain_events).build();
+        let counters = Arc::new(common::Counters::default());
+
+        let stats = {
+            let broker = broker.clone();
+            move || {
+                let stats = broker.stats();
+                std::future::ready(Json(serde_json::json!({
+                    "subscribers": stats.subscribers,
+                    "published": stats.published,
+                    "lagged": stats.lagged_events,
+                })))
+            }
+        };
+        let app = Router::new()
+            .route("/stats", get(stats))
+            .layer(SseLayer::new(broker.clone()));
+
+        let server = {
+            let addr = args.addr.clone();
+            tokio::spawn(async move { common::serve(&addr, app).await })
+        };
+        tokio::spawn({
+            let subscribers = broker.clone();
+            let publisher = broker.clone();
+            common::run_publisher(
+                args,
+                counters.clone(),
+                move || subscribers.stats().subscribers,
+                move |data| {
+                    // Never waits; refused only once closed, which this
+                    // server never does.
+                    let _ = publisher.publish(Event::message().data(data));
+                },
+            )
+        });
+        tokio::select! {
+            served = server => {
+                match served {
+                    Ok(Err(error)) => eprintln!("serve: {error}"),
+                    Ok(Ok(())) => eprintln!("serve: stopped"),
+                    Err(error) => eprintln!("serve: {error}"),
+                }
+                ExitCode::FAILURE
+            }
+            () = common::exit_on_sigterm(counters, || 0) => ExitCode::SUCCESS,
+        }
+    })
+}
