@@ -148,7 +148,9 @@ wait_file() {
     done
 }
 
-PORT=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768-60999 here), so that no client connection
+# of an earlier scenario can hold the next listening port.
+PORT=$((10000 + RANDOM % 10000))
 # start_server KIND RATE COUNT START_AFTER NAME: sets SPID, SLOG, SADDR.
 start_server() {
     local kind=$1 rate=$2 count=$3 after=$4 name=$5 extra
