@@ -6,8 +6,10 @@
 //!   `{"status", "mode", "reason", "since", "shutting_down", "subscribers",
 //!   "dropped", "uptime", "version"}`: what an operator looks at.
 //!   `status` is `ok`, `read-only`, `degraded` or `shutting-down`;
-//!   `subscribers` and `dropped` (events subscribers missed because they
-//!   lagged) come from the [`Broker`] given with [`HealthLayer::broker`];
+//!   `subscribers` (every subscription of the broker: open streams and
+//!   in-process subscribers alike) and `dropped` (events subscribers missed
+//!   because they lagged) come from the [`Broker`] given with
+//!   [`HealthLayer::broker`];
 //!   `uptime` is in seconds.
 //! - `GET /ready`: `200` when the server should receive traffic, `503` with
 //!   the reason when degraded or shutting down: what a load balancer polls.
