@@ -134,9 +134,9 @@ pub struct Counters {
     pub max_subscribers: AtomicUsize,
 }
 
-/// Serves `app` on `addr` (TCP_NODELAY on every connection, for both
-/// servers alike), until the process exits.
-pub async fn serve(addr: &str, app: Router) -> std::io::Result<()> {
+/// Binds `addr` with a backlog deep enough for a client ramping up
+/// thousands of connections.
+pub fn listen(addr: &str) -> std::io::Result<TcpListener> {
     let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
     })?;
@@ -147,8 +147,14 @@ pub async fn serve(addr: &str, app: Router) -> std::io::Result<()> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    let listener: TcpListener = socket.listen(BACKLOG)?;
-    let listener = listener.tap_io(|tcp| {
+    socket.listen(BACKLOG)
+}
+
+/// Serves `app` with `axum::serve` on `addr` (TCP_NODELAY on every
+/// connection, as `tower_sse::serve` sets it), until the process exits.
+#[allow(dead_code)] // the baseline's; the crate's server uses `tower_sse::serve`
+pub async fn serve_axum(addr: &str, app: Router) -> std::io::Result<()> {
+    let listener = listen(addr)?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app).await

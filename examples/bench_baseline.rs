@@ -127,7 +127,7 @@ fn main() -> std::process::ExitCode {
 
         let server = {
             let addr = args.addr.clone();
-            tokio::spawn(async move { common::serve(&addr, router).await })
+            tokio::spawn(async move { common::serve_axum(&addr, router).await })
         };
         tokio::spawn({
             let subscribers = tx.clone();

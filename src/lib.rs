@@ -48,6 +48,9 @@
 //!   waits for Ctrl-C or SIGTERM.
 //! - `tcp`: `tcp::TcpTuning`, socket options that let the
 //!   kernel drop readers that vanished or stopped reading.
+//! - `serve`: `serve()`, an HTTP/1.1 server that drives event streams on
+//!   lean connections of its own (a few kilobytes each instead of hyper's
+//!   16 KiB of buffers) and hands every other request to hyper.
 
 #![warn(missing_docs)]
 #![deny(unreachable_pub, unsafe_code)]
@@ -68,6 +71,8 @@ pub mod mailbox;
 pub mod mode;
 #[cfg(not(loom))]
 pub mod require_writable;
+#[cfg(all(feature = "serve", not(loom)))]
+pub mod serve;
 #[cfg(not(loom))]
 mod shutdown;
 pub mod sse;
@@ -91,6 +96,8 @@ pub use future::ResponseFuture;
 pub use health::HealthLayer;
 #[cfg(not(loom))]
 pub use require_writable::RequireWritableLayer;
+#[cfg(all(feature = "serve", not(loom)))]
+pub use serve::serve;
 #[cfg(not(loom))]
 pub use shutdown::{Shutdown, DEFAULT_SHUTDOWN_RETRY};
 #[cfg(not(loom))]

@@ -1,0 +1,413 @@
+//! An HTTP/1.1 server for a tower service whose event streams cost a few
+//! kilobytes each (feature `serve`).
+//!
+//! An idle event stream served by hyper (and so by `axum::serve`) keeps
+//! hyper's per-connection read and write buffers, 8 KiB each, for as long
+//! as the stream lives: at ten thousand open streams that is most of the
+//! server's memory, spent on buffers an event stream never uses. An
+//! `EventSource` sends one request and then only reads, and the crate's
+//! frames are already encoded, so a stream needs no buffer at all.
+//!
+//! [`serve`] accepts connections and reads each one's first request head
+//! itself, into a short-lived buffer. When that request is a plain `GET`
+//! asking for `text/event-stream` (every `EventSource` sends that `Accept`),
+//! or a `GET` on one of the [`stream_path`](Serve::stream_path)s, it calls
+//! the service and writes the response itself: head, then each body frame
+//! straight from the frame's own bytes in one vectored write, chunked, with
+//! `Connection: close`. Anything else (other methods, bodies, upgrades,
+//! HTTP/1.0, malformed heads) goes to hyper together with the bytes already
+//! read, so hyper answers it exactly as it would have without this server.
+//!
+//! The service sees the same requests either way: a
+//! [`Request<RequestBody>`](RequestBody) with the peer's address in its
+//! extensions as a [`PeerAddr`] (and, with the `axum` feature, as
+//! `axum::extract::ConnectInfo<SocketAddr>`).
+//!
+//! ```no_run
+//! use axum::Router;
+//! use tower_sse::{Broker, Shutdown, SseLayer};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let broker = Broker::new();
+//! let shutdown = Shutdown::new().broker(&broker);
+//! let app = Router::new().layer(SseLayer::new(broker.clone()));
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! tower_sse::serve(listener, app)
+//!     .with_graceful_shutdown(shutdown.wait())
+//!     .await
+//! # }
+//! ```
+//!
+//! # What it does not do
+//!
+//! HTTP/2 and TLS: put it behind a proxy that terminates them, as event
+//! streams usually are. A graceful shutdown waits for every stream to end,
+//! as hyper's does; a [`Shutdown`](crate::Shutdown) closing the brokers is
+//! what ends them.
+
+mod head;
+mod io;
+mod stream;
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::io as stdio;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower_service::Service;
+
+pub use self::io::RequestBody;
+use self::io::{IntoRequestBody, Rewind};
+
+/// Error type a service or body may fail with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Default longest wait for a connection's first request head.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest first request head read before deciding; a longer one
+/// goes to hyper, which applies its own limits.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long accepting pauses after an error such as running out of file
+/// descriptors, so that the loop does not spin while none are free.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The peer's address, in every request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Serves `service` on `listener` until the returned future is dropped, or
+/// until a [graceful shutdown](Serve::with_graceful_shutdown) completes.
+///
+/// Every connection gets a clone of `service`, as with `axum::serve`.
+/// `TCP_NODELAY` is set on accepted connections (events go out as written);
+/// see [`nodelay`](Serve::nodelay).
+pub fn serve<S, B>(listener: TcpListener, service: S) -> Serve<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    Serve {
+        listener,
+        service,
+        config: Config {
+            stream_paths: Vec::new(),
+            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            nodelay: true,
+            #[cfg(feature = "tcp")]
+            tuning: None,
+        },
+    }
+}
+
+/// What every connection of one server shares.
+#[derive(Clone, Debug)]
+struct Config {
+    stream_paths: Vec<String>,
+    head_timeout: Duration,
+    max_head_bytes: usize,
+    nodelay: bool,
+    #[cfg(feature = "tcp")]
+    tuning: Option<crate::tcp::TcpTuning>,
+}
+
+/// A server, from [`serve`]; `.await` it to run.
+#[must_use = "a server does nothing until awaited"]
+pub struct Serve<S> {
+    listener: TcpListener,
+    service: S,
+    config: Config,
+}
+
+impl<S> fmt::Debug for Serve<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Serve<S> {
+    /// Also drives a `GET` on `path` as a stream when the client sends no
+    /// `Accept: text/event-stream`, as some non-browser clients do. The path
+    /// is compared with the request's path, without its query.
+    pub fn stream_path(mut self, path: impl Into<String>) -> Self {
+        self.config.stream_paths.push(path.into());
+        self
+    }
+
+    /// Longest wait for a connection's first request head (default 30 s);
+    /// a connection that has not sent one by then is closed.
+    pub fn head_timeout(mut self, timeout: Duration) -> Self {
+        self.config.head_timeout = timeout;
+        self
+    }
+
+    /// Largest first request head this server parses itself (default 16 KiB);
+    /// a longer one is handed to hyper.
+    pub fn max_head_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_head_bytes = bytes.max(256);
+        self
+    }
+
+    /// Whether accepted connections get `TCP_NODELAY` (default on).
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.config.nodelay = nodelay;
+        self
+    }
+
+    /// Applies `tuning` to every accepted connection (feature `tcp`), so
+    /// that the kernel drops streams whose reader vanished or stopped
+    /// reading. It sets `TCP_NODELAY` by its own setting.
+    #[cfg(feature = "tcp")]
+    pub fn tcp_tuning(mut self, tuning: crate::tcp::TcpTuning) -> Self {
+        self.config.tuning = Some(tuning);
+        self
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> stdio::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Stops accepting once `signal` completes, then waits for every open
+    /// connection to finish: hyper's are asked to close after their current
+    /// request, streams end when their bodies end (a
+    /// [`Shutdown`](crate::Shutdown) closes the brokers for that), and
+    /// connections that have not sent a request are closed.
+    pub fn with_graceful_shutdown<F>(self, signal: F) -> WithGracefulShutdown<S, F>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        WithGracefulShutdown {
+            serve: self,
+            signal,
+        }
+    }
+}
+
+/// A server with a graceful shutdown, from
+/// [`Serve::with_graceful_shutdown`]; `.await` it to run.
+#[must_use = "a server does nothing until awaited"]
+pub struct WithGracefulShutdown<S, F> {
+    serve: Serve<S>,
+    signal: F,
+}
+
+impl<S, F> fmt::Debug for WithGracefulShutdown<S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithGracefulShutdown")
+            .field("serve", &self.serve)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> IntoFuture for Serve<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = stdio::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = stdio::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(run(self, std::future::pending()))
+    }
+}
+
+impl<S, B, F> IntoFuture for WithGracefulShutdown<S, F>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    type Output = stdio::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = stdio::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(run(self.serve, self.signal))
+    }
+}
+
+/// The accept loop, then the wait for open connections.
+async fn run<S, B, F>(serve: Serve<S>, signal: F) -> stdio::Result<()>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Serve {
+        listener,
+        service,
+        config,
+    } = serve;
+    let config = Arc::new(config);
+    // Every connection holds a receiver: `closed()` resolves once the last
+    // one is gone, and the value turning `true` asks them to wind down.
+    let (closing, connections) = watch::channel(false);
+    let signal = signal;
+    tokio::pin!(signal);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    if !is_connection_error(&error) {
+                        tracing::warn!(%error, "accept failed; pausing");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
+        configure(&tcp, &config);
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            service.clone(),
+            config.clone(),
+            connections.clone(),
+        ));
+    }
+    drop(listener);
+    drop(connections);
+    closing.send_replace(true);
+    closing.closed().await;
+    Ok(())
+}
+
+/// Errors that concern one connection only, after which accepting goes on
+/// at once.
+fn is_connection_error(error: &stdio::Error) -> bool {
+    matches!(
+        error.kind(),
+        stdio::ErrorKind::ConnectionRefused
+            | stdio::ErrorKind::ConnectionAborted
+            | stdio::ErrorKind::ConnectionReset
+    )
+}
+
+fn configure(tcp: &TcpStream, config: &Config) {
+    #[cfg(feature = "tcp")]
+    if let Some(tuning) = config.tuning {
+        if let Err(error) = tuning.apply(tcp) {
+            tracing::debug!(%error, "could not tune a connection");
+        }
+        return;
+    }
+    if config.nodelay {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    }
+}
+
+/// One connection: its first head decides who drives it.
+async fn connection<S, B>(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    config: Arc<Config>,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let first = tokio::select! {
+        read = tokio::time::timeout(
+            config.head_timeout,
+            head::read(&mut tcp, config.max_head_bytes, &config.stream_paths),
+        ) => read,
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    match first {
+        Ok(Ok(head::First::Stream(mut request))) => {
+            insert_peer(&mut request, peer);
+            stream::respond(tcp, request, service).await;
+            drop(closing);
+        }
+        Ok(Ok(head::First::Other(read))) => {
+            // Boxed so that hyper's connection state does not weigh on
+            // every stream's task.
+            Box::pin(with_hyper(tcp, read, peer, service, closing)).await;
+        }
+        Ok(Ok(head::First::Closed)) | Ok(Err(_)) | Err(_) => {}
+    }
+}
+
+/// Hands a connection, and the bytes already read from it, to hyper.
+async fn with_hyper<S, B>(
+    tcp: TcpStream,
+    read: Bytes,
+    peer: SocketAddr,
+    service: S,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let io = TokioIo::new(Rewind::new(tcp, read));
+    let service =
+        hyper_util::service::TowerToHyperService::new(IntoRequestBody::new(service, peer));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            return;
+        }
+        _ = closing.wait_for(|closing| *closing) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+fn insert_peer<T>(request: &mut Request<T>, peer: SocketAddr) {
+    request.extensions_mut().insert(PeerAddr(peer));
+    #[cfg(feature = "axum")]
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+}

@@ -1,0 +1,400 @@
+//! Answering a stream request on a connection of this server's own: the
+//! head once, then each body frame in one vectored write straight from its
+//! bytes, with nothing buffered in between.
+
+use std::future::poll_fn;
+use std::io::{IoSlice, Write as _};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Buf;
+use http::header::{self, HeaderValue};
+use http::response::Parts;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::{BoxError, RequestBody};
+
+/// Bytes a client may send after its stream request before it is taken for
+/// something other than an event-stream reader and dropped. An
+/// `EventSource` sends none.
+const MAX_DISCARDED: usize = 64 * 1024;
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Calls `service` with `request` and writes its response on `tcp`, which
+/// is closed afterwards.
+pub(super) async fn respond<S, B>(
+    mut tcp: TcpStream,
+    request: Box<Request<RequestBody>>,
+    mut service: S,
+) where
+    S: Service<Request<RequestBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
+        tracing::debug!(error = %error.into(), "service not ready; closing");
+        return;
+    }
+    // Boxed: the call's state would otherwise stay in every stream's task.
+    let call = Box::pin(service.call(*request));
+    drop(service);
+    let response = match call.await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(error = %error.into(), "service failed; closing");
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let framing = Framing::of(&parts, &body);
+    let head = encode_head(&parts, framing);
+    if tcp.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    let end = match framing {
+        Framing::None => End::Finished,
+        Framing::Length(length) => write_body(&mut tcp, pin!(body), false, Some(length)).await,
+        Framing::Chunked => {
+            let end = write_body(&mut tcp, pin!(body), true, None).await;
+            if end == End::Finished && tcp.write_all(LAST_CHUNK).await.is_err() {
+                return;
+            }
+            end
+        }
+    };
+    if end == End::Finished {
+        // A FIN after the last byte, so the client sees the end of a whole
+        // response rather than a reset.
+        let _ = tcp.shutdown().await;
+    }
+}
+
+/// How the body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body may follow (`204`, `304`, `1xx`).
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+impl Framing {
+    fn of<B: Body>(parts: &Parts, body: &B) -> Self {
+        let status = parts.status;
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Framing::None;
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        match declared.or_else(|| body.size_hint().exact()) {
+            Some(length) => Framing::Length(length),
+            None => Framing::Chunked,
+        }
+    }
+}
+
+/// The status line and headers, with this server's framing and
+/// `Connection: close` in place of whatever the service set for those.
+fn encode_head(parts: &Parts, framing: Framing) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    let status = parts.status;
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in &parts.headers {
+        if [
+            header::CONNECTION,
+            header::TRANSFER_ENCODING,
+            header::CONTENT_LENGTH,
+        ]
+        .contains(name)
+            || name.as_str() == "keep-alive"
+        {
+            continue;
+        }
+        put_header(&mut head, name.as_str(), value);
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        put_header(
+            &mut head,
+            "date",
+            &HeaderValue::from_str(&date).unwrap_or(HeaderValue::from_static("")),
+        );
+    }
+    match framing {
+        Framing::None => {
+            if status == StatusCode::NOT_MODIFIED {
+                if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
+                    put_header(&mut head, "content-length", length);
+                }
+            }
+        }
+        Framing::Length(length) => {
+            let _ = write!(head, "content-length: {length}\r\n");
+        }
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    head
+}
+
+fn put_header(head: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value.as_bytes());
+    head.extend_from_slice(b"\r\n");
+}
+
+/// How writing a body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The body ended and every byte of it was written.
+    Finished,
+    /// The peer closed, reset, or sent more than a stream reader would.
+    PeerGone,
+    /// The body failed, broke its `Content-Length`, or a write failed: the
+    /// connection is dropped mid-response so the client sees an error.
+    Failed,
+}
+
+/// Writes each body frame as it comes, one frame at a time: while a write
+/// waits for the socket, the body is not polled, which is what holds a
+/// slow reader back in the broker's log rather than in memory here.
+async fn write_body<B>(
+    tcp: &mut TcpStream,
+    mut body: Pin<&mut B>,
+    chunked: bool,
+    mut remaining: Option<u64>,
+) -> End
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut pending: Option<Chunk<B::Data>> = None;
+    let mut discarded = 0usize;
+    poll_fn(|cx| loop {
+        if let Poll::Ready(end) = watch_peer(tcp, cx, &mut discarded) {
+            return Poll::Ready(end);
+        }
+        if let Some(chunk) = pending.as_mut() {
+            match ready!(chunk.poll_write(tcp, cx)) {
+                Ok(()) => pending = None,
+                Err(_) => return Poll::Ready(End::Failed),
+            }
+        }
+        let frame = match ready!(body.as_mut().poll_frame(cx)) {
+            None if remaining.is_some_and(|left| left > 0) => return Poll::Ready(End::Failed),
+            None => return Poll::Ready(End::Finished),
+            Some(Err(error)) => {
+                tracing::debug!(error = %error.into(), "response body failed; dropping the connection");
+                return Poll::Ready(End::Failed);
+            }
+            Some(Ok(frame)) => frame,
+        };
+        // Trailers have no place in a body that ends the connection.
+        let Ok(data) = frame.into_data() else { continue };
+        let len = data.remaining() as u64;
+        if len == 0 {
+            continue;
+        }
+        if let Some(left) = remaining.as_mut() {
+            if len > *left {
+                tracing::debug!("response body longer than its content-length; dropping the connection");
+                return Poll::Ready(End::Failed);
+            }
+            *left -= len;
+        }
+        pending = Some(Chunk::new(data, chunked));
+    })
+    .await
+}
+
+/// Reads and discards whatever the peer sends, to notice it leaving.
+fn watch_peer(tcp: &mut TcpStream, cx: &mut Context<'_>, discarded: &mut usize) -> Poll<End> {
+    let mut scratch = [0u8; 256];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *tcp).poll_read(cx, &mut buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(End::PeerGone),
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(End::PeerGone),
+            Poll::Ready(Ok(())) => {
+                *discarded += buf.filled().len();
+                if *discarded > MAX_DISCARDED {
+                    return Poll::Ready(End::PeerGone);
+                }
+            }
+        }
+    }
+}
+
+/// One body frame on its way out: the chunk-size line, the frame's own
+/// bytes and the closing CRLF, written together.
+struct Chunk<D> {
+    size_line: [u8; 18],
+    at: u8,
+    end: u8,
+    data: D,
+    /// Bytes of the closing CRLF still to write.
+    crlf: u8,
+}
+
+impl<D: Buf> Chunk<D> {
+    fn new(data: D, chunked: bool) -> Self {
+        let mut size_line = [0u8; 18];
+        let (end, crlf) = if chunked {
+            let mut cursor = &mut size_line[..];
+            // At most 16 hex digits and CRLF: always fits.
+            let _ = write!(cursor, "{:x}\r\n", data.remaining());
+            let left = cursor.len();
+            ((size_line.len() - left) as u8, 2)
+        } else {
+            (0, 0)
+        };
+        Self {
+            size_line,
+            at: 0,
+            end,
+            data,
+            crlf,
+        }
+    }
+
+    fn poll_write(
+        &mut self,
+        tcp: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let written = {
+                let size_line = &self.size_line[usize::from(self.at)..usize::from(self.end)];
+                if size_line.is_empty() && !self.data.has_remaining() && self.crlf == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                let mut slices = [IoSlice::new(&[]); 8];
+                let mut n = 0;
+                if !size_line.is_empty() {
+                    slices[0] = IoSlice::new(size_line);
+                    n = 1;
+                }
+                n += self.data.chunks_vectored(&mut slices[n..7]);
+                if self.crlf > 0 {
+                    slices[n] = IoSlice::new(&b"\r\n"[usize::from(2 - self.crlf)..]);
+                    n += 1;
+                }
+                ready!(Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..n]))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            let mut left = written;
+            let from_size_line = left.min(usize::from(self.end - self.at));
+            self.at += from_size_line as u8;
+            left -= from_size_line;
+            let from_data = left.min(self.data.remaining());
+            self.data.advance(from_data);
+            left -= from_data;
+            self.crlf -= left.min(usize::from(self.crlf)) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full, StreamBody};
+
+    use super::*;
+
+    fn parts(status: StatusCode, headers: &[(&str, &str)]) -> Parts {
+        let mut response = Response::builder().status(status);
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn framing_follows_status_length_and_hint() {
+        let full = Full::new(Bytes::from_static(b"abc"));
+        assert_eq!(
+            Framing::of(&parts(StatusCode::OK, &[]), &full),
+            Framing::Length(3)
+        );
+        assert_eq!(
+            Framing::of(
+                &parts(StatusCode::OK, &[("content-length", "3")]),
+                &Empty::<Bytes>::new()
+            ),
+            Framing::Length(3)
+        );
+        assert_eq!(
+            Framing::of(&parts(StatusCode::NO_CONTENT, &[]), &full),
+            Framing::None
+        );
+        let stream = StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+        >());
+        assert_eq!(
+            Framing::of(&parts(StatusCode::OK, &[]), &stream),
+            Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn the_head_replaces_hop_by_hop_headers() {
+        let head = encode_head(
+            &parts(
+                StatusCode::OK,
+                &[
+                    ("content-type", "text/event-stream"),
+                    ("connection", "keep-alive"),
+                    ("transfer-encoding", "gzip"),
+                    ("keep-alive", "timeout=5"),
+                ],
+            ),
+            Framing::Chunked,
+        );
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("content-type: text/event-stream\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert!(
+            head.ends_with("transfer-encoding: chunked\r\nconnection: close\r\n\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("keep-alive"), "{head}");
+        assert!(!head.contains("gzip"), "{head}");
+    }
+
+    #[test]
+    fn a_chunk_size_line_is_hex() {
+        let chunk = Chunk::new(Bytes::from(vec![b'x'; 0x1a2b]), true);
+        assert_eq!(&chunk.size_line[..usize::from(chunk.end)], b"1a2b\r\n");
+        let raw = Chunk::new(Bytes::from_static(b"x"), false);
+        assert_eq!((raw.end, raw.crlf), (0, 0));
+    }
+}
