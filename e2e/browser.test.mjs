@@ -96,6 +96,7 @@ function startProxy(upstream) {
     live: new Set(), // { client, server } pairs being piped
     held: [], // connections accepted while cut: resumed on heal
     requests: [], // { conn, at, method, target, headers, cut }
+    responses: [], // { conn, status, headers }: response heads, in order
     accepted: 0,
     server: null,
     port: 0,
@@ -131,6 +132,42 @@ function startProxy(upstream) {
     };
   }
 
+  // Every response head on a connection, skipping Content-Length bodies,
+  // up to the first chunked one (an event stream, which never ends here):
+  // enough to tell which of the server's paths answered each request.
+  function responseSniffer(conn) {
+    let buffer = "";
+    let skip = 0;
+    let done = false;
+    return (chunk) => {
+      if (done) return;
+      buffer += chunk.toString("latin1");
+      for (;;) {
+        if (skip > 0) {
+          const n = Math.min(skip, buffer.length);
+          buffer = buffer.slice(n);
+          skip -= n;
+          if (skip > 0) return;
+        }
+        const end = buffer.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const lines = buffer.slice(0, end).split("\r\n");
+        buffer = buffer.slice(end + 4);
+        const headers = {};
+        for (const line of lines.slice(1)) {
+          const colon = line.indexOf(":");
+          if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+        }
+        proxy.responses.push({ conn, status: Number(lines[0].split(" ")[1]), headers });
+        if ((headers["transfer-encoding"] || "").includes("chunked")) {
+          done = true;
+          return;
+        }
+        skip = Number(headers["content-length"] || 0);
+      }
+    };
+  }
+
   function pipe(pair) {
     const { client, pending } = pair;
     const server = net.connect(upstream.port, upstream.host);
@@ -139,7 +176,11 @@ function startProxy(upstream) {
     server.on("connect", () => {
       for (const chunk of pending.splice(0)) server.write(chunk);
     });
-    server.on("data", (chunk) => client.write(chunk));
+    const sniffResponse = responseSniffer(pair.conn);
+    server.on("data", (chunk) => {
+      sniffResponse(chunk);
+      client.write(chunk);
+    });
     const close = () => {
       proxy.live.delete(pair);
       client.destroy();
@@ -439,6 +480,24 @@ async function main() {
       reconnect.headers);
     check(reconnect.headers.accept === "text/event-stream", "the reconnect is the EventSource's own (Accept: text/event-stream)",
       reconnect.headers.accept);
+
+    // 8. Who answered each stream (the last response head on its
+    //    connection): a request on a fresh connection is
+    //    driven by tower_sse::serve's own path (which closes after its one
+    //    response); one the browser sent on a connection it kept alive from
+    //    loading the page is hyper's. Both must be a 200 event stream, and
+    //    the reconnect, always on a fresh connection here (the proxy cut
+    //    every connection), must be the stream path's.
+    report.responses = proxy.responses;
+    const answers = streams.map((stream) => proxy.responses.filter((r) => r.conn === stream.conn).pop());
+    for (const [i, answer] of answers.entries()) {
+      check(answer && answer.status === 200 && answer.headers["content-type"] === "text/event-stream",
+        `GET ${streams[i].target} on connection ${streams[i].conn} was answered 200 text/event-stream` +
+          ` (by ${answer && answer.headers.connection === "close" ? "the stream path" : "hyper, on a reused connection"})`,
+        answer);
+    }
+    check(answers[1].headers.connection === "close",
+      "the reconnect, on a fresh connection, was driven by the stream path (Connection: close)", answers[1]);
 
     const pageErrors = consoleLines.filter((line) => line.startsWith("pageerror:"));
     check(pageErrors.length === 0, "no script error in the page", pageErrors);

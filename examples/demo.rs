@@ -123,6 +123,7 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(loom))]
 mod demo {
+    use std::future::IntoFuture;
     use std::process::ExitCode;
     use std::time::Duration;
 
@@ -249,9 +250,15 @@ mod demo {
         toggle_read_only_on_sigusr1(&mode);
         tokio::spawn(trigger_on_terminate_signal(shutdown.clone()));
 
+        // `tower_sse::serve` drives event streams on lean connections of its
+        // own (a browser's `EventSource` asks for `text/event-stream`; the
+        // stream path covers `curl`) and everything else through hyper.
         // `wait()` completes once the streams were told to end; from then
         // on, the server stops accepting and waits for its connections.
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait());
+        let server = tower_sse::serve(listener, app)
+            .stream_path("/events")
+            .with_graceful_shutdown(shutdown.wait())
+            .into_future();
         let stopped = shutdown.wait();
         let deadline = async {
             stopped.await;

@@ -41,10 +41,15 @@
 //!
 //! # What it does not do
 //!
-//! HTTP/2 and TLS: put it behind a proxy that terminates them, as event
-//! streams usually are. A graceful shutdown waits for every stream to end,
-//! as hyper's does; a [`Shutdown`](crate::Shutdown) closing the brokers is
-//! what ends them.
+//! - The choice is made once per connection, on its first request: a
+//!   stream request that arrives on a connection hyper already serves (a
+//!   browser reusing a keep-alive connection from loading the page) is
+//!   served by hyper, correctly, at hyper's cost. Reconnects come on fresh
+//!   connections.
+//! - HTTP/2 and TLS: put it behind a proxy that terminates them, as event
+//!   streams usually are.
+//! - A graceful shutdown waits for every stream to end, as hyper's does; a
+//!   [`Shutdown`](crate::Shutdown) closing the brokers is what ends them.
 
 mod head;
 mod io;
