@@ -17,6 +17,8 @@
 //!   server is not writable.
 //! - [`HealthLayer`]: `/health` and `/ready`.
 //! - [`Shutdown`]: graceful shutdown that open streams cannot hang.
+//! - `serve` (feature `serve`): a server that keeps each open stream at a
+//!   few kilobytes and hands every other request to hyper.
 //! - [`mailbox::Mailbox`]: store-and-forward notifications for clients,
 //!   delivered over their streams, with trace ids and replies.
 //!
