@@ -4,6 +4,8 @@
 //! published ones of its topics, except across an explicit `resync`; the
 //! server must come back to idle; publishing must never block.
 //!
+//! Runs against `axum::serve` and `tower_sse::serve` alike.
+//!
 //! Sized for two cores and a debug build: `SOAK_SECS` (default 15) and
 //! `SOAK_CLIENTS` (default 200) scale it up for a longer run.
 #![cfg(not(loom))]
@@ -85,8 +87,9 @@ async fn one_connection(
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
     let driver = tokio::spawn(conn);
     let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
-    let mut request =
-        http::Request::get(format!("/events?{}", query.join("&"))).header("host", "soak");
+    let mut request = http::Request::get(format!("/events?{}", query.join("&")))
+        .header("host", "soak")
+        .header("accept", "text/event-stream");
     if let Some(seq) = resume {
         request = request.header("last-event-id", format!("{epoch}-{seq}"));
     }
@@ -185,8 +188,26 @@ fn verify(client: usize, topics: &[&str], got: &[Got], published: &BTreeMap<u64,
     }
 }
 
+/// Which server the soak runs against.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    /// `axum::serve`: hyper drives every stream.
+    Axum,
+    /// `tower_sse::serve`: its own stream path drives them.
+    TowerSse,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn churn_soak() {
+async fn churn_soak_under_axum_serve() {
+    churn_soak(Server::Axum).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_soak_under_tower_sse_serve() {
+    churn_soak(Server::TowerSse).await;
+}
+
+async fn churn_soak(kind: Server) {
     let secs = env("SOAK_SECS", 15);
     let clients = env("SOAK_CLIENTS", 200) as usize;
     let broker = Broker::builder().epoch(77).retain_events(400).build();
@@ -196,7 +217,10 @@ async fn churn_soak() {
     let app = Router::new().layer(layer.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = match kind {
+        Server::Axum => tokio::spawn(async move { axum::serve(listener, app).await }),
+        Server::TowerSse => tokio::spawn(async move { tower_sse::serve(listener, app).await }),
+    };
     let idle_topics = broker.stats().topics;
 
     let start = Instant::now();
@@ -272,7 +296,7 @@ async fn churn_soak() {
     }
     let slowest = *slowest_publish.lock().unwrap();
     println!(
-        "soak: {secs} s, {clients} clients, {} published, {events} received, {resyncs} resyncs, slowest publish {slowest:?}",
+        "soak ({kind:?}): {secs} s, {clients} clients, {} published, {events} received, {resyncs} resyncs, slowest publish {slowest:?}",
         published.len()
     );
     assert!(events > published.len(), "the clients hardly read anything");
