@@ -360,3 +360,90 @@ async fn graceful_shutdown_ends_streams_and_returns() {
         .expect("serve");
     drop((silent, kept));
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_its_answer_ends_the_call() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts the calls still holding it.
+    struct Held(Arc<AtomicUsize>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    let held = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let held = held.clone();
+        get_route(move || {
+            held.fetch_add(1, Ordering::SeqCst);
+            let guard = Held(held.clone());
+            async move {
+                std::future::pending::<()>().await;
+                drop(guard);
+                ""
+            }
+        })
+    };
+    let app = Router::new().route("/events", slow);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = tower_sse::serve(listener().await, app);
+    let addr = serve.local_addr().expect("addr");
+    let server = tokio::spawn(
+        serve
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let head = format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    eventually("the call", || held.load(Ordering::SeqCst) == 1).await;
+    drop(tcp);
+    eventually("the call to be dropped", || {
+        held.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let _ = stop.send(());
+    within("the server to finish", server)
+        .await
+        .expect("server task")
+        .expect("serve");
+}
+
+#[tokio::test]
+async fn dropping_the_server_leaves_its_connections_running() {
+    let broker = Broker::new();
+    let serve = tower_sse::serve(listener().await, app(&broker));
+    let addr = serve.local_addr().expect("addr");
+    let server = tokio::spawn(serve.into_future());
+    let mut stream = get(addr, "/events", STREAM).await;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let stats = || {
+        http::Request::get("/stats")
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let first = within("stats", sender.send_request(stats()))
+        .await
+        .expect("response");
+    assert_eq!(first.status(), StatusCode::OK);
+    first.into_body().collect().await.expect("body");
+
+    server.abort();
+    let _ = server.await;
+    publish(&broker, "after");
+    assert_eq!(stream.next_event().await.data, "after");
+    let second = within("stats again", sender.send_request(stats()))
+        .await
+        .expect("the kept-alive connection still answers");
+    assert_eq!(second.status(), StatusCode::OK);
+}

@@ -20,8 +20,12 @@
 //!
 //! The service sees the same requests either way: a
 //! [`Request<RequestBody>`](RequestBody) with the peer's address in its
-//! extensions as a [`PeerAddr`] (and, with the `axum` feature, as
-//! `axum::extract::ConnectInfo<SocketAddr>`).
+//! extensions as a [`PeerAddr`] and, with this crate's `axum` feature, as
+//! `axum::extract::ConnectInfo<SocketAddr>` (without it, a handler that
+//! extracts `ConnectInfo` fails its requests: enable the feature or read
+//! `Extension<PeerAddr>`). The service is cloned per connection, so an app
+//! built with `into_make_service_with_connect_info` is passed as the
+//! `Router` itself.
 //!
 //! ```no_run
 //! use axum::Router;
@@ -82,6 +86,10 @@ pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default largest first request head read before deciding; a longer one
 /// goes to hyper, which applies its own limits.
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Bounds of [`Serve::max_head_bytes`]: hyper refuses a request target of
+/// 64 KiB or more, so nothing this server accepts would hyper have refused.
+const MIN_HEAD_BYTES: usize = 256;
+const MAX_HEAD_BYTES: usize = 64 * 1024 - 1;
 /// How long accepting pauses after an error such as running out of file
 /// descriptors, so that the loop does not spin while none are free.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -163,10 +171,11 @@ impl<S> Serve<S> {
         self
     }
 
-    /// Largest first request head this server parses itself (default 16 KiB);
-    /// a longer one is handed to hyper.
+    /// Largest first request head this server parses itself (default 16 KiB,
+    /// kept between 256 bytes and 64 KiB, within hyper's own limits); a
+    /// longer one is handed to hyper, which applies those.
     pub fn max_head_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_head_bytes = bytes.max(256);
+        self.config.max_head_bytes = bytes.clamp(MIN_HEAD_BYTES, MAX_HEAD_BYTES);
         self
     }
 
@@ -212,6 +221,13 @@ impl<S> Serve<S> {
 pub struct WithGracefulShutdown<S, F> {
     serve: Serve<S>,
     signal: F,
+}
+
+impl<S, F> WithGracefulShutdown<S, F> {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> stdio::Result<SocketAddr> {
+        self.serve.local_addr()
+    }
 }
 
 impl<S, F> fmt::Debug for WithGracefulShutdown<S, F> {
@@ -280,18 +296,20 @@ where
     let signal = signal;
     tokio::pin!(signal);
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    if !is_connection_error(&error) {
-                        tracing::warn!(%error, "accept failed; pausing");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut signal => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) if is_connection_error(&error) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed; pausing");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    () = &mut signal => break,
+                }
+            }
         };
         configure(&tcp, &config);
         tokio::spawn(connection(
@@ -355,7 +373,7 @@ async fn connection<S, B>(
             config.head_timeout,
             head::read(&mut tcp, config.max_head_bytes, &config.stream_paths),
         ) => read,
-        _ = closing.wait_for(|closing| *closing) => return,
+        () = wound_down(&mut closing) => return,
     };
     match first {
         Ok(Ok(head::First::Stream(mut request))) => {
@@ -401,11 +419,20 @@ async fn with_hyper<S, B>(
             }
             return;
         }
-        _ = closing.wait_for(|closing| *closing) => {}
+        () = wound_down(&mut closing) => {}
     }
     connection.as_mut().graceful_shutdown();
     if let Err(error) = connection.await {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Completes once the server asks its connections to wind down. A server
+/// future that is dropped instead leaves them running, as `axum::serve`
+/// does.
+async fn wound_down(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -2,7 +2,7 @@
 //! head once, then each body frame in one vectored write straight from its
 //! bytes, with nothing buffered in between.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{IoSlice, Write as _};
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
@@ -38,17 +38,44 @@ pub(super) async fn respond<S, B>(
     B: Body,
     B::Error: Into<BoxError>,
 {
-    if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
-        tracing::debug!(error = %error.into(), "service not ready; closing");
-        return;
+    // Until the response starts, the peer is watched as hyper does: one
+    // that leaves (or half-closes) ends the call instead of waiting on it.
+    let mut discarded = 0usize;
+    let ready = poll_fn(|cx| {
+        if watch_peer(&mut tcp, cx, &mut discarded).is_ready() {
+            return Poll::Ready(None);
+        }
+        service
+            .poll_ready(cx)
+            .map(|ready| Some(ready.map_err(Into::into)))
+    })
+    .await;
+    match ready {
+        None => return,
+        Some(Err(error)) => {
+            tracing::debug!(%error, "service not ready; closing");
+            return;
+        }
+        Some(Ok(())) => {}
     }
     // Boxed: the call's state would otherwise stay in every stream's task.
-    let call = Box::pin(service.call(*request));
+    let mut call = Box::pin(service.call(*request));
     drop(service);
-    let response = match call.await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::debug!(error = %error.into(), "service failed; closing");
+    let called = poll_fn(|cx| {
+        if watch_peer(&mut tcp, cx, &mut discarded).is_ready() {
+            return Poll::Ready(None);
+        }
+        call.as_mut()
+            .poll(cx)
+            .map(|called| Some(called.map_err(Into::into)))
+    })
+    .await;
+    drop(call);
+    let response = match called {
+        None => return,
+        Some(Ok(response)) => response,
+        Some(Err(error)) => {
+            tracing::debug!(%error, "service failed; closing");
             return;
         }
     };
@@ -61,9 +88,11 @@ pub(super) async fn respond<S, B>(
     drop(head);
     let end = match framing {
         Framing::None => End::Finished,
-        Framing::Length(length) => write_body(&mut tcp, pin!(body), false, Some(length)).await,
+        Framing::Length(length) => {
+            write_body(&mut tcp, pin!(body), false, Some(length), discarded).await
+        }
         Framing::Chunked => {
-            let end = write_body(&mut tcp, pin!(body), true, None).await;
+            let end = write_body(&mut tcp, pin!(body), true, None, discarded).await;
             if end == End::Finished && tcp.write_all(LAST_CHUNK).await.is_err() {
                 return;
             }
@@ -185,13 +214,13 @@ async fn write_body<B>(
     mut body: Pin<&mut B>,
     chunked: bool,
     mut remaining: Option<u64>,
+    mut discarded: usize,
 ) -> End
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
     let mut pending: Option<Chunk<B::Data>> = None;
-    let mut discarded = 0usize;
     poll_fn(|cx| loop {
         if let Poll::Ready(end) = watch_peer(tcp, cx, &mut discarded) {
             return Poll::Ready(end);
@@ -280,9 +309,9 @@ impl<D: Buf> Chunk<D> {
         }
     }
 
-    fn poll_write(
+    fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
-        tcp: &mut TcpStream,
+        tcp: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         loop {
@@ -297,8 +326,12 @@ impl<D: Buf> Chunk<D> {
                     slices[0] = IoSlice::new(size_line);
                     n = 1;
                 }
+                let from = n;
                 n += self.data.chunks_vectored(&mut slices[n..7]);
-                if self.crlf > 0 {
+                // The CRLF may follow only the whole of the data: a `Buf`
+                // may describe just part of itself here.
+                let described: usize = slices[from..n].iter().map(|s| s.len()).sum();
+                if self.crlf > 0 && described == self.data.remaining() {
                     slices[n] = IoSlice::new(&b"\r\n"[usize::from(2 - self.crlf)..]);
                     n += 1;
                 }
@@ -388,6 +421,90 @@ mod tests {
         );
         assert!(!head.contains("keep-alive"), "{head}");
         assert!(!head.contains("gzip"), "{head}");
+    }
+
+    /// A writer that takes at most 3 bytes of the first slice per call.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What `chunk` puts on the wire, written at once (a `Vec` takes every
+    /// slice) and in short pieces; both must agree.
+    fn written<D: Buf>(chunk: impl Fn() -> Chunk<D>) -> Vec<u8> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut whole = Vec::new();
+        assert!(chunk().poll_write(&mut whole, &mut cx).is_ready());
+        let mut trickle = Trickle(Vec::new());
+        assert!(chunk().poll_write(&mut trickle, &mut cx).is_ready());
+        assert_eq!(whole, trickle.0);
+        whole
+    }
+
+    #[test]
+    fn a_chunk_in_pieces_is_framed_whole() {
+        // A `VecDeque` that wraps around is two slices, and describes only
+        // the first in `chunks_vectored`.
+        /// A `Buf` in pieces that describes only its first piece in
+        /// `chunks_vectored` (the trait's default).
+        struct Pieces(std::collections::VecDeque<&'static [u8]>);
+        impl Buf for Pieces {
+            fn remaining(&self) -> usize {
+                self.0.iter().map(|p| p.len()).sum()
+            }
+            fn chunk(&self) -> &[u8] {
+                self.0.front().copied().unwrap_or(&[])
+            }
+            fn advance(&mut self, mut n: usize) {
+                while n > 0 {
+                    let front = self.0.front_mut().expect("advance within remaining");
+                    let step = n.min(front.len());
+                    *front = &front[step..];
+                    n -= step;
+                    if front.is_empty() {
+                        self.0.pop_front();
+                    }
+                }
+            }
+        }
+        let pieces = || Chunk::new(Pieces([&b"aaaa"[..], b"bbbb"].into()), true);
+        assert_eq!(written(pieces), b"8\r\naaaabbbb\r\n");
+        // More pieces than a vectored write takes at once.
+        let many = || {
+            let data = Bytes::from_static(b"0").chain(Bytes::from_static(b"1"));
+            let mut all: Box<dyn Buf> = Box::new(data);
+            for digit in [b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"] {
+                all = Box::new(all.chain(Bytes::from_static(digit)));
+            }
+            Chunk::new(all, true)
+        };
+        assert_eq!(written(many), b"a\r\n0123456789\r\n");
+        let chained = || {
+            Chunk::new(
+                Bytes::from_static(b"ab").chain(Bytes::from_static(b"cd")),
+                true,
+            )
+        };
+        assert_eq!(written(chained), b"4\r\nabcd\r\n");
+        let raw = || Chunk::new(Bytes::from_static(b"raw"), false);
+        assert_eq!(written(raw), b"raw");
     }
 
     #[test]
