@@ -102,40 +102,10 @@ function startProxy(upstream) {
     port: 0,
   };
 
-  // Parses request heads out of the client's bytes. The browser sends GETs
-  // (no bodies) through here; a Content-Length body is skipped anyway.
-  function sniffer(conn) {
-    let buffer = "";
-    let skip = 0;
-    return (chunk) => {
-      buffer += chunk.toString("latin1");
-      for (;;) {
-        if (skip > 0) {
-          const n = Math.min(skip, buffer.length);
-          buffer = buffer.slice(n);
-          skip -= n;
-          if (skip > 0) return;
-        }
-        const end = buffer.indexOf("\r\n\r\n");
-        if (end < 0) return;
-        const lines = buffer.slice(0, end).split("\r\n");
-        buffer = buffer.slice(end + 4);
-        const [method, target] = lines[0].split(" ");
-        const headers = {};
-        for (const line of lines.slice(1)) {
-          const colon = line.indexOf(":");
-          if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-        }
-        proxy.requests.push({ conn, at: Date.now() - started, method, target, headers, cut: proxy.cut });
-        skip = Number(headers["content-length"] || 0);
-      }
-    };
-  }
-
-  // Every response head on a connection, skipping Content-Length bodies,
-  // up to the first chunked one (an event stream, which never ends here):
-  // enough to tell which of the server's paths answered each request.
-  function responseSniffer(conn) {
+  // Splits HTTP/1.1 heads out of one direction of a connection, skipping
+  // Content-Length bodies, and hands each to `onHead(firstLine, headers)`,
+  // which returns false to stop (a chunked event stream never ends here).
+  function headSniffer(onHead) {
     let buffer = "";
     let skip = 0;
     let done = false;
@@ -158,14 +128,30 @@ function startProxy(upstream) {
           const colon = line.indexOf(":");
           if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
         }
-        proxy.responses.push({ conn, status: Number(lines[0].split(" ")[1]), headers });
-        if ((headers["transfer-encoding"] || "").includes("chunked")) {
+        if (onHead(lines[0], headers) === false) {
           done = true;
           return;
         }
         skip = Number(headers["content-length"] || 0);
       }
     };
+  }
+
+  // The request heads the browser sends (GETs, but a body is skipped anyway).
+  function sniffer(conn) {
+    return headSniffer((line, headers) => {
+      const [method, target] = line.split(" ");
+      proxy.requests.push({ conn, at: Date.now() - started, method, target, headers, cut: proxy.cut });
+    });
+  }
+
+  // The response heads on a connection up to the first chunked one:
+  // enough to tell which of the server's paths answered each request.
+  function responseSniffer(conn) {
+    return headSniffer((line, headers) => {
+      proxy.responses.push({ conn, status: Number(line.split(" ")[1]), headers });
+      return !(headers["transfer-encoding"] || "").includes("chunked");
+    });
   }
 
   function pipe(pair) {
