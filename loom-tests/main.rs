@@ -410,3 +410,37 @@ fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
         releaser.join().unwrap();
     });
 }
+
+/// Coalescing: the ticker parks while no coalescing window is open, and the
+/// stream that opens one wakes it (a lost wake-up would leave `block_on`
+/// parked, which loom reports), whichever of the two gets the lock first.
+#[test]
+fn opening_a_coalescing_window_wakes_the_parked_releaser() {
+    use std::future::poll_fn;
+    use std::time::Duration;
+    use tower_sse::loom_internals::{poll_frames, poll_throttled, release_throttled, Frames};
+    use tower_sse::ManualClock;
+
+    const WINDOW: Option<Duration> = Some(Duration::from_millis(20));
+    model(|| {
+        let clock = ManualClock::new();
+        let broker = Broker::builder()
+            .epoch(EPOCH)
+            .retain_forever()
+            .clock(clock.clone())
+            .build();
+        let mut sub = broker.subscribe(&topics(&["a"]), None).unwrap();
+        publish(&broker, "a", "1");
+        let reader = thread::spawn(move || {
+            let first = loom::future::block_on(poll_fn(|cx| poll_frames(&mut sub, cx, WINDOW)));
+            assert!(matches!(first, Frames::Data(_)));
+            sub
+        });
+        loom::future::block_on(poll_fn(|cx| poll_throttled(&broker, cx)));
+        let _sub = reader.join().unwrap();
+        // The window is open until the clock passes its end.
+        assert!(release_throttled(&broker));
+        clock.advance(Duration::from_millis(20));
+        assert!(!release_throttled(&broker));
+    });
+}

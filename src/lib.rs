@@ -140,9 +140,14 @@ pub mod loom_internals {
             })
     }
 
-    /// `Broker::release_throttled`.
-    pub fn release_throttled(broker: &Broker) {
-        broker.release_throttled();
+    /// `Broker::release_throttled`: whether a window is still open.
+    pub fn release_throttled(broker: &Broker) -> bool {
+        broker.release_throttled()
+    }
+
+    /// `Broker::poll_throttled`.
+    pub fn poll_throttled(broker: &Broker, cx: &mut Context<'_>) -> Poll<()> {
+        broker.poll_throttled(cx)
     }
 
     /// `Broker::tick`.

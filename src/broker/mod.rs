@@ -27,7 +27,7 @@ mod state;
 mod subscription;
 
 use std::fmt;
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -451,17 +451,36 @@ impl Broker {
 
     /// Ends the coalescing windows that are over and wakes the streams that
     /// were published to meanwhile; called by the events route's ticker.
-    pub(crate) fn release_throttled(&self) {
+    /// Returns whether any window is still open.
+    pub(crate) fn release_throttled(&self) -> bool {
         let mut wakers = Vec::new();
-        {
+        let still_open = {
             let mut state = lock(&self.shared.state);
             if state.throttled.is_empty() {
-                return;
+                return false;
             }
             let now = self.shared.clock.now();
             state.release_throttled(now, &mut wakers);
-        }
+            !state.throttled.is_empty()
+        };
         wakers.into_iter().for_each(Waker::wake);
+        still_open
+    }
+
+    /// Ready while a coalescing window is open (or the broker is closed);
+    /// otherwise parks `cx`'s task until a stream opens one, so that
+    /// whoever calls [`release_throttled`](Broker::release_throttled) needs
+    /// no timer while every stream is idle.
+    pub(crate) fn poll_throttled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = lock(&self.shared.state);
+        if !state.throttled.is_empty() || state.closed {
+            return Poll::Ready(());
+        }
+        match &mut state.release_waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Counters and sizes, read in one consistent snapshot.

@@ -98,6 +98,9 @@ pub(crate) struct State {
     /// Streams in their coalescing window, with the window's end, in that
     /// order (every window has the same length).
     pub(crate) throttled: VecDeque<(Duration, usize)>,
+    /// Whoever ends the coalescing windows, parked while none is open (see
+    /// `Broker::poll_throttled`); the next window to open wakes it.
+    pub(crate) release_waker: Option<Waker>,
     pub(crate) closed: bool,
     pub(crate) close_frame: Option<Bytes>,
     /// Sent first on every new stream of the events route (see
@@ -127,6 +130,7 @@ impl State {
             pruned_evicted_seq: 0,
             subs: Slab::new(),
             throttled: VecDeque::new(),
+            release_waker: None,
             closed: false,
             close_frame: None,
             greeting: None,
@@ -210,12 +214,16 @@ impl State {
     }
 
     /// Starts the coalescing window of the stream `key`, which just wrote.
-    pub(crate) fn throttle(&mut self, key: usize, until: Duration) {
+    ///
+    /// Returns the parked releaser's waker, for the caller to wake once it
+    /// has let go of the lock.
+    pub(crate) fn throttle(&mut self, key: usize, until: Duration) -> Option<Waker> {
         let slot = &mut self.subs[key];
         if !slot.throttled {
             slot.throttled = true;
             self.throttled.push_back((until, key));
         }
+        self.release_waker.take()
     }
 
     /// Ends every coalescing window that is over, taking the wakers of the
@@ -261,6 +269,7 @@ impl State {
 
     /// Takes the wakers of every subscription.
     pub(crate) fn take_all_wakers(&mut self, out: &mut Vec<Waker>) {
+        out.extend(self.release_waker.take());
         for (_, slot) in self.subs.iter_mut() {
             if let Some(waker) = slot.waker.take() {
                 out.push(waker);

@@ -314,7 +314,8 @@ impl Subscription {
         if self.reader.finished {
             return Poll::Ready(Frames::End);
         }
-        self.with_state(|sub, state, now| {
+        let mut releaser = None;
+        let polled = self.with_state(|sub, state, now| {
             let mut batch = Batch::default();
             if let Some(greeting) = sub.greeting.take() {
                 batch.push(greeting);
@@ -330,7 +331,7 @@ impl Subscription {
             if let Some(bytes) = batch.finish() {
                 slot.active = true;
                 if let Some(window) = coalesce {
-                    state.throttle(sub.key, now.saturating_add(window));
+                    releaser = state.throttle(sub.key, now.saturating_add(window));
                 }
                 return Poll::Ready(Frames::Data(bytes));
             }
@@ -348,7 +349,11 @@ impl Subscription {
             }
             sub.park(state, cx);
             Poll::Pending
-        })
+        });
+        if let Some(releaser) = releaser {
+            releaser.wake();
+        }
+        polled
     }
 }
 

@@ -217,26 +217,57 @@ impl Config {
 /// Keep-alive: ticks at half the interval; a stream sends a keep-alive at a
 /// tick when it sent nothing since the previous one, so no stream stays
 /// silent longer than about `interval`, and an idle one is woken once per
-/// `interval`. Coalescing: every quarter window, ends the windows that are
-/// over.
+/// `interval`. Coalescing: while any window is open, ends those that are
+/// over every quarter window; while none is, sleeps until a stream opens
+/// one, so an idle server is not woken 200 times a second for nothing.
 async fn tick(
     broker: WeakBroker,
     runtime: Weak<Runtime>,
     keep_alive: Option<Duration>,
     coalesce: Option<Duration>,
 ) {
+    use std::future::{poll_fn, Future};
+    use std::task::Poll;
     use tokio::time::{sleep_until, Instant};
+
+    /// How often the ticker looks whether its layer or broker is gone
+    /// when nothing else wakes it.
+    const LIVENESS: Duration = Duration::from_secs(1);
 
     let keep_alive_every = keep_alive.map(|interval| interval / 2);
     let release_every = coalesce.map(|window| (window / 4).max(Duration::from_millis(1)));
-    let start = Instant::now();
-    let mut next_keep_alive = keep_alive_every.map(|every| start + every);
-    let mut next_release = release_every.map(|every| start + every);
+    if keep_alive_every.is_none() && release_every.is_none() {
+        return;
+    }
+    let mut next_keep_alive = keep_alive_every.map(|every| Instant::now() + every);
+    // `Some` while a coalescing window is open.
+    let mut next_release: Option<Instant> = None;
     loop {
-        let Some(next) = [next_keep_alive, next_release].into_iter().flatten().min() else {
-            return;
-        };
-        sleep_until(next).await;
+        let wake_at = [
+            next_keep_alive,
+            next_release,
+            Some(Instant::now() + LIVENESS),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + LIVENESS);
+        let mut sleep = std::pin::pin!(sleep_until(wake_at));
+        // Waits for the time, or, while no window is open, for one to open.
+        let watch_windows = next_release.is_none() && release_every.is_some();
+        let window_opened = poll_fn(|cx| {
+            if watch_windows {
+                let opened = match broker.upgrade() {
+                    Some(broker) => broker.poll_throttled(cx),
+                    None => Poll::Ready(()),
+                };
+                if opened.is_ready() {
+                    return Poll::Ready(true);
+                }
+            }
+            sleep.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
         if runtime.strong_count() == 0 {
             return;
         }
@@ -244,10 +275,11 @@ async fn tick(
             return;
         };
         let now = Instant::now();
-        if let (Some(at), Some(every)) = (next_release, release_every) {
-            if at <= now {
-                broker.release_throttled();
+        if let Some(every) = release_every {
+            if window_opened {
                 next_release = Some(now + every);
+            } else if next_release.is_some_and(|at| at <= now) {
+                next_release = broker.release_throttled().then(|| now + every);
             }
         }
         if let (Some(at), Some(every)) = (next_keep_alive, keep_alive_every) {
@@ -275,5 +307,89 @@ impl fmt::Debug for SseLayer {
             .field("keep_alive", &self.config.keep_alive)
             .field("max_connections", &self.config.max_connections)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use super::{tick, Runtime};
+    use crate::broker::Frames;
+    use crate::{Broker, Event, ManualClock, Topics};
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Lets the ticker run after tokio's (paused) clock moved.
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ticker_parked_while_no_window_is_open_ends_the_next_one_on_time() {
+        const WINDOW: Duration = Duration::from_millis(20);
+        let clock = ManualClock::new();
+        let broker = Broker::builder().clock(clock.clone()).build();
+        let runtime = Arc::new(Runtime::default());
+        let ticker = tokio::spawn(tick(
+            broker.downgrade(),
+            Arc::downgrade(&runtime),
+            None,
+            Some(WINDOW),
+        ));
+        let mut stream = broker
+            .subscribe(&Topics::parse(["a"]).unwrap(), None)
+            .unwrap();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut poll =
+            || stream.poll_frames(&mut Context::from_waker(&waker), 1 << 16, Some(WINDOW));
+
+        // A long idle spell: no window is open, the ticker is parked.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        settle().await;
+
+        // A write opens a window; a publish inside it waits for its end.
+        broker
+            .publish(Event::new("t").topic("a").data("1"))
+            .unwrap();
+        assert!(matches!(poll(), Poll::Ready(Frames::Data(_))));
+        assert!(poll().is_pending());
+        settle().await;
+        broker
+            .publish(Event::new("t").topic("a").data("2"))
+            .unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "woken inside its window");
+
+        // The window ends; the ticker, woken when it opened, checks every
+        // quarter window and wakes the stream within one such step rather
+        // than at its one-second liveness check.
+        clock.advance(WINDOW);
+        tokio::time::advance(WINDOW / 4).await;
+        settle().await;
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "not woken when its window ended"
+        );
+        assert!(matches!(poll(), Poll::Ready(Frames::Data(_))));
+
+        drop(stream);
+        drop(broker);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert!(ticker.is_finished(), "the ticker outlived its broker");
     }
 }
