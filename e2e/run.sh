@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The browser end-to-end test: the demo page in headless Debian Chromium,
 # driven by playwright-core; the browser's own EventSource is cut off and
-# must resume with Last-Event-ID, missing nothing. Screenshots and a JSON
-# report go to e2e/artifacts/.
+# must resume with Last-Event-ID, missing nothing; then Node's own
+# EventSource (undici) gets live events and resumes from an id. Screenshots
+# and a JSON report go to e2e/artifacts/.
 #
 #   bash e2e/run.sh
 #
@@ -91,3 +92,14 @@ step "browser test"
 # The test bounds itself to 60 s; timeout(1) is the backstop.
 DEMO_URL=$DEMO_URL CHROMIUM=$CHROMIUM E2E_ARTIFACTS=$ARTIFACTS \
     timeout --kill-after=5 90 node "$E2E/browser.test.mjs"
+
+step "a second EventSource implementation (Node's own)"
+if node -e 'process.exit(typeof EventSource === "function" ? 0 : 1)'; then
+    ES_FLAG=
+elif node --experimental-eventsource -e 'process.exit(typeof EventSource === "function" ? 0 : 1)' 2>/dev/null; then
+    ES_FLAG=--experimental-eventsource
+else
+    echo "e2e: this Node has no EventSource; needs Node 20.17 or newer" >&2
+    exit 1
+fi
+DEMO_URL=$DEMO_URL timeout --kill-after=5 90 node $ES_FLAG "$E2E/undici.test.mjs"
