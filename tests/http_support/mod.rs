@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use eventsource_stream::{Event as SseEvent, EventStream};
@@ -25,31 +24,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+#[path = "../wait/mod.rs"]
+mod wait;
+#[allow(unused_imports)]
+pub use wait::{eventually, within, PATIENCE};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The longest any single wait in these tests may take. Generous: it only
-/// turns a hang into a failure, it never judges speed.
-pub const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Awaits `future`, failing the test with `what` if it takes longer than
-/// [`PATIENCE`].
-pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(PATIENCE, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
-
-/// Polls `condition` until it holds, failing the test with `what` if it
-/// does not within [`PATIENCE`].
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
 
 /// Serves `service` over HTTP/1.1 on a loopback port with plain hyper (no
 /// axum): `hyper::server::conn::http1` and `TowerToHyperService`.

@@ -4,10 +4,8 @@
 //! controls byte by byte.
 #![cfg(not(loom))]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Duration;
 
 use bytes::Bytes;
 use eventsource_stream::{Event as SseEvent, Eventsource};
@@ -20,30 +18,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// The longest any single wait may take. Only a hang detector: it never
-/// judges speed.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+#[path = "../wait/mod.rs"]
+mod wait;
+#[allow(unused_imports)]
+pub use wait::{eventually, within, PATIENCE};
 
 /// The header the test app takes identity from.
 pub const USER_HEADER: &str = "x-user";
-
-/// Awaits `future`, failing the test with `what` after [`PATIENCE`].
-pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(PATIENCE, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
-
-/// Polls `condition` until it holds, failing with `what` after [`PATIENCE`].
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
 
 /// Aborts the client connection task on drop, which closes the socket: a
 /// browser tab closing, or a network cut, as the server sees it.

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,43 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
-/// The longest any single wait may take. Generous: it only turns a hang
-/// into a failure, it never judges speed.
-pub const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Awaits `future`, failing the test with `what` if it takes longer than
-/// [`PATIENCE`].
-pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(PATIENCE, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
-
-/// Polls `condition` until it holds, failing the test with `what` if it
-/// does not within [`PATIENCE`].
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
-
-/// Like [`eventually`], for a condition that needs to await (an HTTP call).
-pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    within(what, async {
-        while !condition().await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
+#[path = "../wait/mod.rs"]
+mod wait;
+#[allow(unused_imports)]
+pub use wait::{eventually, eventually_async, within, PATIENCE};
 
 /// An axum server on a loopback port, shut down gracefully on `signal`.
 pub struct AxumServer {
