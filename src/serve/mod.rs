@@ -23,9 +23,9 @@
 //! extensions as a [`PeerAddr`] and, with this crate's `axum` feature, as
 //! `axum::extract::ConnectInfo<SocketAddr>` (without it, a handler that
 //! extracts `ConnectInfo` fails its requests: enable the feature or read
-//! `Extension<PeerAddr>`). The service is cloned per connection, so an app
-//! built with `into_make_service_with_connect_info` is passed as the
-//! `Router` itself.
+//! `Extension<PeerAddr>`). The service is cloned for each connection and
+//! there is no make-service step: pass an axum `Router` itself, not
+//! `into_make_service_with_connect_info()`.
 //!
 //! ```no_run
 //! use axum::Router;
@@ -48,8 +48,7 @@
 //! - The choice is made once per connection, on its first request: a
 //!   stream request that arrives on a connection hyper already serves (a
 //!   browser reusing a keep-alive connection from loading the page) is
-//!   served by hyper, correctly, at hyper's cost. Reconnects come on fresh
-//!   connections.
+//!   served by hyper, correctly, at hyper's cost.
 //! - HTTP/2 and TLS: put it behind a proxy that terminates them, as event
 //!   streams usually are.
 //! - A graceful shutdown waits for every stream to end, as hyper's does; a
