@@ -236,4 +236,63 @@ mod tests {
         head.push_str("\r\n");
         assert!(matches!(decide_str(&head), Decision::Other));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a client sends, deciding never panics, and only a
+            /// whole `GET` head is ever taken for a stream (its end may be a
+            /// bare LF, which httparse accepts for hyper and for this server
+            /// alike).
+            #[test]
+            fn any_bytes_get_a_decision(
+                prefix in prop_oneof![
+                    Just(""),
+                    Just("GET "),
+                    Just("GET /events HTTP/1.1\r\n"),
+                    Just("GET /events HTTP/1.1\r\nAccept: text/event-stream\r\n"),
+                ],
+                rest in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                let bytes = [prefix.as_bytes(), &rest].concat();
+                match decide(&bytes, &["/events".to_owned()]) {
+                    Decision::Stream(request) => {
+                        prop_assert!(bytes.starts_with(b"GET "));
+                        prop_assert!(bytes.windows(2).any(|w| w == b"\n\n")
+                            || bytes.windows(3).any(|w| w == b"\n\r\n"));
+                        prop_assert_eq!(request.method(), Method::GET);
+                    }
+                    Decision::Other | Decision::Partial => {}
+                }
+            }
+
+            /// A well-formed stream request with any extra headers is taken
+            /// whole, its headers passed on unchanged and in order; cut
+            /// anywhere short of its end, it is still waited for.
+            #[test]
+            fn a_stream_request_keeps_its_headers(
+                headers in proptest::collection::vec(("x-[a-z0-9-]{1,12}", "[ -~]{0,40}"), 0..12),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut head = String::from("GET /events?topic=a HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n");
+                for (name, value) in &headers {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n");
+                let Decision::Stream(request) = decide(head.as_bytes(), &[]) else {
+                    return Err(TestCaseError::fail(format!("not a stream: {head:?}")));
+                };
+                for (name, _) in &headers {
+                    let got: Vec<&[u8]> = request.headers().get_all(name.as_str()).iter().map(|v| v.as_bytes()).collect();
+                    let want: Vec<&[u8]> = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.trim().as_bytes()).collect();
+                    prop_assert_eq!(got, want);
+                }
+                let short = cut.index(head.len());
+                prop_assert!(matches!(decide(&head.as_bytes()[..short], &[]), Decision::Partial));
+            }
+        }
+    }
 }
