@@ -367,6 +367,21 @@ fn notification_racing_disconnect_is_not_lost() {
     });
 }
 
+/// A broker on a manual clock with one subscription of topic `a` and one
+/// event published to it, not yet read: what the coalescing models start
+/// from.
+fn coalescing_setup() -> (tower_sse::ManualClock, Broker, tower_sse::Subscription) {
+    let clock = tower_sse::ManualClock::new();
+    let broker = Broker::builder()
+        .epoch(EPOCH)
+        .retain_forever()
+        .clock(clock.clone())
+        .build();
+    let sub = broker.subscribe(&topics(&["a"]), None).unwrap();
+    publish(&broker, "a", "1");
+    (clock, broker, sub)
+}
+
 /// Coalescing: a publish racing the end of a stream's coalescing window
 /// still wakes the stream, whichever comes first (a lost wake-up would
 /// leave `block_on` parked, which loom reports).
@@ -375,18 +390,10 @@ fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
     use std::future::poll_fn;
     use std::time::Duration;
     use tower_sse::loom_internals::{poll_frames, release_throttled, Frames};
-    use tower_sse::ManualClock;
 
     const WINDOW: Option<Duration> = Some(Duration::from_millis(20));
     model(|| {
-        let clock = ManualClock::new();
-        let broker = Broker::builder()
-            .epoch(EPOCH)
-            .retain_forever()
-            .clock(clock.clone())
-            .build();
-        let mut sub = broker.subscribe(&topics(&["a"]), None).unwrap();
-        publish(&broker, "a", "1");
+        let (clock, broker, mut sub) = coalescing_setup();
         let first = loom::future::block_on(poll_fn(|cx| poll_frames(&mut sub, cx, WINDOW)));
         assert!(matches!(first, Frames::Data(_)));
 
@@ -419,18 +426,10 @@ fn opening_a_coalescing_window_wakes_the_parked_releaser() {
     use std::future::poll_fn;
     use std::time::Duration;
     use tower_sse::loom_internals::{poll_frames, poll_throttled, release_throttled, Frames};
-    use tower_sse::ManualClock;
 
     const WINDOW: Option<Duration> = Some(Duration::from_millis(20));
     model(|| {
-        let clock = ManualClock::new();
-        let broker = Broker::builder()
-            .epoch(EPOCH)
-            .retain_forever()
-            .clock(clock.clone())
-            .build();
-        let mut sub = broker.subscribe(&topics(&["a"]), None).unwrap();
-        publish(&broker, "a", "1");
+        let (clock, broker, mut sub) = coalescing_setup();
         let reader = thread::spawn(move || {
             let first = loom::future::block_on(poll_fn(|cx| poll_frames(&mut sub, cx, WINDOW)));
             assert!(matches!(first, Frames::Data(_)));

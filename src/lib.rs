@@ -81,6 +81,8 @@ pub mod sse;
 mod sync;
 #[cfg(all(feature = "tcp", not(loom)))]
 pub mod tcp;
+#[cfg(all(test, not(loom)))]
+mod test_util;
 
 #[cfg(all(feature = "axum", not(loom)))]
 pub mod axum;

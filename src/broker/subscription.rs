@@ -455,21 +455,13 @@ impl std::future::Future for Recv<'_> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
+    use std::task::{Context, Poll, Waker};
 
     use super::Frames;
     use crate::{Broker, Event, Topics};
 
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::test_util::WakeCount as Count;
 
     fn poll(sub: &mut crate::Subscription, waker: &Waker) -> Poll<Frames> {
         sub.poll_frames(&mut Context::from_waker(waker), 1 << 16, None)
@@ -491,7 +483,7 @@ mod tests {
 
         // Quiet since it started: the first tick makes it due.
         broker.tick();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         assert!(matches!(
             poll(&mut stream, &waker),
             Poll::Ready(Frames::KeepAlive)
@@ -499,9 +491,9 @@ mod tests {
         assert!(poll(&mut stream, &waker).is_pending());
         // It just wrote: the next tick leaves it alone.
         broker.tick();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         broker.tick();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.get(), 2);
         assert!(matches!(
             poll(&mut stream, &waker),
             Poll::Ready(Frames::KeepAlive)
@@ -520,11 +512,7 @@ mod tests {
         assert!(poll(&mut stream, &waker).is_pending());
 
         // A subscription read as a Stream never hears of ticks.
-        assert_eq!(
-            other.0.load(Ordering::SeqCst),
-            1,
-            "woken by the publish only"
-        );
+        assert_eq!(other.get(), 1, "woken by the publish only");
     }
 
     #[test]
@@ -547,7 +535,7 @@ mod tests {
         broker
             .publish(Event::new("t").topic("a").data("1"))
             .unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         assert!(matches!(poll(&mut stream), Poll::Ready(Frames::Data(_))));
         assert!(poll(&mut stream).is_pending());
 
@@ -558,18 +546,14 @@ mod tests {
         broker
             .publish(Event::new("t").topic("a").data("3"))
             .unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         clock.advance(Duration::from_millis(19));
         broker.release_throttled();
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "woken before the window ended"
-        );
+        assert_eq!(count.get(), 1, "woken before the window ended");
         // ...until it ends; then both go out together.
         clock.advance(Duration::from_millis(1));
         broker.release_throttled();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.get(), 2);
         match poll(&mut stream) {
             Poll::Ready(Frames::Data(bytes)) => {
                 let text = std::str::from_utf8(&bytes).unwrap();
@@ -584,16 +568,16 @@ mod tests {
         assert!(poll(&mut stream).is_pending());
         clock.advance(Duration::from_millis(20));
         broker.release_throttled();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.get(), 2);
         // And the next event, after a quiet window, goes out at once.
         broker
             .publish(Event::new("t").topic("a").data("4"))
             .unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+        assert_eq!(count.get(), 3);
         // Closing wakes it whatever its window.
         assert!(matches!(poll(&mut stream), Poll::Ready(Frames::Data(_))));
         assert!(poll(&mut stream).is_pending());
         broker.close();
-        assert_eq!(count.0.load(Ordering::SeqCst), 4);
+        assert_eq!(count.get(), 4);
     }
 }

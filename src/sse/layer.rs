@@ -312,23 +312,15 @@ impl fmt::Debug for SseLayer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
+    use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
     use super::{tick, Runtime};
     use crate::broker::Frames;
     use crate::{Broker, Event, ManualClock, Topics};
 
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::test_util::WakeCount as Count;
 
     /// Lets the ticker run after tokio's (paused) clock moved.
     async fn settle() {
@@ -371,7 +363,7 @@ mod tests {
         broker
             .publish(Event::new("t").topic("a").data("2"))
             .unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "woken inside its window");
+        assert_eq!(count.get(), 0, "woken inside its window");
 
         // The window ends; the ticker, woken when it opened, checks every
         // quarter window and wakes the stream within one such step rather
@@ -379,11 +371,7 @@ mod tests {
         clock.advance(WINDOW);
         tokio::time::advance(WINDOW / 4).await;
         settle().await;
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "not woken when its window ended"
-        );
+        assert_eq!(count.get(), 1, "not woken when its window ended");
         assert!(matches!(poll(), Poll::Ready(Frames::Data(_))));
 
         drop(stream);
