@@ -28,7 +28,7 @@ for kind in bench_server bench_baseline; do
     PORT=$((PORT + 1))
     count=$((RATE * (SECS + 4)))
     taskset -c 0 "$BIN/$kind" --addr "127.0.0.1:$PORT" --rate "$RATE" --count "$count" \
-        --start-after-conns "$CONNS" 2>"$OUT/profile-$kind.server.log" >/dev/null &
+        --start-after-conns "$CONNS" >"$OUT/profile-$kind.server.log" 2>&1 &
     SPID=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/stats" >/dev/null && break; sleep 0.05; done
     taskset -c 1 "$BIN/bench_client" --addr "127.0.0.1:$PORT" --conns "$CONNS" --expect "$count" \

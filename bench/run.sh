@@ -165,7 +165,7 @@ start_server() {
         kind=bench_baseline
     fi
     taskset -c "$SERVER_CORE" "$BIN/$kind" --addr "$SADDR" --rate "$rate" --count "$count" \
-        --start-after-conns "$after" --threads 1 "${extra[@]}" >/dev/null 2>"$SLOG" &
+        --start-after-conns "$after" --threads 1 "${extra[@]}" >"$SLOG" 2>&1 &
     SPID=$!
     LIVE[$SPID]=1
     for _ in $(seq 200); do

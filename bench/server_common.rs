@@ -198,15 +198,12 @@ pub async fn run_publisher(
     // Where the measurement window starts: `bench/run.sh` reads the CPU
     // time spent from here on.
     let (utime, stime) = cpu_ticks();
-    eprintln!(
-        "{}",
-        serde_json::json!({
-            "publisher_started": true,
-            "subscribers": subscribers(),
-            "utime": utime,
-            "stime": stime,
-        })
-    );
+    info(&serde_json::json!({
+        "publisher_started": true,
+        "subscribers": subscribers(),
+        "utime": utime,
+        "stime": stime,
+    }));
     let limit = if args.count == 0 {
         u64::MAX
     } else {
@@ -245,6 +242,13 @@ pub async fn run_publisher(
             counters.published.store(seq, Ordering::Relaxed);
         }
     }
+}
+
+/// Prints a progress line to stdout, so that stderr carries only errors
+/// and the final line on SIGTERM; a closed stdout is not an error here.
+pub fn info(line: &serde_json::Value) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// Waits for SIGTERM (or Ctrl-C), prints

@@ -98,19 +98,16 @@ fn main() -> std::process::ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "{}",
-        serde_json::json!({
-            "server": "baseline",
-            "addr": args.addr,
-            "rate": args.rate,
-            "count": args.count,
-            "start_after_conns": args.start_after_conns,
-            "threads": args.threads,
-            "capacity": capacity,
-            "keep_alive_s": 15,
-        })
-    );
+    common::info(&serde_json::json!({
+        "server": "baseline",
+        "addr": args.addr,
+        "rate": args.rate,
+        "count": args.count,
+        "start_after_conns": args.start_after_conns,
+        "threads": args.threads,
+        "capacity": capacity,
+        "keep_alive_s": 15,
+    }));
     runtime.block_on(async move {
         let (tx, _) = broadcast::channel::<String>(capacity);
         let counters = Arc::new(common::Counters::default());

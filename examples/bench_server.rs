@@ -18,7 +18,9 @@
 //!   default event type;
 //! - on SIGTERM it prints `{"published","lagged_skipped","max_subscribers"}`
 //!   to stderr and exits. `lagged_skipped` is 0 by construction: a reader
-//!   that falls behind is told so, nothing is skipped silently.
+//!   that falls behind is told so, nothing is skipped silently. Nothing
+//!   else goes to stderr but errors; progress lines (the settings, then
+//!   `publisher_started` with the CPU time so far) go to stdout.
 //!
 //! The environment variable `BENCH_COALESCE_MS` overrides the layer's
 //! write-coalescing window (default 20 ms; 0 turns it off), to see the
@@ -62,19 +64,16 @@ fn main() -> std::process::ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "{}",
-        serde_json::json!({
-            "server": "tower-sse",
-            "addr": args.addr,
-            "rate": args.rate,
-            "count": args.count,
-            "start_after_conns": args.start_after_conns,
-            "threads": args.threads,
-            "retain_events": retain_events,
-            "keep_alive_s": 15,
-        })
-    );
+    common::info(&serde_json::json!({
+        "server": "tower-sse",
+        "addr": args.addr,
+        "rate": args.rate,
+        "count": args.count,
+        "start_after_conns": args.start_after_conns,
+        "threads": args.threads,
+        "retain_events": retain_events,
+        "keep_alive_s": 15,
+    }));
     runtime.block_on(async move {
         let broker = Broker::builder().retain_events(retain_events).build();
         let counters = Arc::new(common::Counters::default());
