@@ -3,7 +3,6 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -13,7 +12,7 @@ use pin_project_lite::pin_project;
 use crate::broker::{Frames, Subscription};
 use crate::mailbox::Connection;
 use crate::sse::frame;
-use crate::sse::Runtime;
+use crate::sse::{Coalesce, Runtime};
 
 pin_project! {
     /// Response body of this crate's middleware: the inner service's body,
@@ -114,8 +113,8 @@ pub(crate) struct EventStream {
     sub: Subscription,
     first: Option<Bytes>,
     max_batch_bytes: usize,
-    coalesce: Option<Duration>,
-    _slot: ConnectionSlot,
+    coalesce: Option<Coalesce>,
+    slot: ConnectionSlot,
     mailbox: Option<Connection>,
 }
 
@@ -124,7 +123,7 @@ impl EventStream {
         sub: Subscription,
         first: Bytes,
         max_batch_bytes: usize,
-        coalesce: Option<Duration>,
+        coalesce: Option<Coalesce>,
         slot: ConnectionSlot,
         mailbox: Option<Connection>,
     ) -> Self {
@@ -133,7 +132,7 @@ impl EventStream {
             first: Some(first),
             max_batch_bytes,
             coalesce,
-            _slot: slot,
+            slot,
             mailbox,
         }
     }
@@ -142,9 +141,11 @@ impl EventStream {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Frame::data(first)));
         }
-        let polled = self
-            .sub
-            .poll_frames(cx, self.max_batch_bytes, self.coalesce);
+        let window = self
+            .coalesce
+            .filter(|c| c.always || self.slot.runtime.busy.load(Ordering::Relaxed))
+            .map(|c| c.window);
+        let polled = self.sub.poll_frames(cx, self.max_batch_bytes, window);
         if let Some(connection) = &self.mailbox {
             if let Some((after, through)) = self.sub.take_lag() {
                 // Notifications in what this stream missed go out again.

@@ -483,6 +483,13 @@ impl Broker {
         Poll::Pending
     }
 
+    /// How many events were published so far: cheaper than
+    /// [`stats`](Broker::stats) for a caller that only watches activity.
+    #[cfg(not(loom))]
+    pub(crate) fn published(&self) -> u64 {
+        lock(&self.shared.state).counters.published
+    }
+
     /// Counters and sizes, read in one consistent snapshot.
     pub fn stats(&self) -> BrokerStats {
         let state = lock(&self.shared.state);

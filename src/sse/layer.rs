@@ -1,11 +1,12 @@
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tower_layer::Layer;
 
 use super::authorize::{public_only, Authorize};
+use super::load::LoadMeter;
 use super::service::Sse;
 use crate::broker::{Broker, WeakBroker};
 use crate::mailbox::Mailbox;
@@ -18,8 +19,8 @@ pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 pub const DEFAULT_BUSY_RETRY: Duration = Duration::from_secs(30);
 /// Default longest silence on an idle stream before a keep-alive comment.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Default coalescing window: after a write, a stream waits this long for
-/// more events before it is woken again.
+/// Default coalescing window: while the runtime is busy, a stream that
+/// wrote waits this long for more events before it is woken again.
 pub const DEFAULT_COALESCE: Duration = Duration::from_millis(20);
 /// Default most topics one connection may watch.
 pub const DEFAULT_MAX_TOPICS: usize = 32;
@@ -60,7 +61,7 @@ pub(crate) struct Config {
     pub(crate) retry: Duration,
     pub(crate) busy_retry: Duration,
     pub(crate) keep_alive: Option<Duration>,
-    pub(crate) coalesce: Option<Duration>,
+    pub(crate) coalesce: Option<Coalesce>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_topics: usize,
     pub(crate) max_batch_bytes: usize,
@@ -68,10 +69,20 @@ pub(crate) struct Config {
     pub(crate) runtime: Arc<Runtime>,
 }
 
+/// How streams coalesce their writes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Coalesce {
+    pub(crate) window: Duration,
+    /// Whatever the load, rather than only while the runtime is busy.
+    pub(crate) always: bool,
+}
+
 /// State shared by every service made from one layer.
 #[derive(Default)]
 pub(crate) struct Runtime {
     pub(crate) connections: AtomicUsize,
+    /// The ticker found the runtime busy: streams coalesce their writes.
+    pub(crate) busy: AtomicBool,
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -87,7 +98,10 @@ impl SseLayer {
                 retry: DEFAULT_RETRY,
                 busy_retry: DEFAULT_BUSY_RETRY,
                 keep_alive: Some(DEFAULT_KEEP_ALIVE),
-                coalesce: Some(DEFAULT_COALESCE),
+                coalesce: Some(Coalesce {
+                    window: DEFAULT_COALESCE,
+                    always: false,
+                }),
                 max_connections: None,
                 max_topics: DEFAULT_MAX_TOPICS,
                 max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
@@ -137,18 +151,42 @@ impl SseLayer {
         self
     }
 
-    /// Coalesces writes: after a stream writes, events published within
-    /// `window` do not wake it one by one but go out together when the
-    /// window ends (default 20 ms).
+    /// Coalesces writes while the runtime is busy: after a stream writes,
+    /// events published within `window` do not wake it one by one but go
+    /// out together when the window ends (default 20 ms).
     ///
-    /// The first event after a quiet period still goes out at once; only
-    /// a stream receiving events faster than one per window waits, and at
-    /// most `window` (plus a quarter of it). That turns many small writes
-    /// (one system call and one TCP segment each) into few larger ones,
-    /// which is where the CPU of a busy fan-out goes. [`Duration::ZERO`]
-    /// turns it off, for streams where every millisecond counts.
+    /// A fan-out spends most of its CPU in the kernel, one system call and
+    /// one TCP segment per write; coalescing turns many small writes into
+    /// fewer larger ones and can halve that. It costs latency, and only a
+    /// stream receiving events faster than one per window pays it (at most
+    /// `window` plus a quarter of it): the first event after a quiet spell
+    /// still goes out at once. As that latency buys nothing while the
+    /// runtime has time to spare, the layer's ticker measures how late its
+    /// own timer wake-ups come, and streams coalesce only while most of them
+    /// come late (a backlog of 2 ms or more), until few do. A runtime that
+    /// keeps up thus writes every event at once; one that does not halves
+    /// its writes.
+    ///
+    /// [`Duration::ZERO`] turns coalescing off; see
+    /// [`coalesce_always`](SseLayer::coalesce_always) to coalesce whatever
+    /// the load.
     pub fn coalesce(mut self, window: Duration) -> Self {
-        self.config.coalesce = (!window.is_zero()).then_some(window);
+        self.config.coalesce = (!window.is_zero()).then_some(Coalesce {
+            window,
+            always: false,
+        });
+        self
+    }
+
+    /// Coalesces writes within `window` whatever the load (see
+    /// [`coalesce`](SseLayer::coalesce)): the least CPU per event, and a
+    /// latency of up to `window` for streams that receive more than one
+    /// event per window, even on an idle server.
+    pub fn coalesce_always(mut self, window: Duration) -> Self {
+        self.config.coalesce = (!window.is_zero()).then_some(Coalesce {
+            window,
+            always: true,
+        });
         self
     }
 
@@ -208,7 +246,48 @@ impl Config {
         };
         let broker = self.broker.downgrade();
         let runtime = Arc::downgrade(&self.runtime);
-        *ticker = Some(handle.spawn(tick(broker, runtime, self.keep_alive, self.coalesce)));
+        let busy_clock = match self.coalesce {
+            Some(Coalesce { always: false, .. }) => {
+                let clock = busy_clock(&handle);
+                // Without the runtime's busy time, coalesce as before.
+                self.runtime.busy.store(clock.is_none(), Ordering::Relaxed);
+                clock
+            }
+            _ => None,
+        };
+        *ticker = Some(handle.spawn(tick(
+            broker,
+            runtime,
+            self.keep_alive,
+            self.coalesce,
+            busy_clock,
+        )));
+    }
+}
+
+/// Reads how long the runtime's workers have spent running tasks so far,
+/// on average: the ticker's measure of load (see [`LoadMeter`]).
+type BusyClock = Box<dyn FnMut() -> Duration + Send>;
+
+/// tokio's own per-worker busy time, where the platform has the 64-bit
+/// atomics it needs.
+fn busy_clock(handle: &tokio::runtime::Handle) -> Option<BusyClock> {
+    #[cfg(target_has_atomic = "64")]
+    {
+        let metrics = handle.metrics();
+        let workers = metrics.num_workers().max(1);
+        let divisor = u32::try_from(workers).unwrap_or(u32::MAX);
+        Some(Box::new(move || {
+            (0..workers)
+                .map(|worker| metrics.worker_total_busy_duration(worker))
+                .sum::<Duration>()
+                / divisor
+        }))
+    }
+    #[cfg(not(target_has_atomic = "64"))]
+    {
+        let _ = handle;
+        None
     }
 }
 
@@ -220,11 +299,15 @@ impl Config {
 /// `interval`. Coalescing: while any window is open, ends those that are
 /// over every quarter window; while none is, sleeps until a stream opens
 /// one, so an idle server is not woken 200 times a second for nothing.
+/// Load (with a `busy_clock`): samples the runtime's busy time every 25 ms
+/// while events are published and every 100 ms otherwise, and tells the
+/// streams whether to coalesce (see [`LoadMeter`]).
 async fn tick(
     broker: WeakBroker,
     runtime: Weak<Runtime>,
     keep_alive: Option<Duration>,
-    coalesce: Option<Duration>,
+    coalesce: Option<Coalesce>,
+    mut busy_clock: Option<BusyClock>,
 ) {
     use std::future::{poll_fn, Future};
     use std::task::Poll;
@@ -233,12 +316,20 @@ async fn tick(
     /// How often the ticker looks whether its layer or broker is gone
     /// when nothing else wakes it.
     const LIVENESS: Duration = Duration::from_secs(1);
+    /// How often the load is sampled while events are published.
+    const SAMPLE: Duration = Duration::from_millis(25);
+    /// How often it is sampled while none are, to notice that some are.
+    const QUIET_SAMPLE: Duration = Duration::from_millis(100);
 
     let keep_alive_every = keep_alive.map(|interval| interval / 2);
-    let release_every = coalesce.map(|window| (window / 4).max(Duration::from_millis(1)));
+    let release_every = coalesce.map(|c| (c.window / 4).max(Duration::from_millis(1)));
     if keep_alive_every.is_none() && release_every.is_none() {
         return;
     }
+    let mut meter = LoadMeter::default();
+    let mut sampled = busy_clock.as_mut().map(|clock| (Instant::now(), clock()));
+    let mut published = None;
+    let mut next_sample = sampled.map(|(at, _)| at + QUIET_SAMPLE);
     let mut next_keep_alive = keep_alive_every.map(|every| Instant::now() + every);
     // `Some` while a coalescing window is open.
     let mut next_release: Option<Instant> = None;
@@ -246,6 +337,7 @@ async fn tick(
         let wake_at = [
             next_keep_alive,
             next_release,
+            next_sample,
             Some(Instant::now() + LIVENESS),
         ]
         .into_iter()
@@ -268,13 +360,25 @@ async fn tick(
             sleep.as_mut().poll(cx).map(|()| false)
         })
         .await;
-        if runtime.strong_count() == 0 {
+        let Some(runtime) = runtime.upgrade() else {
             return;
-        }
+        };
         let Some(broker) = broker.upgrade().filter(|broker| !broker.is_closed()) else {
             return;
         };
         let now = Instant::now();
+        if let (Some(clock), Some((at, busy))) = (busy_clock.as_mut(), sampled.as_mut()) {
+            if next_sample.is_some_and(|due| due <= now) {
+                let busy_now = clock();
+                let coalescing =
+                    meter.sample(busy_now.saturating_sub(*busy), now.duration_since(*at));
+                runtime.busy.store(coalescing, Ordering::Relaxed);
+                (*at, *busy) = (now, busy_now);
+                let count = broker.published();
+                let quiet = published.replace(count) == Some(count);
+                next_sample = Some(now + if quiet { QUIET_SAMPLE } else { SAMPLE });
+            }
+        }
         if let Some(every) = release_every {
             if window_opened {
                 next_release = Some(now + every);
@@ -305,6 +409,7 @@ impl fmt::Debug for SseLayer {
             .field("path", &self.config.path)
             .field("retry", &self.config.retry)
             .field("keep_alive", &self.config.keep_alive)
+            .field("coalesce", &self.config.coalesce)
             .field("max_connections", &self.config.max_connections)
             .finish_non_exhaustive()
     }
@@ -316,7 +421,9 @@ mod tests {
     use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
-    use super::{tick, Runtime};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{tick, BusyClock, Coalesce, Runtime};
     use crate::broker::Frames;
     use crate::{Broker, Event, ManualClock, Topics};
 
@@ -339,7 +446,11 @@ mod tests {
             broker.downgrade(),
             Arc::downgrade(&runtime),
             None,
-            Some(WINDOW),
+            Some(Coalesce {
+                window: WINDOW,
+                always: true,
+            }),
+            None,
         ));
         let mut stream = broker
             .subscribe(&Topics::parse(["a"]).unwrap(), None)
@@ -379,5 +490,163 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         settle().await;
         assert!(ticker.is_finished(), "the ticker outlived its broker");
+    }
+
+    /// A ticker that measures load from `busy`, nanoseconds of busy time
+    /// the test adds as it moves the (paused) clock.
+    fn measuring_ticker(
+        broker: &Broker,
+        runtime: &Arc<Runtime>,
+    ) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+        let busy = Arc::new(AtomicU64::new(0));
+        let clock: BusyClock = {
+            let busy = busy.clone();
+            Box::new(move || Duration::from_nanos(busy.load(Ordering::Relaxed)))
+        };
+        let ticker = tokio::spawn(tick(
+            broker.downgrade(),
+            Arc::downgrade(runtime),
+            None,
+            Some(Coalesce {
+                window: Duration::from_millis(20),
+                always: false,
+            }),
+            Some(clock),
+        ));
+        (busy, ticker)
+    }
+
+    /// Runs the (paused) clock for `span` in 5 ms steps, the runtime busy
+    /// `load` of each; returns when `runtime.busy` first equalled `until`,
+    /// if it did.
+    async fn run_at(
+        load: f64,
+        span: Duration,
+        busy: &AtomicU64,
+        runtime: &Runtime,
+        until: bool,
+    ) -> Option<Duration> {
+        const STEP: Duration = Duration::from_millis(5);
+        let mut spent = Duration::ZERO;
+        while spent < span {
+            busy.fetch_add(STEP.mul_f64(load).as_nanos() as u64, Ordering::Relaxed);
+            tokio::time::advance(STEP).await;
+            settle().await;
+            spent += STEP;
+            if runtime.busy.load(Ordering::Relaxed) == until {
+                return Some(spent);
+            }
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_coalesce_only_while_the_runtime_is_busy() {
+        let broker = Broker::new();
+        let runtime = Arc::new(Runtime::default());
+        let (busy, ticker) = measuring_ticker(&broker, &runtime);
+        let second = Duration::from_secs(1);
+
+        // Two-thirds busy, with events published: no reason to coalesce.
+        for _ in 0..10 {
+            broker.publish(Event::new("t").data("x")).unwrap();
+            assert_eq!(run_at(0.66, second / 10, &busy, &runtime, true).await, None);
+        }
+        // Flat out: it starts within a few tenths of a second.
+        let took = run_at(1.0, second, &busy, &runtime, true).await;
+        assert!(took.is_some_and(|t| t <= second / 2), "{took:?}");
+        // At the load that coalescing leads to, it stays on.
+        assert_eq!(run_at(0.5, 5 * second, &busy, &runtime, false).await, None);
+        // Idle: it stops again, sampled at the quiet pace.
+        let took = run_at(0.0, 2 * second, &busy, &runtime, false).await;
+        assert!(took.is_some_and(|t| t <= second), "{took:?}");
+
+        drop(broker);
+        tokio::time::advance(2 * second).await;
+        settle().await;
+        assert!(ticker.is_finished(), "the ticker outlived its broker");
+    }
+
+    /// Polls `body` for its next data frame, giving up after `wait` of the
+    /// (paused) clock.
+    async fn next_data(
+        body: &mut crate::ResponseBody<http_body_util::Empty<bytes::Bytes>>,
+        wait: Duration,
+    ) -> Option<String> {
+        use http_body_util::BodyExt;
+        loop {
+            let frame = tokio::time::timeout(wait, body.frame()).await.ok()??.ok()?;
+            if let Ok(data) = frame.into_data() {
+                return Some(String::from_utf8_lossy(&data).into_owned());
+            }
+        }
+    }
+
+    /// Opens a stream through `layer`; returns its body after the `retry:`
+    /// hint.
+    async fn open(
+        layer: &super::SseLayer,
+    ) -> crate::ResponseBody<http_body_util::Empty<bytes::Bytes>> {
+        use tower::{Layer, ServiceExt};
+        let inner = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::new()))
+        });
+        let request = http::Request::get("/events")
+            .header("accept", "text/event-stream")
+            .body(())
+            .unwrap();
+        let response = layer.layer(inner).oneshot(request).await.unwrap();
+        let mut body = response.into_body();
+        let retry = next_data(&mut body, Duration::from_millis(1)).await;
+        assert!(retry.is_some_and(|r| r.starts_with("retry:")));
+        body
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_server_writes_every_event_at_once_unless_told_to_coalesce_always() {
+        use http_body::Body;
+        use std::pin::Pin;
+
+        const WINDOW: Duration = Duration::from_millis(20);
+        let clock = ManualClock::new();
+        let broker = Broker::builder().clock(clock.clone()).build();
+        let publish = |data: &'static str| broker.publish(Event::new("t").data(data)).unwrap();
+
+        let adaptive = super::SseLayer::new(broker.clone()).coalesce(WINDOW);
+        let always = super::SseLayer::new(broker.clone()).coalesce_always(WINDOW);
+        let mut streams = [open(&adaptive).await, open(&always).await];
+        settle().await; // the layers' tickers start
+        let counts = [Arc::new(Count::default()), Arc::new(Count::default())];
+        let wakers = counts.each_ref().map(|count| Waker::from(count.clone()));
+
+        // Polls stream `i` as a server does: once, then again only when woken.
+        let mut poll = |i: usize| {
+            let mut cx = Context::from_waker(&wakers[i]);
+            match Pin::new(&mut streams[i]).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = frame.into_data().expect("a data frame");
+                    Some(String::from_utf8_lossy(&data).into_owned())
+                }
+                Poll::Pending => None,
+                other => panic!("stream ended: {other:?}"),
+            }
+        };
+        publish("1");
+        for i in 0..2 {
+            assert!(poll(i).is_some_and(|f| f.contains("data: 1")));
+            assert_eq!(poll(i), None);
+        }
+
+        // Within the window of the first write: the adaptive stream, on a
+        // runtime with nothing else to do, is woken; the other waits.
+        publish("2");
+        assert_eq!((counts[0].get(), counts[1].get()), (1, 0));
+        assert!(poll(0).is_some_and(|f| f.contains("data: 2")));
+        settle().await; // the ticker sees the window open
+        clock.advance(WINDOW);
+        tokio::time::advance(WINDOW).await;
+        settle().await;
+        assert_eq!(counts[1].get(), 1, "not woken when its window ended");
+        assert!(poll(1).is_some_and(|f| f.contains("data: 2")));
     }
 }

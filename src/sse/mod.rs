@@ -38,12 +38,14 @@ mod authorize;
 #[cfg(not(loom))]
 mod layer;
 #[cfg(not(loom))]
+mod load;
+#[cfg(not(loom))]
 mod service;
 
 #[cfg(not(loom))]
 pub use self::authorize::{any_topic, public_only, requested_topics, Authorize, Grant, Rejection};
 #[cfg(not(loom))]
-pub(crate) use self::layer::Runtime;
+pub(crate) use self::layer::{Coalesce, Runtime};
 #[cfg(not(loom))]
 pub use self::layer::{
     SseLayer, DEFAULT_BUSY_RETRY, DEFAULT_COALESCE, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_BATCH_BYTES,
