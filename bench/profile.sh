@@ -23,7 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=$((40000 + RANDOM % 10000))
+# Below the ephemeral range, so that no client connection holds the port.
+PORT=$((10000 + RANDOM % 10000))
 for kind in bench_server bench_baseline; do
     PORT=$((PORT + 1))
     count=$((RATE * (SECS + 4)))
@@ -31,11 +32,13 @@ for kind in bench_server bench_baseline; do
         --start-after-conns "$CONNS" >"$OUT/profile-$kind.server.log" 2>&1 &
     SPID=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/stats" >/dev/null && break; sleep 0.05; done
+    kill -0 "$SPID" 2>/dev/null || { cat "$OUT/profile-$kind.server.log" >&2; exit 1; }
     taskset -c 1 "$BIN/bench_client" --addr "127.0.0.1:$PORT" --conns "$CONNS" --expect "$count" \
         --duration $((SECS + 30)) >"$OUT/profile-$kind.client.json" 2>/dev/null &
     CPID=$!
     sleep 2
-    perf record -q -e cpu-clock -F 1999 -p "$SPID" -o "$OUT/profile-$kind.data" -- sleep "$SECS" 2>/dev/null
+    perf record -q -e cpu-clock -F 1999 -p "$SPID" -o "$OUT/profile-$kind.data" -- sleep "$SECS" ||
+        { echo "perf record failed (perf_event_paranoid? try: sysctl kernel.perf_event_paranoid=1)" >&2; exit 1; }
     wait "$CPID" || true
     kill -TERM "$SPID"
     wait "$SPID" || true
