@@ -161,11 +161,15 @@ impl SseLayer {
     /// stream receiving events faster than one per window pays it (at most
     /// `window` plus a quarter of it): the first event after a quiet spell
     /// still goes out at once. As that latency buys nothing while the
-    /// runtime has time to spare, the layer's ticker measures how late its
-    /// own timer wake-ups come, and streams coalesce only while most of them
-    /// come late (a backlog of 2 ms or more), until few do. A runtime that
-    /// keeps up thus writes every event at once; one that does not halves
-    /// its writes.
+    /// runtime has time to spare, the layer's ticker samples how busy
+    /// tokio's workers are (their own busy-time counters, averaged over
+    /// about 100 ms), and streams coalesce once they are more than 75 %
+    /// busy, until the load falls under 25 %. Once on, coalescing stays on
+    /// for a second, and twice as long each time it has to start again soon
+    /// after stopping (up to 64 s), so a load that only coalescing keeps
+    /// down does not make it switch back and forth. A runtime that keeps up
+    /// thus writes every event at once; one that does not halves its
+    /// writes.
     ///
     /// [`Duration::ZERO`] turns coalescing off; see
     /// [`coalesce_always`](SseLayer::coalesce_always) to coalesce whatever

@@ -11,10 +11,30 @@
 use std::time::Duration;
 
 /// A moving average of the runtime's load, and what it decided.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct LoadMeter {
     load: f64,
     busy: bool,
+    /// Time sampled so far.
+    now: Duration,
+    /// When coalescing last started, and last stopped.
+    on_since: Duration,
+    off_since: Option<Duration>,
+    /// How long coalescing stays on at least, once started.
+    min_on: Duration,
+}
+
+impl Default for LoadMeter {
+    fn default() -> Self {
+        Self {
+            load: 0.0,
+            busy: false,
+            now: Duration::ZERO,
+            on_since: Duration::ZERO,
+            off_since: None,
+            min_on: Self::MIN_ON,
+        }
+    }
 }
 
 impl LoadMeter {
@@ -26,7 +46,14 @@ impl LoadMeter {
     const ON: f64 = 0.75;
     /// Below this share, it stops. Coalescing roughly halves the work of a
     /// busy fan-out, so the load it leads to must not switch it off again.
-    const OFF: f64 = 0.35;
+    const OFF: f64 = 0.25;
+    /// Coalescing, once on, stays on at least this long...
+    const MIN_ON: Duration = Duration::from_secs(1);
+    /// ...twice as long each time it had to start again within this long
+    /// of stopping (it was what kept the load down), up to `MAX_ON`.
+    const RELAPSE: Duration = Duration::from_secs(2);
+    /// The longest it is held on; after this long off, the hold is reset.
+    const MAX_ON: Duration = Duration::from_secs(64);
 
     /// Counts a period of `elapsed` in which the workers spent `busy` (per
     /// worker, on average) running tasks; returns whether writes should
@@ -35,14 +62,25 @@ impl LoadMeter {
         if elapsed.is_zero() {
             return self.busy;
         }
+        self.now = self.now.saturating_add(elapsed);
         let load = (busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0);
         let weight = elapsed.as_secs_f64() / (elapsed + Self::MEMORY).as_secs_f64();
         self.load += (load - self.load) * weight;
-        self.busy = if self.busy {
-            self.load >= Self::OFF
-        } else {
-            self.load > Self::ON
-        };
+        if self.busy {
+            if self.load < Self::OFF && self.now - self.on_since >= self.min_on {
+                self.busy = false;
+                self.off_since = Some(self.now);
+            }
+        } else if self.load > Self::ON {
+            let off_for = self.off_since.map(|since| self.now - since);
+            if off_for.is_some_and(|off| off < Self::RELAPSE) {
+                self.min_on = (self.min_on * 2).min(Self::MAX_ON);
+            } else if off_for.is_some_and(|off| off >= Self::MAX_ON) {
+                self.min_on = Self::MIN_ON;
+            }
+            self.busy = true;
+            self.on_since = self.now;
+        }
         self.busy
     }
 
@@ -102,8 +140,55 @@ mod tests {
     fn a_quiet_runtime_turns_it_off_again() {
         let mut meter = LoadMeter::default();
         feed(&mut meter, 1000, 1.0, true).expect("never turned on");
-        let took = feed(&mut meter, 1000, 0.05, false).expect("never turned off");
-        assert!(took * STEP.as_millis() as usize <= 500, "took {took} steps");
+        let took = STEP * feed(&mut meter, 1000, 0.05, false).expect("never turned off") as u32;
+        assert!(
+            took >= LoadMeter::MIN_ON && took <= 2 * LoadMeter::MIN_ON,
+            "took {took:?}"
+        );
+    }
+
+    /// A load that coalescing more than halves: 0.9 without, 0.2 with.
+    /// Returns the switches over `span`, and the share of it spent
+    /// coalescing.
+    fn relapsing(meter: &mut LoadMeter, span: Duration) -> (usize, f64) {
+        let (mut switches, mut on) = (0, 0);
+        let steps = span.as_millis() / STEP.as_millis();
+        let mut busy = meter.sample(Duration::ZERO, STEP);
+        for _ in 0..steps {
+            let load = if busy { 0.2 } else { 0.9 };
+            let now = meter.sample(STEP.mul_f64(load), STEP);
+            switches += usize::from(now != busy);
+            on += usize::from(now);
+            busy = now;
+        }
+        (switches, on as f64 / steps as f64)
+    }
+
+    #[test]
+    fn a_load_that_only_coalescing_keeps_down_keeps_it_on_longer_each_time() {
+        let mut meter = LoadMeter::default();
+        let (switches, on) = relapsing(&mut meter, Duration::from_secs(300));
+        // On after 0.2 s, then held 1, 2, 4, ... 64 s with a relapse of a
+        // few tenths of a second after each: about ten cycles in five
+        // minutes, where a fixed hold of 1 s would make a few hundred.
+        assert!(switches <= 24, "{switches} switches");
+        assert!(on > 0.95, "coalescing {:.1} % of the time", on * 100.0);
+        assert_eq!(meter.min_on, LoadMeter::MAX_ON);
+    }
+
+    #[test]
+    fn the_hold_is_forgotten_after_a_long_quiet_spell() {
+        let mut meter = LoadMeter::default();
+        relapsing(&mut meter, Duration::from_secs(300));
+        feed(&mut meter, 100_000, 0.0, false).expect("never turned off");
+        let mut quiet = 0;
+        while meter.now - meter.off_since.unwrap() < LoadMeter::MAX_ON {
+            meter.sample(Duration::ZERO, STEP);
+            quiet += 1;
+        }
+        assert!(quiet > 0);
+        feed(&mut meter, 1000, 1.0, true).expect("never turned on");
+        assert_eq!(meter.min_on, LoadMeter::MIN_ON);
     }
 
     #[test]
