@@ -64,7 +64,7 @@ impl LoadMeter {
         }
         self.now = self.now.saturating_add(elapsed);
         let load = (busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0);
-        let weight = elapsed.as_secs_f64() / (elapsed + Self::MEMORY).as_secs_f64();
+        let weight = elapsed.as_secs_f64() / elapsed.saturating_add(Self::MEMORY).as_secs_f64();
         self.load += (load - self.load) * weight;
         if self.busy {
             if self.load < Self::OFF && self.now - self.on_since >= self.min_on {
@@ -200,5 +200,28 @@ mod tests {
         assert!(meter.load() == 0.0);
         feed(&mut meter, 100, 3.0, true).expect("a full load is a full load");
         assert!(meter.load() <= 1.0);
+    }
+
+    proptest::proptest! {
+        /// Whatever the readings (clocks read out of step, huge gaps), the
+        /// meter neither panics nor leaves [0, 1], and it only switches
+        /// across its thresholds.
+        #[test]
+        fn any_readings_keep_the_meter_sane(
+            readings in proptest::collection::vec((0u64..u64::MAX, 0u64..u64::MAX), 1..200),
+        ) {
+            let mut meter = LoadMeter::default();
+            for (busy, elapsed) in readings {
+                let before = meter.busy;
+                let now = meter.sample(Duration::from_nanos(busy), Duration::from_nanos(elapsed));
+                proptest::prop_assert!((0.0..=1.0).contains(&meter.load()));
+                if now && !before {
+                    proptest::prop_assert!(meter.load() > LoadMeter::ON);
+                }
+                if before && !now {
+                    proptest::prop_assert!(meter.load() < LoadMeter::OFF);
+                }
+            }
+        }
     }
 }
