@@ -164,10 +164,11 @@ impl SseLayer {
     /// runtime has time to spare, the layer's ticker samples how busy
     /// tokio's workers are (their own busy-time counters, averaged over
     /// about 100 ms), and streams coalesce once they are more than 75 %
-    /// busy, until the load falls under 25 %. Once on, coalescing stays on
-    /// for a second, and twice as long each time it has to start again soon
-    /// after stopping (up to 64 s), so a load that only coalescing keeps
-    /// down does not make it switch back and forth. A runtime that keeps up
+    /// busy, until the load falls under 25 %. Coalescing that has to start
+    /// again soon after stopping stays on for a second, then twice as long
+    /// at each further restart (up to 64 s), so a load that only coalescing
+    /// keeps down does not make it switch back and forth, while a burst of
+    /// work (clients connecting) does not hold it on. A runtime that keeps up
     /// thus writes every event at once; one that does not halves its
     /// writes.
     ///

@@ -20,7 +20,8 @@ pub(crate) struct LoadMeter {
     /// When coalescing last started, and last stopped.
     on_since: Duration,
     off_since: Option<Duration>,
-    /// How long coalescing stays on at least, once started.
+    /// How long coalescing stays on at least, once started: nothing at
+    /// first, so that a spike (a burst of connections) does not hold it.
     min_on: Duration,
 }
 
@@ -32,7 +33,7 @@ impl Default for LoadMeter {
             now: Duration::ZERO,
             on_since: Duration::ZERO,
             off_since: None,
-            min_on: Self::MIN_ON,
+            min_on: Duration::ZERO,
         }
     }
 }
@@ -47,12 +48,14 @@ impl LoadMeter {
     /// Below this share, it stops. Coalescing roughly halves the work of a
     /// busy fan-out, so the load it leads to must not switch it off again.
     const OFF: f64 = 0.25;
-    /// Coalescing, once on, stays on at least this long...
+    /// Coalescing that had to start again within `RELAPSE` of stopping
+    /// (it was what kept the load down) stays on at least this long, then
+    /// twice as long at each further relapse, up to `MAX_ON`.
     const MIN_ON: Duration = Duration::from_secs(1);
-    /// ...twice as long each time it had to start again within this long
-    /// of stopping (it was what kept the load down), up to `MAX_ON`.
+    /// See `MIN_ON`.
     const RELAPSE: Duration = Duration::from_secs(2);
-    /// The longest it is held on; after this long off, the hold is reset.
+    /// The longest it is held on; after this long off, the hold is
+    /// forgotten.
     const MAX_ON: Duration = Duration::from_secs(64);
 
     /// Counts a period of `elapsed` in which the workers spent `busy` (per
@@ -74,9 +77,9 @@ impl LoadMeter {
         } else if self.load > Self::ON {
             let off_for = self.off_since.map(|since| self.now - since);
             if off_for.is_some_and(|off| off < Self::RELAPSE) {
-                self.min_on = (self.min_on * 2).min(Self::MAX_ON);
+                self.min_on = (self.min_on * 2).clamp(Self::MIN_ON, Self::MAX_ON);
             } else if off_for.is_some_and(|off| off >= Self::MAX_ON) {
-                self.min_on = Self::MIN_ON;
+                self.min_on = Duration::ZERO;
             }
             self.busy = true;
             self.on_since = self.now;
@@ -141,10 +144,18 @@ mod tests {
         let mut meter = LoadMeter::default();
         feed(&mut meter, 1000, 1.0, true).expect("never turned on");
         let took = STEP * feed(&mut meter, 1000, 0.05, false).expect("never turned off") as u32;
-        assert!(
-            took >= LoadMeter::MIN_ON && took <= 2 * LoadMeter::MIN_ON,
-            "took {took:?}"
-        );
+        assert!(took <= Duration::from_millis(500), "took {took:?}");
+    }
+
+    #[test]
+    fn a_burst_of_work_is_not_held_on_after_it_ends() {
+        // Half a second flat out (say, a thousand clients connecting),
+        // then a light load: coalescing goes off within a few tenths.
+        let mut meter = LoadMeter::default();
+        assert!(feed(&mut meter, 20, 1.0, true).is_some());
+        let took = STEP * feed(&mut meter, 1000, 0.2, false).expect("held on") as u32;
+        assert!(took <= Duration::from_millis(500), "took {took:?}");
+        assert_eq!(feed(&mut meter, 1000, 0.2, true), None);
     }
 
     /// A load that coalescing more than halves: 0.9 without, 0.2 with.
@@ -168,9 +179,9 @@ mod tests {
     fn a_load_that_only_coalescing_keeps_down_keeps_it_on_longer_each_time() {
         let mut meter = LoadMeter::default();
         let (switches, on) = relapsing(&mut meter, Duration::from_secs(300));
-        // On after 0.2 s, then held 1, 2, 4, ... 64 s with a relapse of a
-        // few tenths of a second after each: about ten cycles in five
-        // minutes, where a fixed hold of 1 s would make a few hundred.
+        // On after 0.2 s, off at once, then held 1, 2, 4, ... 64 s with a
+        // relapse of a few tenths of a second after each: about ten cycles
+        // in five minutes, where no hold would make several hundred.
         assert!(switches <= 24, "{switches} switches");
         assert!(on > 0.95, "coalescing {:.1} % of the time", on * 100.0);
         assert_eq!(meter.min_on, LoadMeter::MAX_ON);
@@ -188,7 +199,7 @@ mod tests {
         }
         assert!(quiet > 0);
         feed(&mut meter, 1000, 1.0, true).expect("never turned on");
-        assert_eq!(meter.min_on, LoadMeter::MIN_ON);
+        assert_eq!(meter.min_on, Duration::ZERO);
     }
 
     #[test]
