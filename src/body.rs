@@ -141,10 +141,7 @@ impl EventStream {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Frame::data(first)));
         }
-        let window = self
-            .coalesce
-            .filter(|c| c.always || self.slot.runtime.busy.load(Ordering::Relaxed))
-            .map(|c| c.window);
+        let window = self.slot.runtime.coalesce_window(self.coalesce);
         let polled = self.sub.poll_frames(cx, self.max_batch_bytes, window);
         if let Some(connection) = &self.mailbox {
             if let Some((after, through)) = self.sub.take_lag() {

@@ -228,6 +228,28 @@ impl SseLayer {
     pub fn connections(&self) -> usize {
         self.config.runtime.connections.load(Ordering::Relaxed)
     }
+
+    /// Whether streams from this layer coalesce their writes right now:
+    /// always with [`coalesce_always`](SseLayer::coalesce_always), never
+    /// once coalescing is off, and otherwise while the runtime is busy (see
+    /// [`coalesce`](SseLayer::coalesce)). Worth exporting next to
+    /// [`connections`](SseLayer::connections): a server that coalesces most
+    /// of the time is near the end of its CPU.
+    pub fn is_coalescing(&self) -> bool {
+        self.config
+            .runtime
+            .coalesce_window(self.config.coalesce)
+            .is_some()
+    }
+}
+
+impl Runtime {
+    /// The window streams coalesce in right now, if any.
+    pub(crate) fn coalesce_window(&self, coalesce: Option<Coalesce>) -> Option<Duration> {
+        coalesce
+            .filter(|c| c.always || self.busy.load(Ordering::Relaxed))
+            .map(|c| c.window)
+    }
 }
 
 impl Config {
@@ -377,7 +399,9 @@ async fn tick(
                 let busy_now = clock();
                 let coalescing =
                     meter.sample(busy_now.saturating_sub(*busy), now.duration_since(*at));
-                runtime.busy.store(coalescing, Ordering::Relaxed);
+                if runtime.busy.swap(coalescing, Ordering::Relaxed) != coalescing {
+                    tracing::debug!(coalescing, load = meter.load(), "write coalescing switched");
+                }
                 (*at, *busy) = (now, busy_now);
                 let count = broker.published();
                 let quiet = published.replace(count) == Some(count);
@@ -422,11 +446,10 @@ impl fmt::Debug for SseLayer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::task::{Context, Poll, Waker};
     use std::time::Duration;
-
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::{tick, BusyClock, Coalesce, Runtime};
     use crate::broker::Frames;
@@ -621,6 +644,10 @@ mod tests {
         let always = super::SseLayer::new(broker.clone()).coalesce_always(WINDOW);
         let mut streams = [open(&adaptive).await, open(&always).await];
         settle().await; // the layers' tickers start
+        assert!(!adaptive.is_coalescing() && always.is_coalescing());
+        assert!(!super::SseLayer::new(broker.clone())
+            .coalesce_always(Duration::ZERO)
+            .is_coalescing());
         let counts = [Arc::new(Count::default()), Arc::new(Count::default())];
         let wakers = counts.each_ref().map(|count| Waker::from(count.clone()));
 

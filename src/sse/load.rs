@@ -88,7 +88,6 @@ impl LoadMeter {
     }
 
     /// The current average, between 0 and 1.
-    #[cfg(test)]
     pub(crate) fn load(&self) -> f64 {
         self.load
     }
