@@ -67,7 +67,8 @@ pub(crate) struct SubSlot {
     pub(crate) waker: Option<Waker>,
     /// Read as SSE frames, so it takes keep-alives.
     pub(crate) keeps_alive: bool,
-    /// Wrote something since the last keep-alive tick.
+    /// Wrote something since the last keep-alive tick; a new stream starts
+    /// so, having just sent its response head.
     pub(crate) active: bool,
     /// A tick found it quiet: its next read sends a keep-alive.
     pub(crate) keep_alive_due: bool,

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
 use super::event::{EventId, Topic};
-use super::state::{Entry, State};
+use super::state::{Entry, State, SubSlot};
 use super::{Message, ReceivedEvent, ResyncReason, Shared};
 use crate::sse::frame;
 use crate::sync::{lock, Arc};
@@ -92,7 +92,13 @@ impl Subscription {
         topics: &[Topic],
         resume: Option<&str>,
     ) -> Self {
-        let key = state.subs.insert(Default::default());
+        // A new stream has just sent its response head (and, on the events
+        // route, its `retry:` hint): its first keep-alive is due one whole
+        // interval later, as for a stream that just wrote.
+        let key = state.subs.insert(SubSlot {
+            active: true,
+            ..SubSlot::default()
+        });
         state.counters.subscribed += 1;
         let mut cursors = Vec::with_capacity(topics.len() + 1);
         let system = Topic::system();
@@ -481,7 +487,10 @@ mod tests {
             .poll_recv(&mut Context::from_waker(&other_waker))
             .is_pending());
 
-        // Quiet since it started: the first tick makes it due.
+        // New counts as active: the first tick leaves it alone; quiet
+        // since then, the second makes it due.
+        broker.tick();
+        assert_eq!(count.get(), 0);
         broker.tick();
         assert_eq!(count.get(), 1);
         assert!(matches!(
