@@ -77,6 +77,13 @@ pub(crate) struct Coalesce {
     pub(crate) always: bool,
 }
 
+impl Coalesce {
+    /// `None` for a zero window: no coalescing at all.
+    fn new(window: Duration, always: bool) -> Option<Self> {
+        (!window.is_zero()).then_some(Self { window, always })
+    }
+}
+
 /// State shared by every service made from one layer.
 #[derive(Default)]
 pub(crate) struct Runtime {
@@ -98,10 +105,7 @@ impl SseLayer {
                 retry: DEFAULT_RETRY,
                 busy_retry: DEFAULT_BUSY_RETRY,
                 keep_alive: Some(DEFAULT_KEEP_ALIVE),
-                coalesce: Some(Coalesce {
-                    window: DEFAULT_COALESCE,
-                    always: false,
-                }),
+                coalesce: Coalesce::new(DEFAULT_COALESCE, false),
                 max_connections: None,
                 max_topics: DEFAULT_MAX_TOPICS,
                 max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
@@ -176,10 +180,7 @@ impl SseLayer {
     /// [`coalesce_always`](SseLayer::coalesce_always) to coalesce whatever
     /// the load.
     pub fn coalesce(mut self, window: Duration) -> Self {
-        self.config.coalesce = (!window.is_zero()).then_some(Coalesce {
-            window,
-            always: false,
-        });
+        self.config.coalesce = Coalesce::new(window, false);
         self
     }
 
@@ -188,10 +189,7 @@ impl SseLayer {
     /// latency of up to `window` for streams that receive more than one
     /// event per window, even on an idle server.
     pub fn coalesce_always(mut self, window: Duration) -> Self {
-        self.config.coalesce = (!window.is_zero()).then_some(Coalesce {
-            window,
-            always: true,
-        });
+        self.config.coalesce = Coalesce::new(window, true);
         self
     }
 
