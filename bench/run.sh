@@ -9,7 +9,10 @@
 # Server pinned to core 0, client(s) to core 1 (SERVER_CORE / CLIENT_CORE
 # override). Scenarios, each for both servers:
 #   fixed    1000 connections x 100 events/s: server CPU us per delivery,
-#            p50/p99/p999 latency, loss
+#            p50/p99/p999 latency, loss; also run against the floor
+#            (examples/bench_floor.rs: one write(2) per connection per
+#            event, or per two events, and nothing else), which shows what
+#            the kernel and the client alone cost at this load
 #   sweep    1000 connections at rising rates: each server's highest
 #            lossless rate (every connection got every event, p99 < 100 ms)
 #   held     connections stepped up to 19 000 with keep-alives running:
@@ -157,13 +160,13 @@ start_server() {
     PORT=$((PORT + 1))
     SADDR=127.0.0.1:$PORT
     SLOG=$OUT/$name.server.log
-    if [[ $kind == crate ]]; then
-        extra=(--retain-events "$RETAIN_EVENTS")
-        kind=bench_server
-    else
-        extra=(--capacity "$CAPACITY")
-        kind=bench_baseline
-    fi
+    case $kind in
+        crate) extra=(--retain-events "$RETAIN_EVENTS") kind=bench_server ;;
+        baseline) extra=(--capacity "$CAPACITY") kind=bench_baseline ;;
+        floor) extra=(--events-per-write 1) kind=bench_floor ;;
+        floor2) extra=(--events-per-write 2) kind=bench_floor ;;
+        *) die "unknown server kind $kind" ;;
+    esac
     taskset -c "$SERVER_CORE" "$BIN/$kind" --addr "$SADDR" --rate "$rate" --count "$count" \
         --start-after-conns "$after" --threads 1 "${extra[@]}" >"$SLOG" 2>&1 &
     SPID=$!
@@ -242,20 +245,17 @@ fixed_round() {
     log "  $(jq -c '{events, missed, resyncs, silent_gaps, p50_us, p99_us, p999_us, cpu_us_per_delivery, server_cpu_pct, client_cpu_pct}' <<<"$RUN")"
 }
 
-# Rounds alternate between the servers, so that both meet the same
-# background load; each metric is then the median over the rounds.
+# Rounds rotate through the servers, so that all meet the same background
+# load; each metric is then the median over the rounds.
+FIXED_KINDS=(crate baseline floor floor2)
 scenario_fixed() {
-    local round kind
+    local round i kind n=${#FIXED_KINDS[@]}
     for ((round = 1; round <= FIXED_ROUNDS; round++)); do
-        if ((round % 2)); then
-            fixed_round crate "$round"
-            fixed_round baseline "$round"
-        else
-            fixed_round baseline "$round"
-            fixed_round crate "$round"
-        fi
+        for ((i = 0; i < n; i++)); do
+            fixed_round "${FIXED_KINDS[(i + round - 1) % n]}" "$round"
+        done
     done
-    for kind in crate baseline; do
+    for kind in "${FIXED_KINDS[@]}"; do
         FIXED[$kind]=$(jq -s -c '
             def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
             . as $runs
@@ -409,8 +409,8 @@ scenario_held() {
 
 STARTED=$SECONDS
 log "building (release)"
-cargo build --release --example bench_server --example bench_baseline --example bench_client \
-    --example bench_chart >&2
+cargo build --release --example bench_server --example bench_baseline --example bench_floor \
+    --example bench_client --example bench_chart >&2
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 PSI_BEFORE=$(pressure)
@@ -433,6 +433,7 @@ server_json() {
 }
 jq -n \
     --argjson crate "$(server_json crate)" --argjson baseline "$(server_json baseline)" \
+    --argjson floor1 "{\"fixed\":${FIXED[floor]}}" --argjson floor2 "{\"fixed\":${FIXED[floor2]}}" \
     --argjson parse "$PARSE" --argjson quick "$QUICK" \
     --arg load_before "$LOAD_BEFORE" --arg load_after "$LOAD_AFTER" \
     --arg psi_before "$PSI_BEFORE" --arg psi_after "$PSI_AFTER" \
@@ -458,6 +459,7 @@ jq -n \
       },
       client_parse_bench: $parse,
       servers: {crate: $crate, baseline: $baseline},
+      floor: {one_write_per_event: $floor1, one_write_per_two_events: $floor2},
       ratios: {
         cpu_us_per_delivery: ratio($crate.fixed.cpu_us_per_delivery; $baseline.fixed.cpu_us_per_delivery),
         p50: ratio($crate.fixed.p50_us; $baseline.fixed.p50_us),
@@ -466,7 +468,11 @@ jq -n \
         max_lossless_rate: ratio($crate.max_lossless_rate; $baseline.max_lossless_rate),
         kb_per_idle_conn: ratio($crate.idle.kb_per_conn; $baseline.idle.kb_per_conn),
         held: ratio($crate.held.held; $baseline.held.held),
-        idle_cpu_pct: ratio($crate.held.idle_cpu_pct; $baseline.held.idle_cpu_pct)
+        idle_cpu_pct: ratio($crate.held.idle_cpu_pct; $baseline.held.idle_cpu_pct),
+        floor_p99: ratio($floor1.fixed.p99_us; $baseline.fixed.p99_us),
+        floor2_p99: ratio($floor2.fixed.p99_us; $baseline.fixed.p99_us),
+        floor_cpu_us_per_delivery: ratio($floor1.fixed.cpu_us_per_delivery; $baseline.fixed.cpu_us_per_delivery),
+        floor2_cpu_us_per_delivery: ratio($floor2.fixed.cpu_us_per_delivery; $baseline.fixed.cpu_us_per_delivery)
       }
     }' >bench/results.json
 
@@ -513,6 +519,17 @@ row "connections held (steps ${HOLD_STEPS// /,})" "$(q .servers.crate.held.held)
 row "idle CPU % of a core at that level (${IDLE_CPU_SECS}s)" "$(q .servers.crate.held.idle_cpu_pct)" "$(q .servers.baseline.held.idle_cpu_pct)" "$(q .ratios.idle_cpu_pct)" \
     "< 5 %: $(met "$(jq -r '.servers.crate.held.idle_cpu_pct != null and .servers.crate.held.idle_cpu_pct < 5' "$R")")"
 row "keep-alives per held connection" "$(q .servers.crate.held.keepalives_per_conn)" "$(q .servers.baseline.held.keepalives_per_conn)" "" ""
+echo
+echo "the floor at the fixed rate (examples/bench_floor.rs: each event written to every connection"
+echo "with one write(2) from the publisher, nothing else; ratio = against the baseline in the same run)"
+printf '%-34s %12s %12s %12s %12s\n' "server" "CPU us/deliv" "p50 us" "p99 us" "p99 ratio"
+floor_row() { # NAME PATH RATIO
+    printf '%-34s %12s %12s %12s %12s\n' "$1" "$(q "$2.cpu_us_per_delivery")" "$(q "$2.p50_us")" "$(q "$2.p99_us")" "$3"
+}
+floor_row "floor, 1 write per event" .floor.one_write_per_event.fixed "$(q .ratios.floor_p99)"
+floor_row "floor, 1 write per 2 events" .floor.one_write_per_two_events.fixed "$(q .ratios.floor2_p99)"
+floor_row "tower-sse" .servers.crate.fixed "$ratio_p99"
+floor_row "baseline" .servers.baseline.fixed "1"
 echo
 echo "rate sweep (${SWEEP_CONNS} connections, ${SWEEP_SECS}s per run, a failed rate tried $SWEEP_TRIES time(s); ok = every connection got every event and p99 < 100 ms;"
 echo "highest lossless rate = highest rate passed with every lower rate passed; cpu% = server / client share of a core)"
