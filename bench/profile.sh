@@ -15,7 +15,8 @@ BIN=target/release/examples
 mkdir -p "$OUT"
 command -v perf >/dev/null || { echo "perf is not installed (Debian: apt-get install linux-perf)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --example bench_server --example bench_baseline --example bench_client >&2
+cargo build --release --example bench_server --example bench_baseline --example bench_floor \
+    --example bench_client >&2
 
 SPID= CPID=
 cleanup() {
@@ -25,7 +26,7 @@ trap cleanup EXIT
 
 # Below the ephemeral range, so that no client connection holds the port.
 PORT=$((10000 + RANDOM % 10000))
-for kind in bench_server bench_baseline; do
+for kind in bench_server bench_baseline bench_floor; do
     PORT=$((PORT + 1))
     count=$((RATE * (SECS + 4)))
     taskset -c 0 "$BIN/$kind" --addr "127.0.0.1:$PORT" --rate "$RATE" --count "$count" \
