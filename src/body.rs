@@ -152,7 +152,12 @@ impl EventStream {
             }
         }
         match polled {
-            Poll::Ready(Frames::Data(bytes)) => Poll::Ready(Some(Frame::data(bytes))),
+            Poll::Ready(Frames::Data { bytes, frames }) => {
+                if window.is_some() {
+                    self.slot.runtime.count_coalesced(self.coalesce, frames);
+                }
+                Poll::Ready(Some(Frame::data(bytes)))
+            }
             Poll::Ready(Frames::KeepAlive) => {
                 Poll::Ready(Some(Frame::data(Bytes::from_static(frame::KEEP_ALIVE))))
             }

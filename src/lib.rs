@@ -136,7 +136,7 @@ pub mod loom_internals {
     ) -> Poll<Frames> {
         sub.poll_frames(cx, 1 << 16, coalesce)
             .map(|frames| match frames {
-                crate::broker::Frames::Data(bytes) => Frames::Data(bytes),
+                crate::broker::Frames::Data { bytes, .. } => Frames::Data(bytes),
                 crate::broker::Frames::KeepAlive => Frames::KeepAlive,
                 crate::broker::Frames::End => Frames::End,
             })

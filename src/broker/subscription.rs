@@ -77,8 +77,9 @@ struct Reader {
 /// What [`Subscription::poll_frames`] produced.
 #[derive(Debug)]
 pub(crate) enum Frames {
-    /// Encoded frames, everything available up to the batch limit.
-    Data(Bytes),
+    /// Encoded frames, everything available up to the batch limit: `bytes`
+    /// holds `frames` of them.
+    Data { bytes: Bytes, frames: usize },
     /// Nothing to send, but the keep-alive is due.
     KeepAlive,
     /// The broker was closed and everything is delivered.
@@ -334,17 +335,18 @@ impl Subscription {
             }
             let slot = &mut state.subs[sub.key];
             slot.keeps_alive = true;
+            let frames = batch.frames;
             if let Some(bytes) = batch.finish() {
                 slot.active = true;
                 if let Some(window) = coalesce {
                     releaser = state.throttle(sub.key, now.saturating_add(window));
                 }
-                return Poll::Ready(Frames::Data(bytes));
+                return Poll::Ready(Frames::Data { bytes, frames });
             }
             if state.closed {
                 sub.finished = true;
                 return Poll::Ready(match state.close_frame.clone() {
-                    Some(bytes) => Frames::Data(bytes),
+                    Some(bytes) => Frames::Data { bytes, frames: 1 },
                     None => Frames::End,
                 });
             }
@@ -385,6 +387,7 @@ impl Message {
 struct Batch {
     first: Option<Bytes>,
     rest: BytesMut,
+    frames: usize,
 }
 
 impl Batch {
@@ -393,6 +396,7 @@ impl Batch {
     }
 
     fn push(&mut self, frame: Bytes) {
+        self.frames += 1;
         if self.first.is_none() && self.rest.is_empty() {
             self.first = Some(frame);
             return;
@@ -515,7 +519,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             poll(&mut stream, &waker),
-            Poll::Ready(Frames::Data(_))
+            Poll::Ready(Frames::Data { .. })
         ));
         broker.tick();
         assert!(poll(&mut stream, &waker).is_pending());
@@ -545,7 +549,10 @@ mod tests {
             .publish(Event::new("t").topic("a").data("1"))
             .unwrap();
         assert_eq!(count.get(), 1);
-        assert!(matches!(poll(&mut stream), Poll::Ready(Frames::Data(_))));
+        assert!(matches!(
+            poll(&mut stream),
+            Poll::Ready(Frames::Data { .. })
+        ));
         assert!(poll(&mut stream).is_pending());
 
         // Within its window: publishes do not wake it...
@@ -564,7 +571,7 @@ mod tests {
         broker.release_throttled();
         assert_eq!(count.get(), 2);
         match poll(&mut stream) {
-            Poll::Ready(Frames::Data(bytes)) => {
+            Poll::Ready(Frames::Data { bytes, .. }) => {
                 let text = std::str::from_utf8(&bytes).unwrap();
                 assert!(
                     text.contains("data: 2\n") && text.contains("data: 3\n"),
@@ -584,7 +591,10 @@ mod tests {
             .unwrap();
         assert_eq!(count.get(), 3);
         // Closing wakes it whatever its window.
-        assert!(matches!(poll(&mut stream), Poll::Ready(Frames::Data(_))));
+        assert!(matches!(
+            poll(&mut stream),
+            Poll::Ready(Frames::Data { .. })
+        ));
         assert!(poll(&mut stream).is_pending());
         broker.close();
         assert_eq!(count.get(), 4);

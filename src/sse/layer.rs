@@ -90,6 +90,10 @@ pub(crate) struct Runtime {
     pub(crate) connections: AtomicUsize,
     /// The ticker found the runtime busy: streams coalesce their writes.
     pub(crate) busy: AtomicBool,
+    /// Writes made while coalescing, and the frames they carried, since
+    /// the ticker last looked: how much coalescing is saving.
+    coalesced_writes: AtomicUsize,
+    coalesced_frames: AtomicUsize,
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -168,13 +172,15 @@ impl SseLayer {
     /// runtime has time to spare, the layer's ticker samples how busy
     /// tokio's workers are (their own busy-time counters, averaged over
     /// about 100 ms), and streams coalesce once they are more than 75 %
-    /// busy, until the load falls under 25 %. Coalescing that has to start
-    /// again soon after stopping stays on for a second, then twice as long
-    /// at each further restart (up to 64 s), so a load that only coalescing
-    /// keeps down does not make it switch back and forth, while a burst of
-    /// work (clients connecting) does not hold it on. A runtime that keeps up
-    /// thus writes every event at once; one that does not halves its
-    /// writes.
+    /// busy, until the load they would have without it falls under 60 %
+    /// (the measured load times the events each write carried, so that
+    /// coalescing that merges little stops even if a burst started it).
+    /// Coalescing that has to start again soon after stopping stays on for
+    /// a second, then twice as long at each further restart (up to 64 s),
+    /// so a load that only coalescing keeps down does not make it switch
+    /// back and forth, while a burst of work (clients connecting) does not
+    /// hold it on. A runtime that keeps up thus writes every event at once;
+    /// one that does not halves its writes or better.
     ///
     /// [`Duration::ZERO`] turns coalescing off; see
     /// [`coalesce_always`](SseLayer::coalesce_always) to coalesce whatever
@@ -247,6 +253,27 @@ impl Runtime {
         coalesce
             .filter(|c| c.always || self.busy.load(Ordering::Relaxed))
             .map(|c| c.window)
+    }
+
+    /// Counts a write of `frames` made in a window that the load opened
+    /// (not one of [`SseLayer::coalesce_always`]).
+    pub(crate) fn count_coalesced(&self, coalesce: Option<Coalesce>, frames: usize) {
+        if coalesce.is_some_and(|c| !c.always) {
+            self.coalesced_writes.fetch_add(1, Ordering::Relaxed);
+            self.coalesced_frames.fetch_add(frames, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames per write since the last call (1 when nothing was written):
+    /// about how many times as many writes streams would make without
+    /// coalescing.
+    fn take_coalescing_gain(&self) -> f64 {
+        let writes = self.coalesced_writes.swap(0, Ordering::Relaxed);
+        let frames = self.coalesced_frames.swap(0, Ordering::Relaxed);
+        if writes == 0 {
+            return 1.0;
+        }
+        (frames as f64 / writes as f64).max(1.0)
     }
 }
 
@@ -395,8 +422,11 @@ async fn tick(
         if let (Some(clock), Some((at, busy))) = (busy_clock.as_mut(), sampled.as_mut()) {
             if next_sample.is_some_and(|due| due <= now) {
                 let busy_now = clock();
-                let coalescing =
-                    meter.sample(busy_now.saturating_sub(*busy), now.duration_since(*at));
+                let coalescing = meter.sample(
+                    busy_now.saturating_sub(*busy),
+                    now.duration_since(*at),
+                    runtime.take_coalescing_gain(),
+                );
                 if runtime.busy.swap(coalescing, Ordering::Relaxed) != coalescing {
                     tracing::debug!(coalescing, load = meter.load(), "write coalescing switched");
                 }
@@ -494,7 +524,7 @@ mod tests {
         broker
             .publish(Event::new("t").topic("a").data("1"))
             .unwrap();
-        assert!(matches!(poll(), Poll::Ready(Frames::Data(_))));
+        assert!(matches!(poll(), Poll::Ready(Frames::Data { .. })));
         assert!(poll().is_pending());
         settle().await;
         broker
@@ -509,7 +539,7 @@ mod tests {
         tokio::time::advance(WINDOW / 4).await;
         settle().await;
         assert_eq!(count.get(), 1, "not woken when its window ended");
-        assert!(matches!(poll(), Poll::Ready(Frames::Data(_))));
+        assert!(matches!(poll(), Poll::Ready(Frames::Data { .. })));
 
         drop(stream);
         drop(broker);
@@ -544,18 +574,23 @@ mod tests {
 
     /// Runs the (paused) clock for `span` in 5 ms steps, the runtime busy
     /// `load` of each; returns when `runtime.busy` first equalled `until`,
-    /// if it did.
+    /// if it did. While coalescing, a write of `frames` is counted at
+    /// each step.
     async fn run_at(
-        load: f64,
+        (load, frames): (f64, usize),
         span: Duration,
         busy: &AtomicU64,
         runtime: &Runtime,
         until: bool,
     ) -> Option<Duration> {
         const STEP: Duration = Duration::from_millis(5);
+        let coalesce = Coalesce::new(Duration::from_millis(20), false);
         let mut spent = Duration::ZERO;
         while spent < span {
             busy.fetch_add(STEP.mul_f64(load).as_nanos() as u64, Ordering::Relaxed);
+            if runtime.coalesce_window(coalesce).is_some() {
+                runtime.count_coalesced(coalesce, frames);
+            }
             tokio::time::advance(STEP).await;
             settle().await;
             spent += STEP;
@@ -576,16 +611,31 @@ mod tests {
         // Two-thirds busy, with events published: no reason to coalesce.
         for _ in 0..10 {
             broker.publish(Event::new("t").data("x")).unwrap();
-            assert_eq!(run_at(0.66, second / 10, &busy, &runtime, true).await, None);
+            assert_eq!(
+                run_at((0.66, 1), second / 10, &busy, &runtime, true).await,
+                None
+            );
         }
         // Flat out: it starts within a few tenths of a second.
-        let took = run_at(1.0, second, &busy, &runtime, true).await;
+        let took = run_at((1.0, 1), second, &busy, &runtime, true).await;
         assert!(took.is_some_and(|t| t <= second / 2), "{took:?}");
-        // At the load that coalescing leads to, it stays on.
-        assert_eq!(run_at(0.5, 5 * second, &busy, &runtime, false).await, None);
-        // Idle: it stops again, sampled at the quiet pace.
-        let took = run_at(0.0, 2 * second, &busy, &runtime, false).await;
-        assert!(took.is_some_and(|t| t <= second), "{took:?}");
+        // Half busy while streams write two frames a time: it stays on.
+        for _ in 0..50 {
+            broker.publish(Event::new("t").data("x")).unwrap();
+            assert_eq!(
+                run_at((0.5, 2), second / 10, &busy, &runtime, false).await,
+                None
+            );
+        }
+        // The same load, one frame a time: coalescing saves nothing, so it
+        // stops.
+        let took = run_at((0.5, 1), second, &busy, &runtime, false).await;
+        assert!(took.is_some_and(|t| t <= second / 2), "{took:?}");
+        // Flat out again, then idle: it stops, sampled at the quiet pace.
+        let took = run_at((1.0, 1), 5 * second, &busy, &runtime, true).await;
+        assert!(took.is_some(), "{took:?}");
+        let took = run_at((0.0, 1), 5 * second, &busy, &runtime, false).await;
+        assert!(took.is_some_and(|t| t <= 3 * second), "{took:?}");
 
         drop(broker);
         tokio::time::advance(2 * second).await;

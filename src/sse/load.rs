@@ -5,8 +5,16 @@
 //! runtime with time to spare that is latency paid for nothing, so the
 //! layer's ticker samples how busy the runtime's workers were (tokio's own
 //! per-worker busy time) and streams coalesce only while they are mostly
-//! busy. Coalescing then frees CPU and the measured load falls: the gap
-//! between the two thresholds keeps it from switching off again at once.
+//! busy.
+//!
+//! Coalescing then frees CPU and the measured load falls, so while it is
+//! on the meter scales each sample up by what it saves: the frames the
+//! streams wrote per write. What it averages is thus about the load the
+//! runtime would have without coalescing, and coalescing stops when that
+//! is low. Judged by the measured load alone, coalescing that a burst (of
+//! connections, say) switched on would stay on under any moderate load,
+//! adding latency where events come further apart than the window and
+//! there is nothing to merge.
 
 use std::time::Duration;
 
@@ -45,9 +53,8 @@ impl LoadMeter {
     /// Above this share of the workers' time spent running tasks,
     /// coalescing starts: the runtime is close to falling behind.
     const ON: f64 = 0.75;
-    /// Below this share, it stops. Coalescing roughly halves the work of a
-    /// busy fan-out, so the load it leads to must not switch it off again.
-    const OFF: f64 = 0.25;
+    /// Below this share (as it would be without coalescing), it stops.
+    const OFF: f64 = 0.6;
     /// Coalescing that had to start again within `RELAPSE` of stopping
     /// (it was what kept the load down) stays on at least this long, then
     /// twice as long at each further relapse, up to `MAX_ON`.
@@ -59,14 +66,18 @@ impl LoadMeter {
     const MAX_ON: Duration = Duration::from_secs(64);
 
     /// Counts a period of `elapsed` in which the workers spent `busy` (per
-    /// worker, on average) running tasks; returns whether writes should
-    /// now be coalesced.
-    pub(crate) fn sample(&mut self, busy: Duration, elapsed: Duration) -> bool {
+    /// worker, on average) running tasks, and, while coalescing, wrote
+    /// `gain` frames per write; returns whether writes should now be
+    /// coalesced.
+    pub(crate) fn sample(&mut self, busy: Duration, elapsed: Duration, gain: f64) -> bool {
         if elapsed.is_zero() {
             return self.busy;
         }
         self.now = self.now.saturating_add(elapsed);
-        let load = (busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0);
+        let mut load = (busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0);
+        if self.busy && gain.is_finite() {
+            load = (load * gain.max(1.0)).min(1.0);
+        }
         let weight = elapsed.as_secs_f64() / elapsed.saturating_add(Self::MEMORY).as_secs_f64();
         self.load += (load - self.load) * weight;
         if self.busy {
@@ -100,10 +111,21 @@ mod tests {
 
     const STEP: Duration = Duration::from_millis(25);
 
-    /// Feeds `n` steps at `load`; returns after how many the meter
-    /// decided `busy`, if it did.
+    /// Feeds `n` steps at `load`, with coalescing merging nothing;
+    /// returns after how many the meter decided `busy`, if it did.
     fn feed(meter: &mut LoadMeter, n: usize, load: f64, busy: bool) -> Option<usize> {
-        (1..=n).find(|_| meter.sample(STEP.mul_f64(load), STEP) == busy)
+        feed_gain(meter, n, load, 1.0, busy)
+    }
+
+    /// `feed`, with coalescing writing `gain` frames per write.
+    fn feed_gain(
+        meter: &mut LoadMeter,
+        n: usize,
+        load: f64,
+        gain: f64,
+        busy: bool,
+    ) -> Option<usize> {
+        (1..=n).find(|_| meter.sample(STEP.mul_f64(load), STEP, gain) == busy)
     }
 
     #[test]
@@ -133,9 +155,25 @@ mod tests {
 
     #[test]
     fn once_on_it_stays_on_at_the_lower_load_coalescing_leads_to() {
+        // Two frames per write: half the load, but as much work waiting.
         let mut meter = LoadMeter::default();
         feed(&mut meter, 1000, 0.97, true).expect("never turned on");
-        assert_eq!(feed(&mut meter, 10_000, 0.5, false), None);
+        assert_eq!(feed_gain(&mut meter, 10_000, 0.5, 2.0, false), None);
+        assert!(meter.load() > 0.95, "{}", meter.load());
+    }
+
+    #[test]
+    fn coalescing_that_merges_nothing_goes_off_under_a_moderate_load() {
+        // A burst switched it on; then half a core's load with events
+        // further apart than the window: one frame per write.
+        let mut meter = LoadMeter::default();
+        feed(&mut meter, 1000, 1.0, true).expect("never turned on");
+        let took = STEP * feed(&mut meter, 1000, 0.5, false).expect("held on") as u32;
+        assert!(took <= Duration::from_millis(500), "took {took:?}");
+        assert_eq!(feed(&mut meter, 10_000, 0.5, true), None);
+        // Merging a few frames does not save enough to keep it either.
+        feed(&mut meter, 1000, 1.0, true).expect("never turned on");
+        assert!(feed_gain(&mut meter, 1000, 0.5, 1.1, false).is_some());
     }
 
     #[test]
@@ -157,16 +195,17 @@ mod tests {
         assert_eq!(feed(&mut meter, 1000, 0.2, true), None);
     }
 
-    /// A load that coalescing more than halves: 0.9 without, 0.2 with.
-    /// Returns the switches over `span`, and the share of it spent
-    /// coalescing.
+    /// A load that coalescing more than halves, 0.9 without and 0.2 with,
+    /// in a way the frames per write do not show (they say 1): the hold is
+    /// what keeps it on. Returns the switches over `span`, and the share
+    /// of it spent coalescing.
     fn relapsing(meter: &mut LoadMeter, span: Duration) -> (usize, f64) {
         let (mut switches, mut on) = (0, 0);
         let steps = span.as_millis() / STEP.as_millis();
-        let mut busy = meter.sample(Duration::ZERO, STEP);
+        let mut busy = meter.sample(Duration::ZERO, STEP, 1.0);
         for _ in 0..steps {
             let load = if busy { 0.2 } else { 0.9 };
-            let now = meter.sample(STEP.mul_f64(load), STEP);
+            let now = meter.sample(STEP.mul_f64(load), STEP, 1.0);
             switches += usize::from(now != busy);
             on += usize::from(now);
             busy = now;
@@ -187,13 +226,29 @@ mod tests {
     }
 
     #[test]
+    fn a_load_that_coalescing_keeps_down_by_merging_never_switches_it_off() {
+        // 0.9 without, 0.4 with, at 2.25 frames per write.
+        let mut meter = LoadMeter::default();
+        let mut busy = false;
+        let mut switches = 0;
+        for _ in 0..12_000 {
+            let (load, gain) = if busy { (0.4, 2.25) } else { (0.9, 1.0) };
+            let now = meter.sample(STEP.mul_f64(load), STEP, gain);
+            switches += usize::from(now != busy);
+            busy = now;
+        }
+        assert_eq!(switches, 1);
+        assert!(busy);
+    }
+
+    #[test]
     fn the_hold_is_forgotten_after_a_long_quiet_spell() {
         let mut meter = LoadMeter::default();
         relapsing(&mut meter, Duration::from_secs(300));
         feed(&mut meter, 100_000, 0.0, false).expect("never turned off");
         let mut quiet = 0;
         while meter.now - meter.off_since.unwrap() < LoadMeter::MAX_ON {
-            meter.sample(Duration::ZERO, STEP);
+            meter.sample(Duration::ZERO, STEP, 1.0);
             quiet += 1;
         }
         assert!(quiet > 0);
@@ -206,10 +261,22 @@ mod tests {
         let mut meter = LoadMeter::default();
         // No time passed; more busy time than time (several workers'
         // counters read at slightly different moments).
-        assert!(!meter.sample(Duration::from_millis(5), Duration::ZERO));
+        assert!(!meter.sample(Duration::from_millis(5), Duration::ZERO, 1.0));
         assert!(meter.load() == 0.0);
         feed(&mut meter, 100, 3.0, true).expect("a full load is a full load");
         assert!(meter.load() <= 1.0);
+        // A gain that is no number, or below one, counts as one: an idle
+        // runtime is idle whatever the gain says.
+        for gain in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            let mut meter = LoadMeter::default();
+            feed(&mut meter, 1000, 1.0, true).expect("never turned on");
+            assert!(
+                feed_gain(&mut meter, 1000, 0.0, gain, false).is_some(),
+                "{gain}"
+            );
+            feed_gain(&mut meter, 1000, 0.0, gain, true);
+            assert!(meter.load() < 1e-6, "{gain}: {}", meter.load());
+        }
     }
 
     proptest::proptest! {
@@ -218,12 +285,19 @@ mod tests {
         /// across its thresholds.
         #[test]
         fn any_readings_keep_the_meter_sane(
-            readings in proptest::collection::vec((0u64..u64::MAX, 0u64..u64::MAX), 1..200),
+            readings in proptest::collection::vec(
+                (0u64..u64::MAX, 0u64..u64::MAX, proptest::num::f64::ANY),
+                1..200,
+            ),
         ) {
             let mut meter = LoadMeter::default();
-            for (busy, elapsed) in readings {
+            for (busy, elapsed, gain) in readings {
                 let before = meter.busy;
-                let now = meter.sample(Duration::from_nanos(busy), Duration::from_nanos(elapsed));
+                let now = meter.sample(
+                    Duration::from_nanos(busy),
+                    Duration::from_nanos(elapsed),
+                    gain,
+                );
                 proptest::prop_assert!((0.0..=1.0).contains(&meter.load()));
                 if now && !before {
                     proptest::prop_assert!(meter.load() > LoadMeter::ON);
