@@ -98,6 +98,58 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// What every server does first: parses the command line (with
+/// `extra_flag`) and builds the runtime. On a usage error or a runtime that
+/// cannot start, it says why on stderr and gives the exit code to return.
+pub fn start(extra_flag: &str) -> Result<(Args, tokio::runtime::Runtime), std::process::ExitCode> {
+    let args = Args::parse(extra_flag).map_err(|message| {
+        eprintln!("{message}");
+        std::process::ExitCode::from(2)
+    })?;
+    let runtime = runtime(args.threads).map_err(|error| {
+        eprintln!("runtime: {error}");
+        std::process::ExitCode::FAILURE
+    })?;
+    Ok((args, runtime))
+}
+
+/// Prints the settings line: the common arguments, plus `settings` (a JSON
+/// object) for what is particular to this server.
+pub fn announce(server: &str, args: &Args, settings: serde_json::Value) {
+    let mut line = serde_json::json!({
+        "server": server,
+        "addr": args.addr,
+        "rate": args.rate,
+        "count": args.count,
+        "start_after_conns": args.start_after_conns,
+        "threads": args.threads,
+    });
+    if let (Some(line), serde_json::Value::Object(more)) = (line.as_object_mut(), settings) {
+        line.extend(more);
+    }
+    info(&line);
+}
+
+/// What every server does last: waits for SIGTERM (see `exit_on_sigterm`)
+/// unless `server` stops first, which is a failure.
+pub async fn serve_until_sigterm(
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    counters: Arc<Counters>,
+    lagged_skipped: impl Fn() -> u64,
+) -> std::process::ExitCode {
+    tokio::select! {
+        served = server => {
+            match served {
+                Ok(Err(error)) => eprintln!("serve: {error}"),
+                Ok(Ok(())) => eprintln!("serve: stopped"),
+                Err(error) => eprintln!("serve: {error}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+        () = exit_on_sigterm(counters, lagged_skipped) => std::process::ExitCode::SUCCESS,
+    }
+}
+
 /// Unix time in nanoseconds.
 pub fn unix_ns() -> u64 {
     SystemTime::now()

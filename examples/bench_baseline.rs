@@ -72,7 +72,6 @@ mod baseline {
 
 #[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
-    use std::process::ExitCode;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -83,31 +82,16 @@ fn main() -> std::process::ExitCode {
     /// The channel's capacity unless `--capacity` says otherwise.
     const CAPACITY: usize = 1024;
 
-    let args = match common::Args::parse("--capacity") {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let (args, runtime) = match common::start("--capacity") {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let capacity = args.extra.unwrap_or(CAPACITY).max(1);
-    let runtime = match common::runtime(args.threads) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    common::info(&serde_json::json!({
-        "server": "baseline",
-        "addr": args.addr,
-        "rate": args.rate,
-        "count": args.count,
-        "start_after_conns": args.start_after_conns,
-        "threads": args.threads,
-        "capacity": capacity,
-        "keep_alive_s": 15,
-    }));
+    common::announce(
+        "baseline",
+        &args,
+        serde_json::json!({ "capacity": capacity, "keep_alive_s": 15 }),
+    );
     runtime.block_on(async move {
         let (tx, _) = broadcast::channel::<String>(capacity);
         let counters = Arc::new(common::Counters::default());
@@ -138,18 +122,6 @@ fn main() -> std::process::ExitCode {
                 },
             )
         });
-        tokio::select! {
-            served = server => {
-                match served {
-                    Ok(Err(error)) => eprintln!("serve: {error}"),
-                    Ok(Ok(())) => eprintln!("serve: stopped"),
-                    Err(error) => eprintln!("serve: {error}"),
-                }
-                ExitCode::FAILURE
-            }
-            () = common::exit_on_sigterm(counters, move || lagged.load(Ordering::Relaxed)) => {
-                ExitCode::SUCCESS
-            }
-        }
+        common::serve_until_sigterm(server, counters, move || lagged.load(Ordering::Relaxed)).await
     })
 }

@@ -145,40 +145,25 @@ mod floor {
 #[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
     use std::io::Write;
-    use std::process::ExitCode;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    let args = match common::Args::parse("--events-per-write") {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let (args, runtime) = match common::start("--events-per-write") {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let per_write = args.extra.unwrap_or(1).max(1);
-    let runtime = match common::runtime(args.threads) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    common::info(&serde_json::json!({
-        "server": "floor",
-        "addr": args.addr,
-        "rate": args.rate,
-        "count": args.count,
-        "start_after_conns": args.start_after_conns,
-        "threads": args.threads,
-        "events_per_write": per_write,
-    }));
+    common::announce(
+        "floor",
+        &args,
+        serde_json::json!({ "events_per_write": per_write }),
+    );
     runtime.block_on(async move {
         let listener = match common::listen(&args.addr) {
             Ok(listener) => listener,
             Err(error) => {
                 eprintln!("listen on {}: {error}", args.addr);
-                return ExitCode::FAILURE;
+                return std::process::ExitCode::FAILURE;
             }
         };
         let streams = Arc::new(floor::Streams::default());
@@ -209,19 +194,9 @@ fn main() -> std::process::ExitCode {
                 },
             )
         });
-        let dropped = streams.clone();
-        tokio::select! {
-            served = server => {
-                match served {
-                    Ok(Err(error)) => eprintln!("serve: {error}"),
-                    Ok(Ok(())) => eprintln!("serve: stopped"),
-                    Err(error) => eprintln!("serve: {error}"),
-                }
-                ExitCode::FAILURE
-            }
-            () = common::exit_on_sigterm(counters, move || dropped.dropped.load(Ordering::Relaxed)) => {
-                ExitCode::SUCCESS
-            }
-        }
+        common::serve_until_sigterm(server, counters, move || {
+            streams.dropped.load(Ordering::Relaxed)
+        })
+        .await
     })
 }

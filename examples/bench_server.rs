@@ -39,7 +39,6 @@ mod common;
 
 #[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
-    use std::process::ExitCode;
     use std::sync::Arc;
 
     use axum::routing::get;
@@ -49,31 +48,16 @@ fn main() -> std::process::ExitCode {
     /// Replay log size unless `--retain-events` says otherwise.
     const RETAIN_EVENTS: usize = 20_000;
 
-    let args = match common::Args::parse("--retain-events") {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let (args, runtime) = match common::start("--retain-events") {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let retain_events = args.extra.unwrap_or(RETAIN_EVENTS);
-    let runtime = match common::runtime(args.threads) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    common::info(&serde_json::json!({
-        "server": "tower-sse",
-        "addr": args.addr,
-        "rate": args.rate,
-        "count": args.count,
-        "start_after_conns": args.start_after_conns,
-        "threads": args.threads,
-        "retain_events": retain_events,
-        "keep_alive_s": 15,
-    }));
+    common::announce(
+        "tower-sse",
+        &args,
+        serde_json::json!({ "retain_events": retain_events, "keep_alive_s": 15 }),
+    );
     runtime.block_on(async move {
         let broker = Broker::builder().retain_events(retain_events).build();
         let counters = Arc::new(common::Counters::default());
@@ -118,16 +102,6 @@ fn main() -> std::process::ExitCode {
                 },
             )
         });
-        tokio::select! {
-            served = server => {
-                match served {
-                    Ok(Err(error)) => eprintln!("serve: {error}"),
-                    Ok(Ok(())) => eprintln!("serve: stopped"),
-                    Err(error) => eprintln!("serve: {error}"),
-                }
-                ExitCode::FAILURE
-            }
-            () = common::exit_on_sigterm(counters, || 0) => ExitCode::SUCCESS,
-        }
+        common::serve_until_sigterm(server, counters, || 0).await
     })
 }
