@@ -571,7 +571,8 @@ mod tests {
         broker.release_throttled();
         assert_eq!(count.get(), 2);
         match poll(&mut stream) {
-            Poll::Ready(Frames::Data { bytes, .. }) => {
+            Poll::Ready(Frames::Data { bytes, frames }) => {
+                assert_eq!(frames, 2, "two events in one write");
                 let text = std::str::from_utf8(&bytes).unwrap();
                 assert!(
                     text.contains("data: 2\n") && text.contains("data: 3\n"),
