@@ -16,8 +16,8 @@ use tower_sse::sse::any_topic;
 use tower_sse::{Broker, Event, EventId, PublishError, SseLayer};
 
 use support::{
-    echo_inner, eventually, get, json_of, listener_with_send_buffer, request, seq_of, serve_axum,
-    serve_hyper, serve_hyper_on, within, without_comments, RawClient,
+    assert_every_block_has_data, echo_inner, eventually, get, json_of, listener_with_send_buffer,
+    request, seq_of, serve_axum, serve_hyper, serve_hyper_on, within, without_comments, RawClient,
 };
 
 /// Publishes `data` as an event of type `event_type` on the default topic
@@ -107,12 +107,13 @@ async fn resume_after_a_cut_connection_gets_exactly_the_missed_events() {
         [triple(&live, "tick", "e10")]
     );
 
-    let mut expected = String::from("retry: 3000\n\n");
+    let mut expected = String::from("retry: 3000\n");
     for (i, id) in ids.iter().enumerate().skip(3) {
         expected.push_str(&frame(id, "tick", &format!("e{}", i + 1)));
     }
     expected.push_str(&frame(&live, "tick", "e10"));
     assert_eq!(without_comments(&second.raw()), expected);
+    assert_every_block_has_data(&second.raw());
     assert_eq!(broker.stats().resyncs, 0);
     assert_eq!(broker.stats().lag_reports, 0);
 }
@@ -315,7 +316,7 @@ async fn bad_last_event_ids_get_a_200_stream_that_starts_with_resync() {
         assert_eq!(client.header("content-type"), Some("text/event-stream"));
         let first = client.next_event().await;
         assert!(
-            client.raw().starts_with("retry: 3000\n\nid: "),
+            client.raw().starts_with("retry: 3000\nid: "),
             "for {shown:?}: {:?}",
             client.raw()
         );
@@ -433,10 +434,10 @@ async fn stream_headers_retry_hint_and_a_fresh_client_starts_live_without_resync
     assert_eq!(client.header("cache-control"), Some("no-cache"));
     assert_eq!(client.header("x-accel-buffering"), Some("no"));
     client
-        .wait_raw("the retry hint", |raw| raw.len() >= "retry: 3000\n\n".len())
+        .wait_raw("the retry hint", |raw| raw.len() >= "retry: 3000\n".len())
         .await;
     assert!(
-        client.raw().starts_with("retry: 3000\n\n"),
+        client.raw().starts_with("retry: 3000\n"),
         "{:?}",
         client.raw()
     );
@@ -446,7 +447,7 @@ async fn stream_headers_retry_hint_and_a_fresh_client_starts_live_without_resync
     assert_eq!(triples(&[first]), [triple(&fresh, "t", "fresh")]);
     assert_eq!(
         without_comments(&client.raw()),
-        format!("retry: 3000\n\n{}", frame(&fresh, "t", "fresh"))
+        format!("retry: 3000\n{}", frame(&fresh, "t", "fresh"))
     );
     assert_eq!(broker.stats().resyncs, 0);
 }
@@ -461,12 +462,20 @@ async fn an_idle_stream_receives_keep_alive_comments() {
 
     let mut client = get(addr, "/events", &[]).await;
     client
-        .wait_raw("a keep-alive comment", |raw| {
-            raw.strip_prefix("retry: 3000\n\n")
-                .is_some_and(|rest| rest.lines().any(|line| line.starts_with(':')))
+        .wait_raw("two keep-alive comments", |raw| {
+            raw.strip_prefix("retry: 3000\n")
+                .is_some_and(|rest| rest.lines().filter(|line| line.starts_with(':')).count() >= 2)
         })
         .await;
     assert_eq!(broker.stats().published, 0, "keep-alives are not events");
+    // Comment lines alone, no blank line: nothing closes the block that
+    // holds the `retry:` hint, so no client can take it for an event.
+    let raw = client.raw();
+    let comments = raw.strip_prefix("retry: 3000\n").unwrap();
+    assert!(
+        !comments.is_empty() && comments.split_inclusive('\n').all(|line| line == ":\n"),
+        "{raw:?}"
+    );
 
     // The comments dispatched nothing; the stream is still live.
     let id = publish(&broker, "t", "after the silence");
@@ -474,6 +483,7 @@ async fn an_idle_stream_receives_keep_alive_comments() {
         triples(&[client.next_event().await]),
         [triple(&id, "t", "after the silence")]
     );
+    assert_every_block_has_data(&client.raw());
 }
 
 // 7. Refusals.
@@ -597,7 +607,8 @@ async fn over_max_connections_a_client_gets_a_short_200_stream_with_retry_after(
     assert_eq!(second.header("content-type"), Some("text/event-stream"));
     assert_eq!(second.header("retry-after"), Some("30"));
     let body = second.text().await;
-    assert_eq!(body, "retry: 30000\n\n:over capacity\n\n");
+    assert_eq!(body, "retry: 30000\n:over capacity\n");
+    assert_every_block_has_data(&body);
     assert_eq!(layer.connections(), 1);
     assert_eq!(broker.stats().subscribers, 1);
 
@@ -648,12 +659,13 @@ async fn close_with_retry_drains_open_streams_then_ends_them() {
     expected.push(triple(&ids[2], "shutdown", r#"{"retry":5000}"#));
     assert_eq!(triples(&events), expected);
     assert_eq!(events[3].retry, Some(Duration::from_secs(5)));
-    let mut expected = String::from("retry: 3000\n\n");
+    let mut expected = String::from("retry: 3000\n");
     for (i, id) in ids.iter().enumerate() {
         expected.push_str(&frame(id, "t", &format!("last {}", i + 1)));
     }
     expected.push_str("retry: 5000\nevent: shutdown\ndata: {\"retry\":5000}\n\n");
     assert_eq!(without_comments(&open.raw()), expected);
+    assert_every_block_has_data(&open.raw());
     assert!(open.ended());
     eventually("the closed stream to be released", || {
         broker.stats().subscribers == 0 && layer.connections() == 0
@@ -832,7 +844,7 @@ async fn mounts_on_an_axum_router_with_layer() {
         triples(&[events.next_event().await]),
         [triple(&id, "t", "via axum")]
     );
-    assert!(events.raw().starts_with("retry: 3000\n\n"));
+    assert!(events.raw().starts_with("retry: 3000\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

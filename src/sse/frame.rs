@@ -28,7 +28,11 @@ use crate::broker::{EventId, ResyncReason};
 pub(crate) const ID_HEADROOM: usize = 46;
 
 /// The keep-alive: a comment line, which every parser ignores.
-pub(crate) const KEEP_ALIVE: &[u8] = b":\n\n";
+///
+/// No blank line after it: a blank line closes the block being parsed, and
+/// the block open before a stream's first event holds the `retry:` hint
+/// (see [`retry_frame`]).
+pub(crate) const KEEP_ALIVE: &[u8] = b":\n";
 
 /// Encodes `event:` and `data:` lines and the closing blank line, after
 /// [`ID_HEADROOM`] bytes left for [`stamp_id`].
@@ -120,14 +124,22 @@ pub(crate) fn resync_frame(
     out.freeze()
 }
 
-/// `retry: MS`, the reconnection delay an `EventSource` adopts.
+/// `retry: MS`, the reconnection delay an `EventSource` adopts, as a line
+/// of its own.
+///
+/// A parser applies the field as soon as it reads the line. Without a
+/// blank line of its own it becomes part of the next event's block instead
+/// of a block with no data: the standard says such a block dispatches
+/// nothing, but lax clients (Python's `httpx-sse`, for one) report it as an
+/// empty `message`, which code expecting every message to carry data then
+/// trips over.
 pub(crate) fn retry_frame(millis: u64) -> Bytes {
     let mut digits = [0u8; 20];
     let n = write_decimal(&mut digits, millis);
-    let mut out = BytesMut::with_capacity(n + 9);
+    let mut out = BytesMut::with_capacity(n + 8);
     out.put_slice(b"retry: ");
     out.put_slice(&digits[..n]);
-    out.put_slice(b"\n\n");
+    out.put_slice(b"\n");
     out.freeze()
 }
 
@@ -227,7 +239,7 @@ mod tests {
             &f[..],
             b"id: 3-0\nevent: resync\ndata: {\"reason\":\"malformed-id\"}\n\n"
         );
-        assert_eq!(&retry_frame(2500)[..], b"retry: 2500\n\n");
+        assert_eq!(&retry_frame(2500)[..], b"retry: 2500\n");
         assert_eq!(
             &shutdown_frame(5000)[..],
             b"retry: 5000\nevent: shutdown\ndata: {\"retry\":5000}\n\n"

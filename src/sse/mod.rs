@@ -30,6 +30,11 @@
 //! with `reason` one of `malformed-id`, `unknown-epoch`, `future-id`,
 //! `expired` and `lagged` (the last with `missed`). Its `id:` is where the
 //! stream continues, so a reconnect right after it resumes from there.
+//!
+//! The `retry:` hint that opens a stream and the keep-alive comments are
+//! single lines with no blank line of their own: the hint joins the block of
+//! the first event. A block without data dispatches nothing in a browser,
+//! but some clients report one as an empty `message`.
 
 pub(crate) mod frame;
 

@@ -99,7 +99,7 @@ impl Config {
         }
         let Some(slot) = ConnectionSlot::acquire(&self.runtime, self.max_connections) else {
             tracing::debug!("events route over its connection limit");
-            let mut response = self.busy(b":over capacity\n\n");
+            let mut response = self.busy(b":over capacity\n");
             let seconds = crate::require_writable::whole_seconds(self.busy_retry).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -116,7 +116,7 @@ impl Config {
             // Closed: the same final frame the open streams got, else a back-off.
             Err(_closed) => match self.broker.close_frame() {
                 Some(frame) => return stream_response(ResponseBody::full(frame)),
-                None => return self.busy(b":shutting down\n\n"),
+                None => return self.busy(b":shutting down\n"),
             },
         };
         // After subscribing, so that nothing the mailbox sends from now on

@@ -431,6 +431,21 @@ pub fn json_of(event: &SseEvent) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("data is not JSON ({e}): {:?}", event.data))
 }
 
+/// What a lax client sees: every block that a blank line closes carries a
+/// `data:` line. Some clients (Python's `httpx-sse`) report a block without
+/// data as an empty `message`, though the standard dispatches nothing.
+pub fn assert_every_block_has_data(raw: &str) {
+    let mut blocks: Vec<&str> = raw.split("\n\n").collect();
+    // After the last blank line: an unfinished block, or nothing.
+    blocks.pop();
+    for block in blocks {
+        assert!(
+            block.lines().any(|line| line.starts_with("data:")),
+            "a block without data: {block:?} in {raw:?}"
+        );
+    }
+}
+
 /// The raw text with the comment lines (keep-alives) taken out.
 pub fn without_comments(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
@@ -440,13 +455,11 @@ pub fn without_comments(raw: &str) -> String {
             Some(at) => (&rest[..=at], &rest[at + 1..]),
             None => (rest, ""),
         };
-        if line.starts_with(':') {
-            // A comment and the blank line that closes its block.
-            rest = tail.strip_prefix('\n').unwrap_or(tail);
-        } else {
+        // Keep-alives are comment lines alone, with no blank line after.
+        if !line.starts_with(':') {
             out.push_str(line);
-            rest = tail;
         }
+        rest = tail;
     }
     out
 }

@@ -238,6 +238,15 @@ impl SseClient {
     /// [`PATIENCE`].
     pub async fn next_frame(&mut self) -> Option<RawFrame> {
         loop {
+            // A comment line where a block starts is a frame of its own:
+            // keep-alives have no blank line after them.
+            if self.buffer.first() == Some(&b':') {
+                if let Some(at) = self.buffer.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = self.buffer.drain(..=at).collect();
+                    let text = String::from_utf8(line[..at].to_vec()).expect("UTF-8 stream");
+                    return Some(RawFrame { text });
+                }
+            }
             if let Some(at) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buffer.drain(..at + 2).collect();
                 let text = String::from_utf8(block[..at].to_vec()).expect("UTF-8 stream");
