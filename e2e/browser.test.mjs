@@ -19,11 +19,11 @@
 //   E2E_TIMEOUT_MS    the whole test's deadline (default 60000)
 
 import { chromium } from "playwright-core";
-import net from "node:net";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { Failure, harness, startProxy } from "./support.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DEMO_URL = process.env.DEMO_URL;
@@ -51,32 +51,7 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ];
 
-const started = Date.now();
-const log = (...args) => console.log(`[e2e +${((Date.now() - started) / 1000).toFixed(2)}s]`, ...args);
-
-class Failure extends Error {}
-function check(condition, message, detail) {
-  if (condition) {
-    log("ok:", message);
-    return;
-  }
-  throw new Failure(message + (detail === undefined ? "" : "\n  got: " + JSON.stringify(detail, null, 1)));
-}
-
-/// Polls `probe` until `ready` holds for what it returns (returned), or
-/// fails with `what` and the last value seen after `timeoutMs`.
-async function waitFor(what, probe, ready = Boolean, timeoutMs = WAIT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const last = await probe();
-    if (ready(last)) return last;
-    if (Date.now() > deadline) {
-      throw new Failure(`timed out after ${timeoutMs} ms waiting for ${what}` +
-        `\n  last seen: ${JSON.stringify(summarize(last))}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+const { started, log, check, waitFor } = harness("e2e", { waitMs: WAIT_MS, describe: summarize });
 
 /// A page view without the event bodies, for failure messages.
 function summarize(value) {
@@ -85,162 +60,6 @@ function summarize(value) {
   return { ...rest, shown: rows.map((r) => `${r.id} ${r.type}${r.className ? " ." + r.className : ""}`) };
 }
 
-// --- the proxy ---------------------------------------------------------------
-
-/// A TCP proxy to `upstream` (host, port) on a free loopback port that
-/// records every HTTP request head the browser sends, and can be cut
-/// (every piped connection reset, new ones held unanswered) and healed.
-function startProxy(upstream) {
-  const proxy = {
-    cut: false,
-    live: new Set(), // { client, server } pairs being piped
-    held: [], // connections accepted while cut: resumed on heal
-    requests: [], // { conn, at, method, target, headers, cut }
-    responses: [], // { conn, status, headers }: response heads, in order
-    accepted: 0,
-    server: null,
-    port: 0,
-  };
-
-  // Splits HTTP/1.1 heads out of one direction of a connection, skipping
-  // Content-Length bodies, and hands each to `onHead(firstLine, headers)`,
-  // which returns false to stop (a chunked event stream never ends here).
-  function headSniffer(onHead) {
-    let buffer = "";
-    let skip = 0;
-    let done = false;
-    return (chunk) => {
-      if (done) return;
-      buffer += chunk.toString("latin1");
-      for (;;) {
-        if (skip > 0) {
-          const n = Math.min(skip, buffer.length);
-          buffer = buffer.slice(n);
-          skip -= n;
-          if (skip > 0) return;
-        }
-        const end = buffer.indexOf("\r\n\r\n");
-        if (end < 0) return;
-        const lines = buffer.slice(0, end).split("\r\n");
-        buffer = buffer.slice(end + 4);
-        const headers = {};
-        for (const line of lines.slice(1)) {
-          const colon = line.indexOf(":");
-          if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-        }
-        if (onHead(lines[0], headers) === false) {
-          done = true;
-          return;
-        }
-        skip = Number(headers["content-length"] || 0);
-      }
-    };
-  }
-
-  // The request heads the browser sends (GETs, but a body is skipped anyway).
-  function sniffer(conn) {
-    return headSniffer((line, headers) => {
-      const [method, target] = line.split(" ");
-      proxy.requests.push({ conn, at: Date.now() - started, method, target, headers, cut: proxy.cut });
-    });
-  }
-
-  // The response heads on a connection up to the first chunked one:
-  // enough to tell which of the server's paths answered each request.
-  function responseSniffer(conn) {
-    return headSniffer((line, headers) => {
-      proxy.responses.push({ conn, status: Number(line.split(" ")[1]), headers });
-      return !(headers["transfer-encoding"] || "").includes("chunked");
-    });
-  }
-
-  function pipe(pair) {
-    const { client, pending } = pair;
-    const server = net.connect(upstream.port, upstream.host);
-    pair.server = server;
-    proxy.live.add(pair);
-    server.on("connect", () => {
-      for (const chunk of pending.splice(0)) server.write(chunk);
-    });
-    const sniffResponse = responseSniffer(pair.conn);
-    server.on("data", (chunk) => {
-      sniffResponse(chunk);
-      client.write(chunk);
-    });
-    const close = () => {
-      proxy.live.delete(pair);
-      client.destroy();
-      server.destroy();
-    };
-    server.on("end", close);
-    server.on("close", close);
-    server.on("error", close);
-    client.on("end", close);
-    client.on("close", close);
-  }
-
-  proxy.server = net.createServer((client) => {
-    const conn = ++proxy.accepted;
-    const pair = { conn, client, server: null, pending: [] };
-    const sniff = sniffer(conn);
-    client.on("error", () => {});
-    client.on("data", (chunk) => {
-      sniff(chunk);
-      if (pair.server && pair.server.readyState === "open") pair.server.write(chunk);
-      else pair.pending.push(chunk);
-    });
-    if (proxy.cut) {
-      // Accepted but unanswered until heal: the request (and its
-      // Last-Event-ID) is recorded, the browser waits.
-      proxy.held.push(pair);
-      client.on("close", () => {
-        proxy.held = proxy.held.filter((p) => p !== pair);
-      });
-    } else {
-      pipe(pair);
-    }
-  });
-
-  proxy.listen = () =>
-    new Promise((resolve, reject) => {
-      proxy.server.once("error", reject);
-      proxy.server.listen(0, "127.0.0.1", () => {
-        proxy.port = proxy.server.address().port;
-        resolve(proxy);
-      });
-    });
-
-  /// Cuts every connection the browser has through the proxy (a TCP reset
-  /// towards the browser, a close towards the demo) and holds new ones.
-  proxy.sever = () => {
-    proxy.cut = true;
-    const pairs = [...proxy.live];
-    proxy.live.clear();
-    for (const { client, server } of pairs) {
-      if (typeof client.resetAndDestroy === "function") client.resetAndDestroy();
-      else client.destroy();
-      server.destroy();
-    }
-    return pairs.length;
-  };
-
-  /// Connects the held connections to the demo and pipes new ones again.
-  proxy.heal = () => {
-    proxy.cut = false;
-    const held = proxy.held.splice(0);
-    for (const pair of held) if (!pair.client.destroyed) pipe(pair);
-    return held.length;
-  };
-
-  proxy.close = () => {
-    proxy.sever();
-    for (const { client } of proxy.held) client.destroy();
-    return new Promise((resolve) => proxy.server.close(() => resolve()));
-  };
-
-  proxy.eventRequests = () => proxy.requests.filter((r) => r.method === "GET" && r.target.startsWith("/events"));
-  return proxy.listen();
-}
 
 // --- the demo, directly ----------------------------------------------------
 
@@ -303,7 +122,7 @@ async function main() {
     if (name.endsWith(".png") || name === "report.json") fs.rmSync(path.join(ARTIFACTS, name));
   }
 
-  const proxy = await startProxy({ host: demo.hostname, port: Number(demo.port) });
+  const proxy = await startProxy({ host: demo.hostname, port: Number(demo.port) }, started);
   const pageUrl = `http://127.0.0.1:${proxy.port}/`;
   log(`demo ${demo.origin}, proxy ${pageUrl}`);
 

@@ -2,13 +2,16 @@
 # The browser end-to-end test: the demo page in headless Debian Chromium,
 # driven by playwright-core; the browser's own EventSource is cut off and
 # must resume with Last-Event-ID, missing nothing; then Node's own
-# EventSource (undici) gets live events and resumes from an id. Screenshots
-# and a JSON report go to e2e/artifacts/.
+# EventSource (undici) and npm's `eventsource` are cut off the same way and
+# must resume by themselves, and so must Python's requests-sse; two Python
+# parsers (sseclient-py, httpx-sse) get live events and resume from an id.
+# Screenshots and a JSON report go to e2e/artifacts/.
 #
 #   bash e2e/run.sh
 #
-# Installs what is missing (Debian's chromium; playwright-core from the
-# committed package-lock.json, which never downloads a browser), builds the
+# Installs what is missing (Debian's chromium; playwright-core and
+# eventsource from the committed package-lock.json, which never downloads a
+# browser; the pinned Python clients into e2e/.venv), builds the
 # demo, starts it on a free loopback port, runs the test, stops the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +38,7 @@ if ! command -v node >/dev/null || ! node -e 'process.exit(+process.versions.nod
 fi
 # npm ci when nothing is installed or the lock changed since the install.
 if [ ! -f "$E2E/node_modules/playwright-core/package.json" ] ||
+   [ ! -f "$E2E/node_modules/eventsource/package.json" ] ||
    [ "$E2E/package-lock.json" -nt "$E2E/node_modules/.package-lock.json" ]; then
     (cd "$E2E" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
@@ -93,7 +97,7 @@ step "browser test"
 DEMO_URL=$DEMO_URL CHROMIUM=$CHROMIUM E2E_ARTIFACTS=$ARTIFACTS \
     timeout --kill-after=5 90 node "$E2E/browser.test.mjs"
 
-step "a second EventSource implementation (Node's own)"
+step "two more EventSource implementations: Node's own and npm's eventsource"
 if node -e 'process.exit(typeof EventSource === "function" ? 0 : 1)'; then
     ES_FLAG=
 elif node --experimental-eventsource -e 'process.exit(typeof EventSource === "function" ? 0 : 1)' 2>/dev/null; then
@@ -102,4 +106,20 @@ else
     echo "e2e: this Node has no EventSource; needs Node 20.17 or newer" >&2
     exit 1
 fi
-DEMO_URL=$DEMO_URL timeout --kill-after=5 90 node $ES_FLAG "$E2E/undici.test.mjs"
+DEMO_URL=$DEMO_URL timeout --kill-after=5 90 node $ES_FLAG "$E2E/eventsource.test.mjs"
+
+step "Python's SSE clients: requests-sse, sseclient-py, httpx-sse"
+VENV=$E2E/.venv
+# A fresh virtual environment when there is none or the pins changed.
+if [ ! -x "$VENV/bin/python" ] || [ "$E2E/requirements.txt" -nt "$VENV/.installed" ]; then
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV"; then
+        # Debian's own python3 keeps venv in a package of its own.
+        rm -rf "$VENV"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$E2E/requirements.txt"
+    touch "$VENV/.installed"
+fi
+DEMO_URL=$DEMO_URL timeout --kill-after=5 120 "$VENV/bin/python" "$E2E/python_clients.py"
