@@ -263,7 +263,9 @@ impl Broker {
                 return Err(PublishError::InvalidEventType);
             }
         }
-        if data.len() > self.shared.max_event_bytes {
+        // The crate's own events (a server state, with its bounded reason)
+        // are not the app's payloads: its limit does not apply to them.
+        if !greeting && data.len() > self.shared.max_event_bytes {
             return Err(PublishError::TooLarge {
                 size: data.len(),
                 limit: self.shared.max_event_bytes,

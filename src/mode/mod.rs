@@ -91,7 +91,8 @@ impl fmt::Display for Mode {
 pub struct ModeState {
     /// The mode.
     pub mode: Mode,
-    /// Why the server is not normal; `None` when normal.
+    /// Why the server is not normal; `None` when normal. At most
+    /// [`MAX_REASON_BYTES`] (a longer one is cut and ends in `…`).
     pub reason: Option<String>,
     /// When the current mode was entered.
     pub since: SystemTime,
@@ -182,16 +183,35 @@ struct Causes {
 impl Causes {
     fn derive(&self) -> (Mode, Option<String>) {
         if let Some(reason) = &self.degraded {
-            return (Mode::Degraded, Some(reason.clone()));
+            return (Mode::Degraded, Some(bounded(reason)));
         }
         if let Some((name, error)) = self.probes.values().next() {
-            return (Mode::Degraded, Some(format!("{name}: {error}")));
+            return (Mode::Degraded, Some(bounded(&format!("{name}: {error}"))));
         }
         if let Some(reason) = &self.read_only {
-            return (Mode::ReadOnly, Some(reason.clone()));
+            return (Mode::ReadOnly, Some(bounded(reason)));
         }
         (Mode::Normal, None)
     }
+}
+
+/// The longest reason a [`ModeState`] carries, in bytes (plus the `…`
+/// that marks a cut).
+///
+/// A reason goes into every `server.state` event, `/health`, `/ready` and
+/// `503` answer; a probe's error message can be of any length.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason`, cut at a character boundary to [`MAX_REASON_BYTES`].
+fn bounded(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &reason[..end])
 }
 
 impl Default for ServerMode {
@@ -405,7 +425,13 @@ impl Broker {
 
     fn set_state(&self, state: &ModeState) {
         let data = serde_json::to_vec(state).unwrap_or_default();
-        // Refused only once the broker is closed, when nobody listens.
-        let _ = self.publish_system_greeting(Event::new(STATE_EVENT).data(data));
+        // Refused once the broker is closed, when nobody listens; or when
+        // the event is too large for the retention limit, which then
+        // cannot hold a kilobyte.
+        if let Err(error) = self.publish_system_greeting(Event::new(STATE_EVENT).data(data)) {
+            if !matches!(error, crate::broker::PublishError::Closed) {
+                tracing::warn!(%error, "server.state event not published");
+            }
+        }
     }
 }

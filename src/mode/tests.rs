@@ -180,3 +180,54 @@ fn concurrent_changes_end_in_one_state_every_view_agrees_on() {
     assert_eq!(last["mode"], current.mode.as_str());
     assert_eq!(last["reason"].as_str(), current.reason.as_deref());
 }
+
+#[test]
+fn a_reason_of_any_length_is_cut_and_every_view_still_agrees() {
+    use super::MAX_REASON_BYTES;
+
+    let mode = ServerMode::new();
+    // A payload limit far below a state event: the crate's own event
+    // is not held to it.
+    let broker = Broker::builder().max_event_bytes(16).build();
+    broker.follow_mode(&mode);
+    let mut sub = broker
+        .subscribe(&Topics::parse(["any"]).unwrap(), None)
+        .unwrap();
+
+    // One megabyte, with a two-byte character across the cut.
+    let long = format!(
+        "{}é{}",
+        "r".repeat(MAX_REASON_BYTES - 1),
+        "x".repeat(1 << 20)
+    );
+    let cut = format!("{}…", "r".repeat(MAX_REASON_BYTES - 1));
+    mode.set_degraded(long.clone());
+    let current = mode.current();
+    assert_eq!(current.mode, Mode::Degraded);
+    assert_eq!(current.reason.as_deref(), Some(cut.as_str()));
+    assert_eq!(*mode.watch().borrow(), current);
+    let event = last_state_event(&mut sub).expect("the change was published");
+    assert_eq!(event["mode"], "degraded");
+    assert_eq!(event["reason"].as_str(), Some(cut.as_str()));
+
+    // A probe's error and the operator's reason are cut the same way.
+    mode.clear_degraded();
+    mode.probe_failing(1, "storage", long.clone());
+    let reason = mode.current().reason.unwrap();
+    assert_eq!(reason.len(), MAX_REASON_BYTES + '…'.len_utf8());
+    assert!(reason.starts_with("storage: rrr") && reason.ends_with('…'));
+    assert_eq!(
+        last_state_event(&mut sub).unwrap()["reason"].as_str(),
+        Some(reason.as_str())
+    );
+    mode.probe_passing(1);
+    mode.set_read_only(long);
+    assert_eq!(mode.current().reason.as_deref(), Some(cut.as_str()));
+    let event = last_state_event(&mut sub).unwrap();
+    assert_eq!(event["mode"], "read-only");
+
+    // Up to the bound, a reason is kept whole.
+    let exact = "y".repeat(MAX_REASON_BYTES);
+    mode.set_read_only(exact.clone());
+    assert_eq!(mode.current().reason, Some(exact));
+}
