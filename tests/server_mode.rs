@@ -326,28 +326,34 @@ async fn a_new_connection_gets_the_current_state_first() {
     assert_state_data(&greeting, &mode.current());
     assert_eq!(greeting.json()["mode"], "degraded");
 
-    // Resuming: the greeting still comes first, then the replay, whose last
-    // state event is the greeting's state again.
+    // Resuming, the greeting goes where the replay ends: it is the state
+    // as of the moment the stream joins live events. A replay that holds
+    // the latest state event already says it, and gets no greeting.
     let mark = broker.publish(Event::new("mark")).expect("publish");
     mode.clear_degraded();
-    broker.publish(Event::new("end")).expect("publish");
-    let (mut resumed, greeting) =
-        connect_and_greet(server.addr, &format!("/events?lastEventId={mark}")).await;
-    assert_state_data(&greeting, &mode.current());
+    let end = broker.publish(Event::new("end")).expect("publish");
+    let mut resumed = SseClient::connect(server.addr, &format!("/events?lastEventId={mark}")).await;
     let (replayed, _end) = resumed.read_until(|f| f.event_type() == Some("end")).await;
     assert_eq!(replayed.len(), 1, "replayed: {replayed:?}");
+    assert!(replayed[0].text.starts_with("retry: 3000\nid: 3-"));
     assert_state_data(&replayed[0], &mode.current());
-    let id = replayed[0].id().expect("a replayed event has an id");
-    assert!(id.starts_with("3-"), "id {id}");
-
-    // What an EventSource would see first.
-    let parsed = resumed.parsed_by_eventsource().await;
-    assert_eq!(parsed[0].event, "server.state");
-    assert_eq!(parsed[0].id, "");
-    assert_eq!(
-        serde_json::from_str::<Value>(&parsed[0].data).unwrap(),
-        greeting.json()
+    broker.publish(Event::new("live")).expect("publish");
+    let (between, _live) = resumed.read_until(|f| f.event_type() == Some("live")).await;
+    assert!(
+        between.iter().all(|f| f.is_comment()),
+        "no greeting after a replay that had the state: {between:?}"
     );
+
+    // A replay without a state event: the greeting follows it, before
+    // anything live.
+    let mut later = SseClient::connect(server.addr, &format!("/events?lastEventId={end}")).await;
+    broker.publish(Event::new("next")).expect("publish");
+    let (frames, _next) = later.read_until(|f| f.event_type() == Some("next")).await;
+    let frames: Vec<_> = frames.into_iter().filter(|f| !f.is_comment()).collect();
+    let kinds: Vec<_> = frames.iter().map(|f| f.event_type()).collect();
+    assert_eq!(kinds, [Some("live"), Some("server.state")], "{frames:?}");
+    assert_eq!(frames[1].id(), None, "the greeting carries no id");
+    assert_state_data(&frames[1], &mode.current());
 
     shutdown.trigger();
     let served = tokio::time::timeout(SERVER_STOPS, server.task).await;

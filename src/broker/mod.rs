@@ -37,7 +37,7 @@ pub use self::event::{
 };
 pub use self::subscription::{Recv, Subscription};
 
-use self::state::{Entry, Limits, State};
+use self::state::{Entry, Greeting, Limits, State};
 use crate::clock::{Clock, SystemClock};
 use crate::sse::frame;
 use crate::sync::{lock, Arc, Mutex};
@@ -239,10 +239,12 @@ impl Broker {
         self.publish_to(topic, event.event_type, event.data, false)
     }
 
-    /// Publishes a system event that also becomes the greeting: the first
-    /// frame (without its id) of every stream opened on the events route
-    /// from now on, so that a client connecting learns the current state
-    /// (e.g. the server mode) before anything else.
+    /// Publishes a system event that also becomes the greeting: a frame
+    /// (without its id) on every stream opened on the events route from now
+    /// on, so that a client connecting learns the current state (e.g. the
+    /// server mode). It goes where the stream's replay ends, so that no
+    /// older state replayed after it contradicts it: first on a stream that
+    /// starts live, and not at all when the replay holds this very event.
     #[cfg(not(loom))]
     pub(crate) fn publish_system_greeting(&self, event: Event) -> Result<EventId, PublishError> {
         self.publish_to(Topic::system(), event.event_type, event.data, true)
@@ -316,7 +318,10 @@ impl Broker {
             if greeting {
                 // The frame without its `id:` line.
                 let id_line = frame.len() - (body_len);
-                state.greeting = Some(frame.slice(id_line..));
+                state.greeting = Some(Greeting {
+                    seq,
+                    frame: frame.slice(id_line..),
+                });
             }
             let topic_key = state.topic_key(&topic);
             state.take_topic_wakers(topic_key, &mut wakers);

@@ -104,10 +104,19 @@ pub(crate) struct State {
     pub(crate) release_waker: Option<Waker>,
     pub(crate) closed: bool,
     pub(crate) close_frame: Option<Bytes>,
-    /// Sent first on every new stream of the events route (see
-    /// `Broker::publish_system_greeting`).
-    pub(crate) greeting: Option<Bytes>,
+    /// Sent on every new stream of the events route where its replay ends
+    /// (see `Broker::publish_system_greeting`), with the seq of the event
+    /// it repeats.
+    pub(crate) greeting: Option<Greeting>,
     pub(crate) counters: Counters,
+}
+
+/// The latest system event that greets new streams: its frame without the
+/// `id:` line, and the seq it was published with.
+#[derive(Clone, Debug)]
+pub(crate) struct Greeting {
+    pub(crate) seq: u64,
+    pub(crate) frame: Bytes,
 }
 
 #[derive(Clone, Copy, Debug, Default)]

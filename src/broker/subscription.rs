@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
 use super::event::{EventId, Topic};
-use super::state::{Entry, State, SubSlot};
+use super::state::{Entry, Greeting, State, SubSlot};
 use super::{Message, ReceivedEvent, ResyncReason, Shared};
 use crate::sse::frame;
 use crate::sync::{lock, Arc};
@@ -66,9 +66,13 @@ struct Reader {
     pos: u64,
     /// A `Resync` decided at subscribe time, delivered first.
     pending: Option<Message>,
-    /// The broker's greeting when this subscription was made, sent ahead of
-    /// everything by `poll_frames`.
-    greeting: Option<Bytes>,
+    /// The broker's greeting when this subscription was made, sent by
+    /// `poll_frames` where the replay ends: it is the state as of `seam`.
+    /// Dropped if the replay itself delivers the event it repeats.
+    greeting: Option<Greeting>,
+    /// The newest seq when this subscription was made: events up to here
+    /// are replay, later ones live.
+    seam: u64,
     finished: bool,
     /// The span of sequence numbers reported missed since last taken.
     lag: Option<(u64, u64)>,
@@ -121,6 +125,7 @@ impl Subscription {
             pos: newest,
             pending: None,
             greeting: state.greeting.clone(),
+            seam: newest,
             finished: false,
             lag: None,
         };
@@ -211,6 +216,26 @@ impl Reader {
             epoch: self.epoch,
             entry,
         }))
+    }
+
+    /// Whether everything replayed has been taken: the next message, if
+    /// any, is live (or a resync decided at subscribe time, which has no
+    /// replay). Where the greeting goes.
+    fn at_seam(&self, state: &State) -> bool {
+        if self.pending.is_some() || self.pos >= self.seam {
+            return true;
+        }
+        // The oldest entry still to read, past any eviction (a lag report
+        // comes first and moves the cursor there).
+        self.cursors
+            .iter()
+            .filter_map(|cursor| {
+                let log = &state.topics[cursor.topic_key];
+                let index = cursor.next.max(log.evicted) - log.evicted;
+                log.entries.get(index as usize).map(|entry| entry.seq)
+            })
+            .min()
+            .is_none_or(|seq| seq > self.seam)
     }
 
     fn park(&self, state: &mut State, cx: &mut Context<'_>) {
@@ -324,12 +349,21 @@ impl Subscription {
         let mut releaser = None;
         let polled = self.with_state(|sub, state, now| {
             let mut batch = Batch::default();
-            if let Some(greeting) = sub.greeting.take() {
-                batch.push(greeting);
-            }
             while batch.len() < max_bytes {
+                if sub.greeting.is_some() && sub.at_seam(state) {
+                    batch.push(sub.greeting.take().map(|g| g.frame).unwrap_or_default());
+                    continue;
+                }
                 match sub.next_locked(state) {
-                    Some(message) => batch.push(message.frame()),
+                    Some(message) => {
+                        if let (Some(greeting), Message::Event(event)) = (&sub.greeting, &message) {
+                            if event.entry.seq == greeting.seq {
+                                // Replayed: the client has the current state.
+                                sub.greeting = None;
+                            }
+                        }
+                        batch.push(message.frame());
+                    }
                     None => break,
                 }
             }
@@ -475,6 +509,72 @@ mod tests {
 
     fn poll(sub: &mut crate::Subscription, waker: &Waker) -> Poll<Frames> {
         sub.poll_frames(&mut Context::from_waker(waker), 1 << 16, None)
+    }
+
+    /// Everything a stream sends, batch after batch of at most `max_bytes`,
+    /// as text.
+    fn drain_text(sub: &mut crate::Subscription, max_bytes: usize) -> String {
+        let waker = Waker::from(Arc::new(Count::default()));
+        let mut out = String::new();
+        while let Poll::Ready(Frames::Data { bytes, .. }) =
+            sub.poll_frames(&mut Context::from_waker(&waker), max_bytes, None)
+        {
+            out.push_str(std::str::from_utf8(&bytes).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn the_greeting_goes_where_the_replay_ends() {
+        let broker = Broker::builder().epoch(7).build();
+        let state = |s: &str| Event::new("server.state").data(format!("{{\"mode\":\"{s}\"}}"));
+        let topics = Topics::parse(["a"]).unwrap();
+        let first = broker
+            .publish(Event::new("e").topic("a").data("0"))
+            .unwrap();
+        broker.publish_system_greeting(state("degraded")).unwrap(); // 7-2
+        broker.publish_system_greeting(state("read-only")).unwrap(); // 7-3
+        let last_a = broker
+            .publish(Event::new("e").topic("a").data("1"))
+            .unwrap(); // 7-4
+        broker
+            .publish(Event::new("e").topic("b").data("other topic"))
+            .unwrap(); // 7-5
+        let greeting = "event: server.state\ndata: {\"mode\":\"read-only\"}\n\n";
+
+        // Live from now: the greeting first.
+        let mut fresh = broker.subscribe(&topics, None).unwrap();
+        assert_eq!(drain_text(&mut fresh, 1 << 16), greeting);
+
+        // The replay holds the latest state event itself: the states in
+        // order, then the event, and no greeting repeating the state.
+        let mut resumed = broker.subscribe(&topics, Some(&first.to_string())).unwrap();
+        assert_eq!(
+            drain_text(&mut resumed, 1 << 16),
+            "id: 7-2\nevent: server.state\ndata: {\"mode\":\"degraded\"}\n\n\
+             id: 7-3\nevent: server.state\ndata: {\"mode\":\"read-only\"}\n\n\
+             id: 7-4\nevent: e\ndata: 1\n\n"
+        );
+
+        // Nothing of its topics to replay (7-5 is another topic's).
+        let mut caught_up = broker
+            .subscribe(&topics, Some(&last_a.to_string()))
+            .unwrap();
+        assert_eq!(drain_text(&mut caught_up, 1 << 16), greeting);
+
+        // A replay without the state event: the greeting follows it, also
+        // when every batch holds one frame, and live events follow that.
+        let replay_then_greeting = format!("id: 7-4\nevent: e\ndata: 1\n\n{greeting}");
+        let mut resumed = broker.subscribe(&topics, Some("7-3")).unwrap();
+        assert_eq!(drain_text(&mut resumed, 1), replay_then_greeting);
+        let mut resumed = broker.subscribe(&topics, Some("7-3")).unwrap();
+        broker
+            .publish(Event::new("e").topic("a").data("live"))
+            .unwrap(); // 7-6
+        assert_eq!(
+            drain_text(&mut resumed, 1),
+            format!("{replay_then_greeting}id: 7-6\nevent: e\ndata: live\n\n")
+        );
     }
 
     #[test]

@@ -405,7 +405,8 @@ impl Broker {
     /// Publishes every change of `mode` as a `server.state` event that
     /// reaches every subscription whatever its topics, with JSON data
     /// `{"mode", "reason", "since"}`; a client connecting to the events
-    /// route gets the current state first.
+    /// route gets the current state first (after its replay when it
+    /// resumes).
     ///
     /// ```
     /// use tower_sse::{mode::ServerMode, Broker, Message, Topics};
