@@ -239,13 +239,24 @@ fn bad_events_are_refused_with_a_reason() {
         broker.publish(Event::new("t").data(vec![0xff, 0xfe])),
         Err(PublishError::NotUtf8 { valid_up_to: 0 })
     );
+    // The limit counts the type and the payload: both go out in every frame.
     assert_eq!(
-        broker.publish(Event::new("t").data("x".repeat(17))),
+        broker.publish(Event::new("t").data("x".repeat(16))),
         Err(PublishError::TooLarge {
             size: 17,
             limit: 16
         })
     );
+    assert_eq!(
+        broker.publish(Event::new("t".repeat(17))),
+        Err(PublishError::TooLarge {
+            size: 17,
+            limit: 16
+        })
+    );
+    assert_eq!(broker.stats().published, 0);
+    // At the limit exactly: accepted.
+    assert!(broker.publish(Event::new("t").data("x".repeat(15))).is_ok());
     assert_eq!(
         broker.publish(Event::new("t").topic("no spaces")),
         Err(PublishError::InvalidTopic)
@@ -254,7 +265,7 @@ fn bad_events_are_refused_with_a_reason() {
         broker.publish(Event::new("t").topic("$system")),
         Err(PublishError::InvalidTopic)
     );
-    assert_eq!(broker.stats().published, 0);
+    assert_eq!(broker.stats().published, 1, "only the event at the limit");
 }
 
 #[test]

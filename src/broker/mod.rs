@@ -123,7 +123,8 @@ impl BrokerBuilder {
         self
     }
 
-    /// Refuse payloads larger than `n` bytes at publish (default 1 MiB).
+    /// Refuse events whose type and payload together are larger than `n`
+    /// bytes at publish (default 1 MiB).
     pub fn max_event_bytes(mut self, n: usize) -> Self {
         self.max_event_bytes = n;
         self
@@ -265,11 +266,14 @@ impl Broker {
                 return Err(PublishError::InvalidEventType);
             }
         }
+        // The type travels in every frame too: it counts, or a megabyte
+        // type would slip past the limit.
+        let size = data.len() + event_type.as_ref().map_or(0, String::len);
         // The crate's own events (a server state, with its bounded reason)
         // are not the app's payloads: its limit does not apply to them.
-        if !greeting && data.len() > self.shared.max_event_bytes {
+        if !greeting && size > self.shared.max_event_bytes {
             return Err(PublishError::TooLarge {
-                size: data.len(),
+                size,
                 limit: self.shared.max_event_bytes,
             });
         }
@@ -284,14 +288,10 @@ impl Broker {
             + ENTRY_OVERHEAD
             + if single_line { 0 } else { data.len() };
         if cost > self.shared.limits.max_bytes {
-            // Report the payload that would fit with this event's framing.
+            // Report the size that would fit with this event's framing.
             return Err(PublishError::TooLarge {
-                size: data.len(),
-                limit: self
-                    .shared
-                    .limits
-                    .max_bytes
-                    .saturating_sub(cost - data.len()),
+                size,
+                limit: self.shared.limits.max_bytes.saturating_sub(cost - size),
             });
         }
         let event_type = event_type
@@ -716,9 +716,9 @@ pub enum PublishError {
         /// Length of the valid prefix.
         valid_up_to: usize,
     },
-    /// The payload is larger than the broker accepts.
+    /// The event is larger than the broker accepts.
     TooLarge {
-        /// The payload's size in bytes.
+        /// The event's size in bytes: its type and its payload.
         size: usize,
         /// The largest accepted.
         limit: usize,
@@ -739,7 +739,10 @@ impl fmt::Display for PublishError {
                 )
             }
             PublishError::TooLarge { size, limit } => {
-                write!(f, "the payload is {size} bytes, over the limit of {limit}")
+                write!(
+                    f,
+                    "the event's type and payload are {size} bytes, over the limit of {limit}"
+                )
             }
         }
     }
