@@ -19,7 +19,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tower_sse::{Broker, Event, Message, PublishError, Topics};
 
-/// Payloads above this are refused up front (`TooLarge` with this limit).
+/// Events (type and payload) above this are refused up front (`TooLarge`
+/// with this limit).
 const MAX_EVENT_BYTES: usize = 2_048;
 /// The replay log's byte bound: an event whose frame would not fit is
 /// refused too (`TooLarge` with a smaller limit). A payload of many line
@@ -86,9 +87,11 @@ fn expected_refusal(event_type: Option<&str>, payload: &[u8]) -> Option<PublishE
         Some(t) if t.contains(['\r', '\n']) => return Some(PublishError::InvalidEventType),
         _ => {}
     }
-    if payload.len() > MAX_EVENT_BYTES {
+    // The bound counts the type with the payload.
+    let size = payload.len() + event_type.map_or(0, str::len);
+    if size > MAX_EVENT_BYTES {
         return Some(PublishError::TooLarge {
-            size: payload.len(),
+            size,
             limit: MAX_EVENT_BYTES,
         });
     }
@@ -103,8 +106,8 @@ fn expected_refusal(event_type: Option<&str>, payload: &[u8]) -> Option<PublishE
     let cost = expected_cost(event_type, text);
     if cost > RETAIN_BYTES {
         return Some(PublishError::TooLarge {
-            size: payload.len(),
-            limit: RETAIN_BYTES.saturating_sub(cost - payload.len()),
+            size,
+            limit: RETAIN_BYTES.saturating_sub(cost - size),
         });
     }
     None
