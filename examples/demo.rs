@@ -99,10 +99,11 @@
 //! task purges the expired ones every 30 seconds.
 //!
 //! `kill -USR1 PID` toggles read-only too. Ctrl-C or SIGTERM triggers a
-//! [`Shutdown`]: readiness and writes answer 503, and every open stream gets
-//! a last `server.state`, then `retry:` and an `event: shutdown` frame, and
-//! ends; the server drains its connections (for at most a few seconds) and
-//! exits.
+//! [`Shutdown`]: readiness and writes answer 503 and every open stream gets
+//! a last `server.state`; one second later (what a load balancer polling
+//! `/ready` needs to stop sending clients) every stream gets `retry:` and
+//! an `event: shutdown` frame, and ends; the server drains its connections
+//! (for at most 10 seconds, for readers that stopped reading) and exits.
 //!
 //! [`SseLayer`]: tower_sse::SseLayer
 //! [`RequireWritableLayer`]: tower_sse::RequireWritableLayer
@@ -150,6 +151,10 @@ mod demo {
     const DEMO_CSS: &str = include_str!("demo/demo.css");
     /// How long browsers wait before reconnecting once the server stops.
     const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(5);
+    /// How long `/ready` answers 503 while everything is still served, before
+    /// the streams are told to end: time for a load balancer polling it to
+    /// stop sending new clients here.
+    const READINESS_DRAIN: Duration = Duration::from_secs(1);
     /// How long open connections get to finish once the streams are closed:
     /// a client that keeps a plain request open must not hold the exit.
     const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,7 +206,8 @@ mod demo {
         let shutdown = Shutdown::new()
             .broker(&broker)
             .mode(&mode)
-            .retry(RECONNECT_AFTER_SHUTDOWN);
+            .retry(RECONNECT_AFTER_SHUTDOWN)
+            .drain(READINESS_DRAIN);
 
         // Any topic the request names, and, with `?as=NAME`, NAME's
         // notifications and replies.
@@ -639,8 +645,8 @@ mod demo {
             () = terminate => "SIGTERM",
         };
         println!("{name}: shutting down: ending the streams and draining connections");
-        // Readiness and writes answer 503, then every stream gets its last
-        // frame (`retry:` and `event: shutdown`) and ends.
+        // Readiness and writes answer 503; a second later every stream gets
+        // its last frame (`retry:` and `event: shutdown`) and ends.
         shutdown.trigger();
     }
 
