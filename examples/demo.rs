@@ -132,7 +132,7 @@ mod demo {
     use axum::extract::rejection::BytesRejection;
     use axum::extract::State;
     use axum::http::request::Parts;
-    use axum::http::{header, StatusCode, Uri};
+    use axum::http::{header, HeaderValue, StatusCode, Uri};
     use axum::response::{Html, IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
@@ -454,7 +454,14 @@ mod demo {
             Err(e @ SendError::TooLarge { .. }) => {
                 error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             }
-            Err(e @ SendError::Full) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            // Room is made as notifications are delivered or expire.
+            Err(e @ SendError::Full) => {
+                let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+                response
+            }
             // An invalid name, a payload that cannot be encoded.
             Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         }

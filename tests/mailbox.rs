@@ -90,11 +90,43 @@ struct Model {
     last_read: [Option<u64>; 3],
     /// Every frame published to each client's topic.
     history: [Vec<(u64, &'static str, TraceId)>; 3],
+    /// Records in the order they became finished (delivered, and replied
+    /// to or not expecting a reply): what a full mailbox forgets first.
+    finished: VecDeque<usize>,
 }
 
 impl Model {
     fn held(&self) -> usize {
         self.recs.iter().filter(|r| !r.gone).count()
+    }
+
+    fn is_finished(&self, i: usize) -> bool {
+        let rec = &self.recs[i];
+        rec.delivered && (!rec.expects_reply || rec.replied)
+    }
+
+    /// Marks record `i` delivered; queues it as finished if it now is.
+    fn deliver(&mut self, i: usize) {
+        if !self.recs[i].delivered {
+            self.recs[i].delivered = true;
+            if self.is_finished(i) {
+                self.finished.push_back(i);
+            }
+        }
+    }
+
+    /// A full mailbox forgets its oldest finished records first.
+    fn make_room(&mut self) {
+        while self.held() >= CAPACITY {
+            let Some(i) = self.finished.pop_front() else {
+                return;
+            };
+            if !self.recs[i].gone && self.is_finished(i) {
+                self.recs[i].gone = true;
+                let to = self.recs[i].to;
+                self.queues[to].retain(|&j| j != i);
+            }
+        }
     }
 
     fn purge(&mut self) {
@@ -146,6 +178,9 @@ fn run(ops: Vec<Op>) {
                 ttl,
             } => {
                 model.purge();
+                if model.held() >= CAPACITY && model.queues[to].len() < PER_TARGET {
+                    model.make_room();
+                }
                 let full = model.held() >= CAPACITY && model.queues[to].len() < PER_TARGET;
                 let result = mailbox.send(
                     CLIENTS[to],
@@ -217,7 +252,7 @@ fn run(ops: Vec<Op>) {
                     }
                     if let (Some(seen), Some(sent)) = (resume_id, model.recs[i].last_sent) {
                         if sent <= seen {
-                            model.recs[i].delivered = true;
+                            model.deliver(i);
                             continue;
                         }
                         // Still retained (retention is unbounded here): the
@@ -291,6 +326,7 @@ fn run(ops: Vec<Op>) {
                     let from = model.recs[i].from;
                     model.recs[i].replied = true;
                     model.recs[i].delivered = true;
+                    model.finished.push_back(i);
                     model.publish(&mut conns, from, "notification.reply", &trace);
                 }
             }
@@ -304,7 +340,7 @@ fn run(ops: Vec<Op>) {
                 let expected = !model.recs[i].gone && model.recs[i].to == by;
                 assert_eq!(mailbox.ack(&trace, CLIENTS[by]), expected);
                 if expected {
-                    model.recs[i].delivered = true;
+                    model.deliver(i);
                 }
             }
             Op::Advance { secs } => {
@@ -385,6 +421,44 @@ fn a_reply_after_expiry_is_refused_as_expired_until_purged() {
     assert_eq!(mailbox.purge_expired(), 1);
     assert_eq!(mailbox.reply(&trace, "bob", "a"), Err(ReplyError::NotFound));
     assert!(mailbox.status(&trace).is_none());
+}
+
+#[test]
+fn a_full_mailbox_forgets_finished_notifications_first() {
+    let mailbox = Mailbox::builder(Broker::new()).capacity(3).build();
+    let asked = mailbox.send("bob", "ann", "q?", true, None).unwrap();
+    let told = mailbox.send("bob", "ann", "fyi", false, None).unwrap();
+    let pending = mailbox.send("cy", "ann", "later", false, None).unwrap();
+    assert_eq!(
+        mailbox.send("dan", "ann", "x", false, None),
+        Err(SendError::Full)
+    );
+
+    // Delivered but awaiting its reply: still live, still counted.
+    assert!(mailbox.ack(&asked, "bob"));
+    assert_eq!(
+        mailbox.send("dan", "ann", "x", false, None),
+        Err(SendError::Full)
+    );
+    // Delivered and expecting nothing: room is made by forgetting it.
+    assert!(mailbox.ack(&told, "bob"));
+    let first = mailbox.send("dan", "ann", "x", false, None).unwrap();
+    assert!(mailbox.status(&told).is_none());
+    assert_eq!(mailbox.stats().forgotten, 1);
+    assert_eq!(mailbox.stats().held, 3);
+    // Replied: finished too.
+    mailbox.reply(&asked, "bob", "yes").unwrap();
+    mailbox.send("dan", "ann", "y", false, None).unwrap();
+    assert!(mailbox.status(&asked).is_none());
+    // What is not finished is never forgotten.
+    assert_eq!(
+        mailbox.send("dan", "ann", "z", false, None),
+        Err(SendError::Full)
+    );
+    for trace in [&pending, &first] {
+        assert!(!mailbox.status(trace).unwrap().delivered);
+    }
+    assert_eq!(mailbox.stats().forgotten, 2);
 }
 
 #[test]

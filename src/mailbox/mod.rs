@@ -30,8 +30,11 @@
 //! Every notification expires after its TTL (default 24 h); a target holds
 //! at most [`per_target`](MailboxBuilder::per_target) notifications (default
 //! 1024, the oldest dropped first); the whole mailbox holds at most
-//! [`capacity`](MailboxBuilder::capacity) (default 100 000, further sends
-//! refused). Expired entries are purged on access and by a janitor task.
+//! [`capacity`](MailboxBuilder::capacity) (default 100 000). A full mailbox
+//! first forgets its oldest *finished* notifications (delivered, and
+//! replied to or not expecting a reply: kept only for their status), and
+//! refuses a send only when none is left. Expired entries are purged on
+//! access and by a janitor task.
 //!
 //! # Replies
 //!
@@ -119,6 +122,10 @@ struct State {
     by_target: HashMap<Box<str>, VecDeque<TraceId>>,
     /// Open streams per client.
     online: HashMap<Box<str>, usize>,
+    /// Notifications that became finished (delivered, and replied to or
+    /// not expecting a reply), oldest first: what a full mailbox forgets
+    /// first. May name traces purged since.
+    finished: VecDeque<TraceId>,
     next: u64,
     counters: Counters,
 }
@@ -139,6 +146,8 @@ pub struct MailboxStats {
     pub dropped: u64,
     /// Notifications purged after their TTL.
     pub expired: u64,
+    /// Finished notifications forgotten to make room in a full mailbox.
+    pub forgotten: u64,
     /// Clients with at least one open stream.
     pub online: usize,
 }
@@ -150,6 +159,7 @@ struct Counters {
     published: u64,
     dropped: u64,
     expired: u64,
+    forgotten: u64,
 }
 
 /// Configures a [`Mailbox`]; from [`Mailbox::builder`].
@@ -346,7 +356,10 @@ impl Mailbox {
         let now = shared.clock.now();
         state.purge_expired(now);
         if state.records.len() >= shared.capacity && !state.target_full(to, shared.per_target) {
-            return Err(SendError::Full);
+            state.forget_finished(shared.capacity - 1);
+            if state.records.len() >= shared.capacity {
+                return Err(SendError::Full);
+            }
         }
         state.next += 1;
         let serial = state.next;
@@ -447,6 +460,7 @@ impl Mailbox {
             record.delivered_at = Some(SystemTime::now());
             state.counters.delivered += 1;
         }
+        state.finished.push_back(trace.clone());
         let record = &state.records[trace];
         let status = record.status();
         let event = Event::new(REPLY_EVENT).data(record.reply_json());
@@ -460,13 +474,19 @@ impl Mailbox {
         let mut state = lock(&self.shared.state);
         state.purge_expired(self.shared.clock.now());
         let State {
-            records, counters, ..
+            records,
+            counters,
+            finished,
+            ..
         } = &mut *state;
         match records.get_mut(trace) {
             Some(record) if record.to.as_ref() == client => {
                 if record.delivered_at.is_none() {
                     record.delivered_at = Some(SystemTime::now());
                     counters.delivered += 1;
+                    if record.is_finished() {
+                        finished.push_back(trace.clone());
+                    }
                 }
                 true
             }
@@ -539,7 +559,11 @@ impl Mailbox {
             if let (Some(seen), Some(sent)) = (seen, record.last_sent) {
                 if sent <= seen {
                     record.delivered_at = Some(SystemTime::now());
+                    let finished = record.is_finished();
                     state.counters.delivered += 1;
+                    if finished {
+                        state.finished.push_back(trace);
+                    }
                     continue;
                 }
                 if sent.seq() >= oldest_retained {
@@ -598,6 +622,7 @@ impl Mailbox {
             published: state.counters.published,
             dropped: state.counters.dropped,
             expired: state.counters.expired,
+            forgotten: state.counters.forgotten,
             online: state.online.len(),
         }
     }
@@ -650,18 +675,41 @@ impl State {
                 break;
             }
             let trace = entry.remove();
-            if let Some(record) = self.records.remove(&trace) {
-                if let Some(queue) = self.by_target.get_mut(&*record.to) {
-                    queue.retain(|t| *t != trace);
-                    if queue.is_empty() {
-                        self.by_target.remove(&*record.to);
-                    }
-                }
+            if self.forget(&trace) {
                 purged += 1;
             }
         }
         self.counters.expired += purged as u64;
         purged
+    }
+
+    /// Forgets the oldest finished notifications until at most `keep`
+    /// remain in all, or none finished is left.
+    fn forget_finished(&mut self, keep: usize) {
+        while self.records.len() > keep {
+            let Some(trace) = self.finished.pop_front() else {
+                return;
+            };
+            if self.records.get(&trace).is_some_and(Record::is_finished) {
+                self.forget(&trace);
+                self.counters.forgotten += 1;
+            }
+        }
+    }
+
+    /// Removes `trace` everywhere; whether it was held.
+    fn forget(&mut self, trace: &TraceId) -> bool {
+        let Some(record) = self.records.remove(trace) else {
+            return false;
+        };
+        self.expiry.remove(&(record.expires_at, record.serial));
+        if let Some(queue) = self.by_target.get_mut(&*record.to) {
+            queue.retain(|t| t != trace);
+            if queue.is_empty() {
+                self.by_target.remove(&*record.to);
+            }
+        }
+        true
     }
 }
 

@@ -172,6 +172,12 @@ impl Record {
         }
     }
 
+    /// Delivered, and replied to or not expecting a reply: nothing is left
+    /// to happen to it but a status query.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.delivered_at.is_some() && (!self.expects_reply || self.reply.is_some())
+    }
+
     pub(crate) fn status(&self) -> Status {
         Status {
             trace: self.trace.clone(),
