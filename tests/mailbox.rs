@@ -69,6 +69,9 @@ struct Rec {
     delivered: bool,
     replied: bool,
     last_sent: Option<u64>,
+    /// Seq of the last frame that carried the reply to the sender.
+    reply_sent: Option<u64>,
+    reply_seen: bool,
     gone: bool,
 }
 
@@ -90,9 +93,12 @@ struct Model {
     last_read: [Option<u64>; 3],
     /// Every frame published to each client's topic.
     history: [Vec<(u64, &'static str, TraceId)>; 3],
-    /// Records in the order they became finished (delivered, and replied
-    /// to or not expecting a reply): what a full mailbox forgets first.
+    /// Records in the order they became finished (delivered, and not
+    /// expecting a reply or its reply seen): what a full mailbox forgets
+    /// first.
     finished: VecDeque<usize>,
+    /// Per sender, replied records whose reply it has not shown it got.
+    unseen_replies: [Vec<usize>; 3],
 }
 
 impl Model {
@@ -102,7 +108,7 @@ impl Model {
 
     fn is_finished(&self, i: usize) -> bool {
         let rec = &self.recs[i];
-        rec.delivered && (!rec.expects_reply || rec.replied)
+        rec.delivered && (!rec.expects_reply || rec.reply_seen)
     }
 
     /// Marks record `i` delivered; queues it as finished if it now is.
@@ -204,6 +210,8 @@ fn run(ops: Vec<Op>) {
                     delivered: false,
                     replied: false,
                     last_sent: None,
+                    reply_sent: None,
+                    reply_seen: false,
                     gone: false,
                 });
                 model.queues[to].push_back(index);
@@ -262,6 +270,28 @@ fn run(ops: Vec<Op>) {
                     let trace = model.recs[i].trace.clone();
                     let seq = model.publish(&mut conns, client, "notification", &trace);
                     model.recs[i].last_sent = Some(seq);
+                }
+                // Then replies to what this client sent, the same way.
+                let replies = std::mem::take(&mut model.unseen_replies[client]);
+                for i in replies {
+                    if model.recs[i].gone {
+                        continue;
+                    }
+                    if let (Some(seen), Some(sent)) = (resume_id, model.recs[i].reply_sent) {
+                        if sent <= seen {
+                            model.recs[i].reply_seen = true;
+                            if model.is_finished(i) {
+                                model.finished.push_back(i);
+                            }
+                            continue;
+                        }
+                        model.unseen_replies[client].push(i);
+                        continue;
+                    }
+                    let trace = model.recs[i].trace.clone();
+                    let seq = model.publish(&mut conns, client, "notification.reply", &trace);
+                    model.recs[i].reply_sent = Some(seq);
+                    model.unseen_replies[client].push(i);
                 }
             }
             Op::Read { conn } => {
@@ -326,8 +356,9 @@ fn run(ops: Vec<Op>) {
                     let from = model.recs[i].from;
                     model.recs[i].replied = true;
                     model.recs[i].delivered = true;
-                    model.finished.push_back(i);
-                    model.publish(&mut conns, from, "notification.reply", &trace);
+                    let seq = model.publish(&mut conns, from, "notification.reply", &trace);
+                    model.recs[i].reply_sent = Some(seq);
+                    model.unseen_replies[from].push(i);
                 }
             }
             Op::Ack { record, by } => {
@@ -383,12 +414,23 @@ fn run(ops: Vec<Op>) {
         let mut got = Vec::new();
         while let Some(Message::Event(event)) = sub.try_next() {
             let data: serde_json::Value = serde_json::from_str(event.data()).unwrap();
-            got.push(data["trace"].as_str().unwrap().to_owned());
+            got.push((
+                event.event_type().to_owned(),
+                data["trace"].as_str().unwrap().to_owned(),
+            ));
         }
-        let expected: Vec<String> = model.queues[c]
+        // Its unconfirmed notifications, then the replies it has not seen.
+        let notifications = model.queues[c]
             .iter()
             .filter(|&&i| !model.recs[i].delivered)
-            .map(|&i| model.recs[i].trace.to_string())
+            .map(|&i| ("notification", i));
+        let replies = model.unseen_replies[c]
+            .iter()
+            .filter(|&&i| !model.recs[i].gone && !model.recs[i].reply_seen)
+            .map(|&i| ("notification.reply", i));
+        let expected: Vec<(String, String)> = notifications
+            .chain(replies)
+            .map(|(kind, i)| (kind.to_owned(), model.recs[i].trace.to_string()))
             .collect();
         assert_eq!(got, expected, "client {name}");
     }
@@ -446,8 +488,23 @@ fn a_full_mailbox_forgets_finished_notifications_first() {
     assert!(mailbox.status(&told).is_none());
     assert_eq!(mailbox.stats().forgotten, 1);
     assert_eq!(mailbox.stats().held, 3);
-    // Replied: finished too.
+    // Replied, but the sender has not seen the reply: held for it.
     mailbox.reply(&asked, "bob", "yes").unwrap();
+    assert_eq!(
+        mailbox.send("dan", "ann", "y", false, None),
+        Err(SendError::Full)
+    );
+    // The sender connects and is sent the reply; reconnecting past it
+    // shows it arrived, and the notification is finished.
+    let (mut sub, connection) = mailbox.subscribe("ann", None).unwrap();
+    let Some(Message::Event(reply)) = sub.try_next() else {
+        panic!("the reply is sent to its sender")
+    };
+    assert_eq!(reply.event_type(), "notification.reply");
+    drop((sub, connection));
+    let _again = mailbox
+        .subscribe("ann", Some(&reply.id().to_string()))
+        .unwrap();
     mailbox.send("dan", "ann", "y", false, None).unwrap();
     assert!(mailbox.status(&asked).is_none());
     // What is not finished is never forgotten.

@@ -40,7 +40,10 @@
 //!
 //! A notification sent with `expects_reply` can be answered once, by its
 //! target, before it expires ([`Mailbox::reply`]); the sender's streams get
-//! an `event: notification.reply` frame.
+//! an `event: notification.reply` frame. The reply is held for the sender
+//! as a notification is for its target: sent again when a stream of the
+//! sender opens, until the sender's `Last-Event-ID` shows it arrived. Until
+//! then the notification is not finished, and a full mailbox keeps it.
 
 #[cfg(not(loom))]
 mod janitor;
@@ -122,10 +125,13 @@ struct State {
     by_target: HashMap<Box<str>, VecDeque<TraceId>>,
     /// Open streams per client.
     online: HashMap<Box<str>, usize>,
-    /// Notifications that became finished (delivered, and replied to or
-    /// not expecting a reply), oldest first: what a full mailbox forgets
-    /// first. May name traces purged since.
+    /// Notifications that became finished (delivered, and not expecting a
+    /// reply or their reply seen by the sender), oldest first: what a full
+    /// mailbox forgets first. May name traces purged since.
     finished: VecDeque<TraceId>,
+    /// Per sender, the replies it has not shown it received, in reply
+    /// order: sent again when a stream of the sender opens.
+    unseen_replies: HashMap<Box<str>, Vec<TraceId>>,
     next: u64,
     counters: Counters,
 }
@@ -423,7 +429,8 @@ impl Mailbox {
 
     /// Replies to `trace` on behalf of `by`: only its target, only if it
     /// expects a reply, only once, only before it expires. The sender's
-    /// streams get a `notification.reply` event.
+    /// streams get a `notification.reply` event, now if one is open, else
+    /// when one opens.
     pub fn reply(
         &self,
         trace: &TraceId,
@@ -455,17 +462,21 @@ impl Mailbox {
             payload: Bytes::from(payload),
             at: SystemTime::now(),
         });
+        let from = record.from.clone();
         // Answering proves it arrived.
         if record.delivered_at.is_none() {
             record.delivered_at = Some(SystemTime::now());
             state.counters.delivered += 1;
         }
-        state.finished.push_back(trace.clone());
-        let record = &state.records[trace];
-        let status = record.status();
-        let event = Event::new(REPLY_EVENT).data(record.reply_json());
-        let _ = shared.broker.publish_to_client(&record.from, event);
-        Ok(status)
+        // Held for the sender like a notification for its target: sent to
+        // its open streams now, and again when one opens, until seen.
+        state
+            .unseen_replies
+            .entry(from)
+            .or_default()
+            .push(trace.clone());
+        shared.publish_reply(&mut state, trace);
+        Ok(state.records[trace].status())
     }
 
     /// Marks `trace` delivered, on its target's word (the ack route).
@@ -575,6 +586,32 @@ impl Mailbox {
             }
             shared.publish(&mut state, &trace);
         }
+        // Replies to what this client sent, the same way.
+        let replies = state.unseen_replies.remove(client).unwrap_or_default();
+        let mut unseen = Vec::with_capacity(replies.len());
+        for trace in replies {
+            let Some(record) = state.records.get_mut(&trace) else {
+                continue;
+            };
+            if let (Some(seen), Some(sent)) = (seen, record.reply_sent) {
+                if sent <= seen {
+                    record.reply_seen = true;
+                    if record.is_finished() {
+                        state.finished.push_back(trace);
+                    }
+                    continue;
+                }
+                if sent.seq() >= oldest_retained {
+                    unseen.push(trace);
+                    continue;
+                }
+            }
+            shared.publish_reply(&mut state, &trace);
+            unseen.push(trace);
+        }
+        if !unseen.is_empty() {
+            state.unseen_replies.insert(Box::from(client), unseen);
+        }
         Connection {
             mailbox: self.clone(),
             client: Box::from(client),
@@ -603,6 +640,23 @@ impl Mailbox {
             .collect();
         for trace in again {
             shared.publish(&mut state, &trace);
+        }
+        let replies: Vec<TraceId> = state
+            .unseen_replies
+            .get(client)
+            .into_iter()
+            .flatten()
+            .filter(|trace| {
+                state.records.get(*trace).is_some_and(|record| {
+                    record
+                        .reply_sent
+                        .is_some_and(|sent| sent > after && sent <= through)
+                })
+            })
+            .cloned()
+            .collect();
+        for trace in replies {
+            shared.publish_reply(&mut state, &trace);
         }
     }
 
@@ -645,6 +699,19 @@ impl Shared {
             });
         }
         Ok(bytes)
+    }
+
+    /// Publishes the reply to `trace` to its sender's streams and remembers
+    /// the id.
+    fn publish_reply(&self, state: &mut State, trace: &TraceId) {
+        let record = state
+            .records
+            .get_mut(trace)
+            .expect("replied traces are held");
+        let event = Event::new(REPLY_EVENT).data(record.reply_json());
+        if let Ok(id) = self.broker.publish_to_client(&record.from, event) {
+            record.reply_sent = Some(id);
+        }
     }
 
     /// Publishes `trace` to its target's streams and remembers the id.
@@ -707,6 +774,14 @@ impl State {
             queue.retain(|t| t != trace);
             if queue.is_empty() {
                 self.by_target.remove(&*record.to);
+            }
+        }
+        if record.reply.is_some() {
+            if let Some(replies) = self.unseen_replies.get_mut(&*record.from) {
+                replies.retain(|t| t != trace);
+                if replies.is_empty() {
+                    self.unseen_replies.remove(&*record.from);
+                }
             }
         }
         true

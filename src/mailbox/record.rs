@@ -145,6 +145,10 @@ pub(crate) struct Record {
     /// Id of the last frame that carried it to the target.
     pub(crate) last_sent: Option<EventId>,
     pub(crate) reply: Option<Reply>,
+    /// Id of the last frame that carried the reply to the sender.
+    pub(crate) reply_sent: Option<EventId>,
+    /// The sender showed that the reply reached it (`Last-Event-ID`).
+    pub(crate) reply_seen: bool,
 }
 
 impl Record {
@@ -169,13 +173,15 @@ impl Record {
             delivered_at: None,
             last_sent: None,
             reply: None,
+            reply_sent: None,
+            reply_seen: false,
         }
     }
 
-    /// Delivered, and replied to or not expecting a reply: nothing is left
-    /// to happen to it but a status query.
+    /// Delivered, and not expecting a reply or its reply seen by the
+    /// sender: nothing is left to happen to it but a status query.
     pub(crate) fn is_finished(&self) -> bool {
-        self.delivered_at.is_some() && (!self.expects_reply || self.reply.is_some())
+        self.delivered_at.is_some() && (!self.expects_reply || self.reply_seen)
     }
 
     pub(crate) fn status(&self) -> Status {
