@@ -25,6 +25,15 @@
 //! reconnect, on several tabs): the `trace` in its data is the key to drop
 //! duplicates by.
 //!
+//! A re-send is a publish on the client's topic, so it reaches every open
+//! tab of the client and takes a place in the broker's replay log. A client
+//! holding many unconfirmed notifications that connects repeatedly can
+//! therefore push other topics' events out of the log (their readers then
+//! get a `resync` instead of a replay). Keep
+//! [`per_target`](MailboxBuilder::per_target) well below the broker's
+//! [`retain_events`](crate::BrokerBuilder::retain_events), and have clients
+//! confirm what they got (their `Last-Event-ID`, or the ack route).
+//!
 //! # Bounds
 //!
 //! Every notification expires after its TTL (default 24 h); a target holds
