@@ -10,7 +10,7 @@
 //!   in-process subscribers alike) and `dropped` (events subscribers missed
 //!   because they lagged) come from the [`Broker`] given with
 //!   [`HealthLayer::broker`];
-//!   `uptime` is in seconds.
+//!   `uptime` is in seconds, to the millisecond.
 //! - `GET /ready`: `200` when the server should receive traffic, `503` with
 //!   the reason when degraded or shutting down: what a load balancer polls.
 //!   Read-only stays ready, since reads are still served.
@@ -100,7 +100,8 @@ impl HealthLayer {
             "shutting_down": state.shutting_down,
             "subscribers": stats.map(|s| s.subscribers),
             "dropped": stats.map(|s| s.lagged_events),
-            "uptime": self.mode.uptime().as_secs_f64(),
+            // Whole milliseconds, so that the number prints short.
+            "uptime": self.mode.uptime().as_millis() as f64 / 1000.0,
             "version": env!("CARGO_PKG_VERSION"),
         });
         json_response(StatusCode::OK, &body)

@@ -982,6 +982,12 @@ async fn health_reports_mode_and_broker_numbers() {
     assert_eq!(body["subscribers"], 0);
     assert_eq!(body["dropped"], 0);
     assert!(body["uptime"].as_f64().is_some_and(|u| u >= 0.0), "{body}");
+    // Seconds to the millisecond: at most three decimals as printed.
+    let uptime = body["uptime"].to_string();
+    assert!(
+        uptime.split_once('.').is_none_or(|(_, decimals)| decimals.len() <= 3),
+        "{uptime}"
+    );
 
     for (change, status, mode_name, reason) in [
         (
