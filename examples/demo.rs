@@ -65,7 +65,8 @@
 //!   notification.reply` frames with `{"trace", "by", "payload", "at"}`.
 //! - `POST /publish` with `{"topic"?: "...", "event"?: "...", "data": <JSON>}`:
 //!   publishes `data` as JSON and answers `{"id": "..."}`, or 400 with
-//!   `{"error": "..."}`; `503` with `{"error", "mode", "reason", ...}` and
+//!   `{"error": "..."}` (413 for an event over the broker's 1 MiB, 503 once
+//!   shutting down); `503` with `{"error", "mode", "reason", ...}` and
 //!   `Retry-After` while the server is not writable ([`RequireWritableLayer`]).
 //! - `POST /notify?as=NAME` with `{"to": "...", "payload": <JSON>,
 //!   "expects_reply"?: bool, "ttl_secs"?: int}`: sends a notification from
@@ -141,7 +142,8 @@ mod demo {
     use tower_sse::mailbox::{Mailbox, MailboxLayer, SendError};
     use tower_sse::mode::ServerMode;
     use tower_sse::{
-        Broker, Event, Grant, HealthLayer, Rejection, RequireWritableLayer, Shutdown, SseLayer,
+        Broker, Event, Grant, HealthLayer, PublishError, Rejection, RequireWritableLayer, Shutdown,
+        SseLayer,
     };
 
     const DEFAULT_ADDR: &str = "127.0.0.1:3000";
@@ -350,7 +352,8 @@ mod demo {
 
     /// `POST /publish`. The body is read as bytes and parsed here, whatever
     /// its content type, so that every mistake is a 400 with a message (or
-    /// a 413, also JSON, for a body over axum's 2 MB limit). While the
+    /// a 413, also JSON, for a body over axum's 2 MB limit or an event over
+    /// the broker's limit). While the
     /// server is not writable, [`RequireWritableLayer`] answers 503 before
     /// this runs.
     async fn publish(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -383,6 +386,15 @@ mod demo {
         };
         match app.broker.publish(event) {
             Ok(id) => Json(json!({ "id": id.to_string() })).into_response(),
+            // Shutting down: the request was fine, the server is going.
+            Err(e @ PublishError::Closed) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("publish refused: {e}"),
+            ),
+            Err(e @ PublishError::TooLarge { .. }) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("publish refused: {e}"),
+            ),
             Err(e) => error(StatusCode::BAD_REQUEST, format!("publish refused: {e}")),
         }
     }
