@@ -356,8 +356,12 @@ fn run(ops: Vec<Op>) {
                     let from = model.recs[i].from;
                     model.recs[i].replied = true;
                     model.recs[i].delivered = true;
-                    let seq = model.publish(&mut conns, from, "notification.reply", &trace);
-                    model.recs[i].reply_sent = Some(seq);
+                    // To the sender's open streams; an offline sender
+                    // gets it when it connects.
+                    if conns.iter().any(|c| c.client == from) {
+                        let seq = model.publish(&mut conns, from, "notification.reply", &trace);
+                        model.recs[i].reply_sent = Some(seq);
+                    }
                     model.unseen_replies[from].push(i);
                 }
             }

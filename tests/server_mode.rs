@@ -985,7 +985,9 @@ async fn health_reports_mode_and_broker_numbers() {
     // Seconds to the millisecond: at most three decimals as printed.
     let uptime = body["uptime"].to_string();
     assert!(
-        uptime.split_once('.').is_none_or(|(_, decimals)| decimals.len() <= 3),
+        uptime
+            .split_once('.')
+            .is_none_or(|(_, decimals)| decimals.len() <= 3),
         "{uptime}"
     );
 

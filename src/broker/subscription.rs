@@ -351,7 +351,9 @@ impl Subscription {
             let mut batch = Batch::default();
             while batch.len() < max_bytes {
                 if sub.greeting.is_some() && sub.at_seam(state) {
-                    batch.push(sub.greeting.take().map(|g| g.frame).unwrap_or_default());
+                    if let Some(greeting) = sub.greeting.take() {
+                        batch.push(greeting.frame);
+                    }
                     continue;
                 }
                 match sub.next_locked(state) {

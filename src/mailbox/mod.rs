@@ -41,7 +41,8 @@
 //! 1024, the oldest dropped first); the whole mailbox holds at most
 //! [`capacity`](MailboxBuilder::capacity) (default 100 000). A full mailbox
 //! first forgets its oldest *finished* notifications (delivered, and
-//! replied to or not expecting a reply: kept only for their status), and
+//! expecting no reply or with their reply seen by the sender: kept only
+//! for their status), and
 //! refuses a send only when none is left. Expired entries are purged on
 //! access and by a janitor task.
 //!
@@ -478,13 +479,16 @@ impl Mailbox {
             state.counters.delivered += 1;
         }
         // Held for the sender like a notification for its target: sent to
-        // its open streams now, and again when one opens, until seen.
+        // its open streams now, else when one opens, until seen.
+        let online = state.online.get(&from).is_some_and(|&n| n > 0);
         state
             .unseen_replies
             .entry(from)
             .or_default()
             .push(trace.clone());
-        shared.publish_reply(&mut state, trace);
+        if online {
+            shared.publish_reply(&mut state, trace);
+        }
         Ok(state.records[trace].status())
     }
 
