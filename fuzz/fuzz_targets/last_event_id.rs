@@ -196,7 +196,7 @@ fn respond(request: Request<()>) -> (StatusCode, Option<HeaderValue>, Vec<Bytes>
 fn check_stream(frames: &[Bytes], want: &Want, context: &dyn std::fmt::Debug) {
     assert_eq!(
         frames.first().map(|f| &f[..]),
-        Some(&b"retry: 3000\n\n"[..]),
+        Some(&b"retry: 3000\n"[..]),
         "{context:?}"
     );
     let parsed = sse_parser::parse_chunks(frames.iter().map(|f| &f[..]));
