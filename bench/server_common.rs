@@ -39,6 +39,9 @@ pub struct Args {
 
 const USAGE: &str =
     "usage: --addr HOST:PORT --rate R --count C --start-after-conns N [--threads T]";
+/// Most worker threads accepted: far more than any machine this runs on
+/// has cores, and a bound on what a typo can ask for.
+const MAX_THREADS: u64 = 1024;
 
 impl Args {
     /// Parses `std::env::args`, accepting `extra_flag NUMBER` besides the
@@ -77,7 +80,13 @@ impl Args {
                 "--rate" => args.rate = number()?,
                 "--count" => args.count = number()?,
                 "--start-after-conns" => args.start_after_conns = number()?,
-                "--threads" => args.threads = number()?.max(1) as usize,
+                "--threads" => {
+                    let threads = number()?;
+                    if threads > MAX_THREADS {
+                        return Err(format!("--threads: at most {MAX_THREADS}, not {threads}"));
+                    }
+                    args.threads = threads.max(1) as usize;
+                }
                 f if f == extra_flag => args.extra = Some(number()? as usize),
                 _ => {
                     return Err(format!(
@@ -187,19 +196,24 @@ pub struct Counters {
 }
 
 /// Binds `addr` with a backlog deep enough for a client ramping up
-/// thousands of connections.
+/// thousands of connections, and prints `{"listening": "HOST:PORT"}`: the
+/// port the kernel picked when `addr` asks for port 0.
 pub fn listen(addr: &str) -> std::io::Result<TcpListener> {
-    let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
+    let parsed: std::net::SocketAddr = addr.parse().map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
     })?;
-    let socket = if addr.is_ipv4() {
+    let socket = if parsed.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    let bound = socket
+        .set_reuseaddr(true)
+        .and_then(|()| socket.bind(parsed))
+        .and_then(|()| socket.listen(BACKLOG))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    info(&serde_json::json!({ "listening": bound.local_addr()?.to_string() }));
+    Ok(bound)
 }
 
 /// Serves `app` with `axum::serve` on `addr` (TCP_NODELAY on every

@@ -19,8 +19,10 @@
 //! - on SIGTERM it prints `{"published","lagged_skipped","max_subscribers"}`
 //!   to stderr and exits. `lagged_skipped` is 0 by construction: a reader
 //!   that falls behind is told so, nothing is skipped silently. Nothing
-//!   else goes to stderr but errors; progress lines (the settings, then
-//!   `publisher_started` with the CPU time so far) go to stdout.
+//!   else goes to stderr but errors; progress lines (the settings,
+//!   `{"listening": "HOST:PORT"}` with the port bound, which is how to learn
+//!   it with `--addr 127.0.0.1:0`, then `publisher_started` with the CPU
+//!   time so far) go to stdout.
 //!
 //! The environment variable `BENCH_COALESCE_MS` overrides the layer's
 //! write-coalescing window (default 20 ms; 0 turns it off), to see the
