@@ -131,9 +131,11 @@ mod demo {
 
     use axum::body::Bytes;
     use axum::extract::rejection::BytesRejection;
+    use axum::extract::Request;
     use axum::extract::State;
     use axum::http::request::Parts;
     use axum::http::{header, HeaderValue, StatusCode, Uri};
+    use axum::middleware::Next;
     use axum::response::{Html, IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
@@ -141,6 +143,7 @@ mod demo {
     use serde_json::{json, Value};
     use tower_sse::mailbox::{Mailbox, MailboxLayer, SendError};
     use tower_sse::mode::ServerMode;
+    use tower_sse::tcp::TcpTuning;
     use tower_sse::{
         Broker, Event, Grant, HealthLayer, PublishError, Rejection, RequireWritableLayer, Shutdown,
         SseLayer,
@@ -246,7 +249,8 @@ mod demo {
             .layer(notifications)
             .layer(writable)
             .layer(health)
-            .layer(events);
+            .layer(events)
+            .layer(axum::middleware::from_fn(utf8_identity));
 
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -263,8 +267,11 @@ mod demo {
         // stream path covers `curl`) and everything else through hyper.
         // `wait()` completes once the streams were told to end; from then
         // on, the server stops accepting and waits for its connections.
+        // The kernel closes connections whose reader vanished or stopped
+        // reading (unacknowledged data for 45 s, or silent peers).
         let server = tower_sse::serve(listener, app)
             .stream_path("/events")
+            .tcp_tuning(TcpTuning::default())
             .with_graceful_shutdown(shutdown.wait())
             .into_future();
         let stopped = shutdown.wait();
@@ -291,6 +298,45 @@ mod demo {
             .find(|(key, _)| key == "as")
             .map(|(_, name)| name.into_owned())
             .filter(|name| !name.is_empty())
+    }
+
+    /// Refuses, with 400, a request whose `as` is not UTF-8 once decoded
+    /// (`%FF`): decoded leniently it would become U+FFFD, and every such
+    /// name the same client.
+    async fn utf8_identity(request: Request, next: Next) -> Response {
+        let query = request.uri().query().unwrap_or_default();
+        let invalid = query.split('&').any(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            key == "as" && !percent_decodes_to_utf8(value)
+        });
+        if invalid {
+            return error(StatusCode::BAD_REQUEST, "?as= must be UTF-8 once decoded");
+        }
+        next.run(request).await
+    }
+
+    /// Whether `value`, `+` and `%XX` decoded as in a query string, is UTF-8.
+    fn percent_decodes_to_utf8(value: &str) -> bool {
+        let bytes = value.as_bytes();
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        decoded.push((high * 16 + low) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => decoded.push(b'%'),
+                },
+                b'+' => decoded.push(b' '),
+                b => decoded.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(decoded).is_ok()
     }
 
     /// The events route's authorizer: whatever topics the request names
@@ -466,14 +512,17 @@ mod demo {
             Err(e @ SendError::TooLarge { .. }) => {
                 error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             }
-            // Room is made as notifications are delivered or expire.
-            Err(e @ SendError::Full) => {
-                let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-                response
-            }
+            // This sender holds its whole share: room is made as its
+            // notifications are delivered or expire.
+            Err(ref e @ SendError::SenderOverShare { retry_after }) => retry_later(
+                error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+                retry_after,
+            ),
+            // The mailbox holds all it may, whoever sends.
+            Err(ref e @ SendError::Full { retry_after }) => retry_later(
+                error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+                retry_after,
+            ),
             // An invalid name, a payload that cannot be encoded.
             Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         }
@@ -604,6 +653,15 @@ mod demo {
 
     fn error(status: StatusCode, message: impl Into<String>) -> Response {
         (status, Json(json!({ "error": message.into() }))).into_response()
+    }
+
+    /// Adds `Retry-After`, in whole seconds.
+    fn retry_later(mut response: Response, wait: Duration) -> Response {
+        let seconds = wait.as_secs().max(1);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
     }
 
     // --- signals -----------------------------------------------------------

@@ -367,6 +367,104 @@ fn notification_racing_disconnect_is_not_lost() {
     });
 }
 
+/// Direct messages: a notification (never retained) racing publishes that
+/// make its stream lag is delivered exactly once, and every id the stream
+/// yields, events and lag positions alike, is larger than the one before:
+/// a direct message older than where a lag moves the stream goes out
+/// first. (Fails if `Reader::peek` reports the lag before such a message.)
+#[test]
+fn notification_racing_a_lag_keeps_ids_increasing() {
+    use tower_sse::mailbox::Mailbox;
+    model(|| {
+        let broker = Broker::builder().epoch(EPOCH).retain_events(1).build();
+        let mailbox = Mailbox::new(broker.clone());
+        let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
+        let sender = {
+            let mailbox = mailbox.clone();
+            thread::spawn(move || mailbox.send("bob", "ann", "hi", false, None).unwrap())
+        };
+        let publisher = {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    broker.publish_system(Event::new("noise")).unwrap();
+                }
+            })
+        };
+        let mut got = Vec::new();
+        if let Some(message) = sub.try_next() {
+            got.push(message);
+        }
+        sender.join().unwrap();
+        publisher.join().unwrap();
+        got.extend(std::iter::from_fn(|| sub.try_next()));
+
+        let mut last = 0;
+        let (mut notifications, mut noise, mut missed) = (0, 0, 0);
+        for message in &got {
+            let at = match message {
+                Message::Event(event) if event.event_type() == "notification" => {
+                    notifications += 1;
+                    event.id().seq()
+                }
+                Message::Event(event) => {
+                    noise += 1;
+                    event.id().seq()
+                }
+                Message::Lagged {
+                    missed: n,
+                    resume_from,
+                } => {
+                    missed += n;
+                    resume_from.seq()
+                }
+                Message::Resync { .. } => panic!("{got:?}"),
+            };
+            assert!(at > last, "ids went back: {got:?}");
+            last = at;
+        }
+        assert_eq!(notifications, 1, "{got:?}");
+        assert_eq!(noise + missed, 2, "{got:?}");
+        assert_eq!(broker.stats().direct_bytes, 0);
+    });
+}
+
+/// Direct messages: acknowledging a notification while its stream reads it
+/// lets it through or takes it back: once the ack is done, the stream has
+/// nothing more to read and nothing is left in its inbox. (Fails if
+/// `State::retract` keeps what it should take back.)
+#[test]
+fn ack_racing_the_read_of_a_notification_leaves_nothing_behind() {
+    use tower_sse::mailbox::Mailbox;
+    model(|| {
+        let mailbox = Mailbox::new(broker());
+        let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
+        let trace = mailbox.send("bob", "ann", "hi", false, None).unwrap();
+        let acked = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let acker = {
+            let (mailbox, acked) = (mailbox.clone(), acked.clone());
+            thread::spawn(move || {
+                assert!(mailbox.ack(&trace, "bob"));
+                acked.store(true, loom::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let acked_before = acked.load(loom::sync::atomic::Ordering::SeqCst);
+        let raced = sub.try_next();
+        assert!(
+            !acked_before || raced.is_none(),
+            "read after the ack: {raced:?}"
+        );
+        acker.join().unwrap();
+        let mut after = Vec::new();
+        drain(&mut sub, &mut after);
+        assert!(
+            after.is_empty(),
+            "read after the ack: {after:?} ({raced:?})"
+        );
+        assert_eq!(mailbox.broker().stats().direct_bytes, 0);
+    });
+}
+
 /// A broker on a manual clock with one subscription of topic `a` and one
 /// event published to it, not yet read: what the coalescing models start
 /// from.

@@ -115,7 +115,8 @@ pub(crate) struct EventStream {
     max_batch_bytes: usize,
     coalesce: Option<Coalesce>,
     slot: ConnectionSlot,
-    mailbox: Option<Connection>,
+    /// Held for its drop: the mailbox counts the stream open until then.
+    _connection: Option<Connection>,
 }
 
 impl EventStream {
@@ -133,43 +134,52 @@ impl EventStream {
             max_batch_bytes,
             coalesce,
             slot,
-            mailbox,
+            _connection: mailbox,
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
         if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Frame::data(first)));
+            return Poll::Ready(Some(self.hand_out(first)));
         }
         let window = self.slot.runtime.coalesce_window(self.coalesce);
-        let polled = self.sub.poll_frames(cx, self.max_batch_bytes, window);
-        if let Some(connection) = &self.mailbox {
-            if let Some((after, through)) = self.sub.take_lag() {
-                // Notifications in what this stream missed go out again.
-                connection
-                    .mailbox()
-                    .lagged(connection.client(), after, through);
-            }
-        }
-        match polled {
+        match self.sub.poll_frames(cx, self.max_batch_bytes, window) {
             Poll::Ready(Frames::Data { bytes, frames }) => {
                 if window.is_some() {
                     self.slot.runtime.count_coalesced(self.coalesce, frames);
                 }
-                Poll::Ready(Some(Frame::data(bytes)))
+                Poll::Ready(Some(self.hand_out(bytes)))
             }
             Poll::Ready(Frames::KeepAlive) => {
-                Poll::Ready(Some(Frame::data(Bytes::from_static(frame::KEEP_ALIVE))))
+                Poll::Ready(Some(self.hand_out(Bytes::from_static(frame::KEEP_ALIVE))))
             }
-            Poll::Ready(Frames::End) => Poll::Ready(None),
+            Poll::Ready(Frames::End) => {
+                self.hand_out(Bytes::new());
+                Poll::Ready(None)
+            }
+            Poll::Ready(Frames::Cut) => {
+                tracing::debug!("stream cut: the event it was writing was evicted");
+                self.hand_out(Bytes::new());
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
+
+    /// Counts `bytes` as what this stream's server is writing now, in place
+    /// of the frame before (a server polls a body again once it is done
+    /// with the previous frame, or holds a few of them: hyper's queue).
+    fn hand_out(&mut self, bytes: Bytes) -> Frame<Bytes> {
+        self.slot.writing(bytes.len());
+        Frame::data(bytes)
+    }
 }
 
-/// A place under the connection limit, given back on drop.
+/// A place under the connection limit, given back on drop, and the bytes
+/// of the frame its stream last handed out.
 pub(crate) struct ConnectionSlot {
     runtime: Arc<Runtime>,
+    writing: usize,
 }
 
 impl ConnectionSlot {
@@ -181,12 +191,25 @@ impl ConnectionSlot {
         }
         Some(Self {
             runtime: runtime.clone(),
+            writing: 0,
         })
+    }
+
+    /// The stream handed out a frame of `bytes`.
+    fn writing(&mut self, bytes: usize) {
+        if bytes != self.writing {
+            self.runtime.in_flight.fetch_add(bytes, Ordering::Relaxed);
+            self.runtime
+                .in_flight
+                .fetch_sub(self.writing, Ordering::Relaxed);
+            self.writing = bytes;
+        }
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        self.writing(0);
         self.runtime.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -213,6 +236,18 @@ pub(crate) fn json_error<B>(
     message: impl std::fmt::Display,
 ) -> Response<ResponseBody<B>> {
     json_response(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+/// Adds `Retry-After: delay` (in whole seconds, rounded up, at least 1).
+pub(crate) fn with_retry_after<B>(
+    mut response: Response<ResponseBody<B>>,
+    delay: std::time::Duration,
+) -> Response<ResponseBody<B>> {
+    let seconds = (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// `405` naming the methods a route answers, in `Allow` and in the body.

@@ -91,7 +91,7 @@ pub mod axum;
 pub use body::ResponseBody;
 pub use broker::{
     Broker, BrokerBuilder, BrokerStats, Closed, Event, EventId, Message, PublishError,
-    ReceivedEvent, ResyncReason, Subscription, Topic, TopicStats, Topics,
+    ReceivedEvent, ResyncReason, Subscription, Topic, TopicStats, Topics, RESERVED_EVENT_TYPES,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(not(loom))]
@@ -138,7 +138,7 @@ pub mod loom_internals {
             .map(|frames| match frames {
                 crate::broker::Frames::Data { bytes, .. } => Frames::Data(bytes),
                 crate::broker::Frames::KeepAlive => Frames::KeepAlive,
-                crate::broker::Frames::End => Frames::End,
+                crate::broker::Frames::End | crate::broker::Frames::Cut => Frames::End,
             })
     }
 

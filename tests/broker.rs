@@ -277,13 +277,13 @@ fn topics_are_isolated_and_system_events_reach_everyone() {
         .publish(Event::new("t").topic("a").data("for a"))
         .unwrap();
     broker
-        .publish_system(Event::new("server.state").data("{}"))
+        .publish_system(Event::new("maintenance").data("{}"))
         .unwrap();
     assert_eq!(data_of(a.try_next()), "for a");
     match b.try_next() {
         Some(Message::Event(event)) => {
             assert!(event.is_system());
-            assert_eq!(event.event_type(), "server.state");
+            assert_eq!(event.event_type(), "maintenance");
         }
         other => panic!("expected the system event, got {other:?}"),
     }
@@ -430,7 +430,7 @@ fn a_publish_wakes_only_the_watchers_of_its_topic() {
     }
     // A system event does reach every subscription.
     broker
-        .publish_system(Event::new("server.state").data("{}"))
+        .publish_system(Event::new("maintenance").data("{}"))
         .unwrap();
     assert_eq!(counter.0.load(Ordering::SeqCst), 1_000);
 }

@@ -1,19 +1,24 @@
 //! The mailbox held against a model over random sequences of send, open,
-//! read, close, reply, ack and clock advance (fake clock), plus the cases
-//! a random walk rarely reaches.
+//! read, close, reply, ack and clock advance (fake clock), with every bound
+//! in counts and in bytes, plus the cases a random walk rarely reaches.
 #![cfg(not(loom))]
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tower_sse::mailbox::{Connection, Mailbox, ReplyError, SendError, TraceId};
+use tower_sse::mailbox::{Connection, Mailbox, ReplyError, SendError, TraceId, RECORD_OVERHEAD};
 use tower_sse::{Broker, ManualClock, Message, Subscription};
 
 const CLIENTS: [&str; 3] = ["ann", "bob", "cy"];
 const EPOCH: u64 = 5;
 const PER_TARGET: usize = 3;
+const PER_SENDER: usize = 4;
 const CAPACITY: usize = 6;
+const PER_TARGET_BYTES: usize = 1000;
+const PER_SENDER_BYTES: usize = 1200;
+const CAPACITY_BYTES: usize = 2000;
+const RETRY_AFTER: Duration = Duration::from_secs(7);
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -22,10 +27,13 @@ enum Op {
         from: usize,
         reply: bool,
         ttl: u64,
+        pad: usize,
     },
     Open {
         client: usize,
-        resume: bool,
+        /// Which earlier stream of the client the new one resumes from, as
+        /// a tab reconnecting with its `Last-Event-ID`.
+        resume: Option<usize>,
     },
     Read {
         conn: usize,
@@ -36,6 +44,7 @@ enum Op {
     Reply {
         record: usize,
         by: usize,
+        pad: usize,
     },
     Ack {
         record: usize,
@@ -48,15 +57,40 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..3usize, 0..3usize, any::<bool>(), 1..60u64)
-            .prop_map(|(to, from, reply, ttl)| Op::Send { to, from, reply, ttl }),
-        3 => (0..3usize, any::<bool>()).prop_map(|(client, resume)| Op::Open { client, resume }),
+        4 => (0..3usize, 0..3usize, any::<bool>(), 1..60u64, 0..200usize)
+            .prop_map(|(to, from, reply, ttl, pad)| Op::Send { to, from, reply, ttl, pad }),
+        3 => (0..3usize, proptest::option::of(0..8usize))
+            .prop_map(|(client, resume)| Op::Open { client, resume }),
         4 => (0..6usize).prop_map(|conn| Op::Read { conn }),
         2 => (0..6usize).prop_map(|conn| Op::Close { conn }),
-        2 => (0..12usize, 0..3usize).prop_map(|(record, by)| Op::Reply { record, by }),
+        2 => (0..12usize, 0..3usize, 0..400usize)
+            .prop_map(|(record, by, pad)| Op::Reply { record, by, pad }),
         1 => (0..12usize, 0..3usize).prop_map(|(record, by)| Op::Ack { record, by }),
         2 => (0..30u64).prop_map(|secs| Op::Advance { secs }),
     ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Notification,
+    Reply,
+}
+
+impl Kind {
+    fn event_type(self) -> &'static str {
+        match self {
+            Kind::Notification => "notification",
+            Kind::Reply => "notification.reply",
+        }
+    }
+}
+
+/// Where a notification or its reply went: the newest frame to any stream
+/// and the newest to every stream open then.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    last: Option<u64>,
+    to_all: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -66,11 +100,13 @@ struct Rec {
     from: usize,
     expects_reply: bool,
     expires_at: u64,
+    /// What the notification counts, and its reply.
+    cost: usize,
+    reply_cost: usize,
     delivered: bool,
     replied: bool,
-    last_sent: Option<u64>,
-    /// Seq of the last frame that carried the reply to the sender.
-    reply_sent: Option<u64>,
+    sent: Sent,
+    reply_sent: Sent,
     reply_seen: bool,
     gone: bool,
 }
@@ -79,9 +115,15 @@ struct Conn {
     sub: Subscription,
     _connection: Connection,
     client: usize,
-    /// Frames published to this client since the connection opened:
-    /// (seq, event type, trace).
-    expected: VecDeque<(u64, &'static str, TraceId)>,
+    /// Its place in the model's `positions` of its client.
+    slot: usize,
+    /// The last id it read (or resumed from): what its tab would send as
+    /// `Last-Event-ID`.
+    position: Option<u64>,
+    /// Frames sent to it and not yet read: (seq, kind, record).
+    expected: VecDeque<(u64, Kind, usize)>,
+    /// Every frame it ever got, to check it gets each at most once.
+    got: HashSet<(Kind, usize)>,
 }
 
 #[derive(Default)]
@@ -90,20 +132,24 @@ struct Model {
     queues: [VecDeque<usize>; 3],
     seq: u64,
     now: u64,
-    last_read: [Option<u64>; 3],
-    /// Every frame published to each client's topic.
-    history: [Vec<(u64, &'static str, TraceId)>; 3],
+    /// Positions of every stream each client had, in opening order.
+    positions: [Vec<Option<u64>>; 3],
     /// Records in the order they became finished (delivered, and not
     /// expecting a reply or its reply seen): what a full mailbox forgets
-    /// first.
+    /// first; and the same per sender.
     finished: VecDeque<usize>,
+    finished_by_sender: [VecDeque<usize>; 3],
     /// Per sender, replied records whose reply it has not shown it got.
     unseen_replies: [Vec<usize>; 3],
 }
 
 impl Model {
-    fn held(&self) -> usize {
-        self.recs.iter().filter(|r| !r.gone).count()
+    fn held(&self) -> impl Iterator<Item = &Rec> + Clone {
+        self.recs.iter().filter(|r| !r.gone)
+    }
+
+    fn bytes(&self) -> usize {
+        self.held().map(|r| r.cost + r.reply_cost).sum()
     }
 
     fn is_finished(&self, i: usize) -> bool {
@@ -111,53 +157,146 @@ impl Model {
         rec.delivered && (!rec.expects_reply || rec.reply_seen)
     }
 
-    /// Marks record `i` delivered; queues it as finished if it now is.
-    fn deliver(&mut self, i: usize) {
+    fn note_if_finished(&mut self, i: usize) {
+        if self.is_finished(i) {
+            self.finished.push_back(i);
+            self.finished_by_sender[self.recs[i].from].push_back(i);
+        }
+    }
+
+    /// Takes back the unread frames of `kind` for record `i`.
+    fn retract(conns: &mut [Conn], kind: Kind, i: usize) {
+        for conn in conns.iter_mut() {
+            conn.expected.retain(|f| (f.1, f.2) != (kind, i));
+        }
+    }
+
+    fn deliver(&mut self, conns: &mut [Conn], i: usize) {
         if !self.recs[i].delivered {
             self.recs[i].delivered = true;
-            if self.is_finished(i) {
-                self.finished.push_back(i);
-            }
+            Self::retract(conns, Kind::Notification, i);
+            self.note_if_finished(i);
         }
     }
 
-    /// A full mailbox forgets its oldest finished records first.
-    fn make_room(&mut self) {
-        while self.held() >= CAPACITY {
-            let Some(i) = self.finished.pop_front() else {
+    fn reply_seen(&mut self, conns: &mut [Conn], i: usize) {
+        self.recs[i].reply_seen = true;
+        Self::retract(conns, Kind::Reply, i);
+        self.note_if_finished(i);
+    }
+
+    fn forget(&mut self, conns: &mut [Conn], i: usize) {
+        let rec = &mut self.recs[i];
+        if rec.gone {
+            return;
+        }
+        rec.gone = true;
+        let (to, from) = (rec.to, rec.from);
+        self.queues[to].retain(|&j| j != i);
+        self.unseen_replies[from].retain(|&j| j != i);
+        Self::retract(conns, Kind::Notification, i);
+        Self::retract(conns, Kind::Reply, i);
+    }
+
+    /// Forgets the oldest finished records (of `sender` only, if given)
+    /// until `count` of them and `bytes` bytes are freed.
+    fn forget_finished(
+        &mut self,
+        conns: &mut [Conn],
+        mut count: usize,
+        mut bytes: usize,
+        sender: Option<usize>,
+    ) {
+        while count > 0 || bytes > 0 {
+            let popped = match sender {
+                Some(s) => self.finished_by_sender[s].pop_front(),
+                None => self.finished.pop_front(),
+            };
+            let Some(i) = popped else {
                 return;
             };
-            if !self.recs[i].gone && self.is_finished(i) {
-                self.recs[i].gone = true;
-                let to = self.recs[i].to;
-                self.queues[to].retain(|&j| j != i);
+            if self.recs[i].gone || !self.is_finished(i) {
+                continue;
+            }
+            let cost = self.recs[i].cost + self.recs[i].reply_cost;
+            self.forget(conns, i);
+            count = count.saturating_sub(1);
+            bytes = bytes.saturating_sub(cost);
+        }
+    }
+
+    fn sender_over(&self, sender: usize, count: usize, bytes: usize) -> (usize, usize) {
+        let mine = self.held().filter(|r| r.from == sender);
+        let (held, held_bytes) = mine.fold((0, 0), |(n, b), r| (n + 1, b + r.cost + r.reply_cost));
+        (
+            (held + count).saturating_sub(PER_SENDER),
+            (held_bytes + bytes).saturating_sub(PER_SENDER_BYTES),
+        )
+    }
+
+    fn sender_has_room(
+        &mut self,
+        conns: &mut [Conn],
+        sender: usize,
+        count: usize,
+        bytes: usize,
+    ) -> bool {
+        let (count_over, bytes_over) = self.sender_over(sender, count, bytes);
+        if (count_over, bytes_over) == (0, 0) {
+            return true;
+        }
+        self.forget_finished(conns, count_over, bytes_over, Some(sender));
+        self.sender_over(sender, count, bytes) == (0, 0)
+    }
+
+    fn purge(&mut self, conns: &mut [Conn]) {
+        for i in 0..self.recs.len() {
+            if !self.recs[i].gone && self.recs[i].expires_at <= self.now {
+                self.forget(conns, i);
             }
         }
     }
 
-    fn purge(&mut self) {
-        for (i, rec) in self.recs.iter_mut().enumerate() {
-            if !rec.gone && rec.expires_at <= self.now {
-                rec.gone = true;
-                self.queues[rec.to].retain(|&j| j != i);
-            }
-        }
-    }
-
-    fn publish(
+    /// Sends a frame of `kind` for record `i` to every open stream of
+    /// `client` (`one: None`) or to stream `one`.
+    fn send(
         &mut self,
         conns: &mut [Conn],
         client: usize,
-        kind: &'static str,
-        trace: &TraceId,
-    ) -> u64 {
-        self.seq += 1;
-        for conn in conns.iter_mut().filter(|c| c.client == client) {
-            conn.expected.push_back((self.seq, kind, trace.clone()));
+        kind: Kind,
+        i: usize,
+        one: Option<usize>,
+    ) {
+        let targets: Vec<usize> = match one {
+            Some(c) => vec![c],
+            None => (0..conns.len())
+                .filter(|&c| conns[c].client == client)
+                .collect(),
+        };
+        if targets.is_empty() {
+            return;
         }
-        self.history[client].push((self.seq, kind, trace.clone()));
-        self.seq
+        self.seq += 1;
+        for c in targets {
+            conns[c].expected.push_back((self.seq, kind, i));
+        }
+        let sent = match kind {
+            Kind::Notification => &mut self.recs[i].sent,
+            Kind::Reply => &mut self.recs[i].reply_sent,
+        };
+        sent.last = sent.last.max(Some(self.seq));
+        if one.is_none() {
+            sent.to_all = sent.to_all.max(Some(self.seq));
+        }
     }
+}
+
+fn payload(n: usize, pad: usize) -> serde_json::Value {
+    serde_json::json!({"n": n, "pad": "x".repeat(pad)})
+}
+
+fn json_len(value: &serde_json::Value) -> usize {
+    serde_json::to_vec(value).unwrap().len()
 }
 
 fn run(ops: Vec<Op>) {
@@ -169,7 +308,12 @@ fn run(ops: Vec<Op>) {
         .build();
     let mailbox = Mailbox::builder(broker.clone())
         .per_target(PER_TARGET)
+        .per_target_bytes(PER_TARGET_BYTES)
+        .per_sender(PER_SENDER)
+        .per_sender_bytes(PER_SENDER_BYTES)
         .capacity(CAPACITY)
+        .capacity_bytes(CAPACITY_BYTES)
+        .retry_after(RETRY_AFTER)
         .clock(clock.clone())
         .build();
     let mut model = Model::default();
@@ -182,94 +326,133 @@ fn run(ops: Vec<Op>) {
                 from,
                 reply,
                 ttl,
+                pad,
             } => {
-                model.purge();
-                if model.held() >= CAPACITY && model.queues[to].len() < PER_TARGET {
-                    model.make_room();
-                }
-                let full = model.held() >= CAPACITY && model.queues[to].len() < PER_TARGET;
+                let value = payload(model.recs.len(), pad);
+                let cost =
+                    RECORD_OVERHEAD + CLIENTS[to].len() + CLIENTS[from].len() + json_len(&value);
+                model.purge(&mut conns);
                 let result = mailbox.send(
                     CLIENTS[to],
                     CLIENTS[from],
-                    serde_json::json!({"n": model.recs.len()}),
+                    &value,
                     reply,
                     Some(Duration::from_secs(ttl)),
                 );
-                if full {
-                    assert_eq!(result, Err(SendError::Full));
+                if !model.sender_has_room(&mut conns, from, 1, cost) {
+                    assert_eq!(
+                        result,
+                        Err(SendError::SenderOverShare {
+                            retry_after: RETRY_AFTER
+                        })
+                    );
                     continue;
+                }
+                // The target's oldest go to make room for it.
+                let mut drop = Vec::new();
+                let (mut count, mut bytes) = (
+                    model.queues[to].len() + 1,
+                    model.queues[to]
+                        .iter()
+                        .map(|&i| model.recs[i].cost)
+                        .sum::<usize>()
+                        + cost,
+                );
+                for &i in &model.queues[to] {
+                    if count <= PER_TARGET && bytes <= PER_TARGET_BYTES {
+                        break;
+                    }
+                    count -= 1;
+                    bytes -= model.recs[i].cost;
+                    drop.push(i);
+                }
+                let over = |model: &Model| {
+                    let live = drop.iter().filter(|&&i| !model.recs[i].gone);
+                    let freed: usize = live
+                        .clone()
+                        .map(|&i| model.recs[i].cost + model.recs[i].reply_cost)
+                        .sum();
+                    let count = model.held().count() + 1 - live.count();
+                    let bytes = model.bytes() + cost - freed;
+                    (
+                        count.saturating_sub(CAPACITY),
+                        bytes.saturating_sub(CAPACITY_BYTES),
+                    )
+                };
+                let (count_over, bytes_over) = over(&model);
+                if count_over > 0 || bytes_over > 0 {
+                    model.forget_finished(&mut conns, count_over, bytes_over, None);
+                    if over(&model) != (0, 0) {
+                        assert_eq!(
+                            result,
+                            Err(SendError::Full {
+                                retry_after: RETRY_AFTER
+                            })
+                        );
+                        continue;
+                    }
+                }
+                for i in drop {
+                    model.forget(&mut conns, i);
                 }
                 let trace = result.unwrap();
                 let index = model.recs.len();
                 model.recs.push(Rec {
-                    trace: trace.clone(),
+                    trace,
                     to,
                     from,
                     expects_reply: reply,
                     expires_at: model.now + ttl,
+                    cost,
+                    reply_cost: 0,
                     delivered: false,
                     replied: false,
-                    last_sent: None,
-                    reply_sent: None,
+                    sent: Sent::default(),
+                    reply_sent: Sent::default(),
                     reply_seen: false,
                     gone: false,
                 });
                 model.queues[to].push_back(index);
-                if model.queues[to].len() > PER_TARGET {
-                    let dropped = model.queues[to].pop_front().unwrap();
-                    model.recs[dropped].gone = true;
-                }
-                if conns.iter().any(|c| c.client == to) {
-                    let seq = model.publish(&mut conns, to, "notification", &trace);
-                    model.recs[index].last_sent = Some(seq);
-                }
+                model.send(&mut conns, to, Kind::Notification, index, None);
             }
             Op::Open { client, resume } => {
                 if conns.len() >= 6 {
                     continue;
                 }
-                let resume_id = if resume {
-                    model.last_read[client]
-                } else {
-                    None
-                };
+                let resume_id = resume.and_then(|r| {
+                    let positions = &model.positions[client];
+                    (!positions.is_empty())
+                        .then(|| positions[r % positions.len()])
+                        .flatten()
+                });
                 let resume_str = resume_id.map(|seq| format!("{EPOCH}-{seq}"));
                 let (sub, connection) = mailbox
                     .subscribe(CLIENTS[client], resume_str.as_deref())
                     .unwrap();
-                model.purge();
-                // A resumed stream first replays what its topic got since.
-                let replay: VecDeque<_> = match resume_id {
-                    Some(seen) => model.history[client]
-                        .iter()
-                        .filter(|f| f.0 > seen)
-                        .cloned()
-                        .collect(),
-                    None => VecDeque::new(),
-                };
+                model.purge(&mut conns);
                 conns.push(Conn {
                     sub,
                     _connection: connection,
                     client,
-                    expected: replay,
+                    slot: model.positions[client].len(),
+                    position: resume_id,
+                    expected: VecDeque::new(),
+                    got: HashSet::new(),
                 });
+                model.positions[client].push(resume_id);
+                let c = conns.len() - 1;
+                let seam = Some(model.seq);
                 let queue: Vec<usize> = model.queues[client].iter().copied().collect();
                 for i in queue {
                     if model.recs[i].delivered {
                         continue;
                     }
-                    if let (Some(seen), Some(sent)) = (resume_id, model.recs[i].last_sent) {
-                        if sent <= seen {
-                            model.deliver(i);
-                            continue;
-                        }
-                        // Still retained (retention is unbounded here): the
-                        // resumed stream replays it, no need to send again.
-                        continue;
+                    let sent = model.recs[i].sent;
+                    if sent.last.is_some() && sent.last <= resume_id {
+                        model.deliver(&mut conns, i);
+                    } else if sent.to_all <= seam {
+                        model.send(&mut conns, client, Kind::Notification, i, Some(c));
                     }
-                    let trace = model.recs[i].trace.clone();
-                    let seq = model.publish(&mut conns, client, "notification", &trace);
-                    model.recs[i].last_sent = Some(seq);
                 }
                 // Then replies to what this client sent, the same way.
                 let replies = std::mem::take(&mut model.unseen_replies[client]);
@@ -277,20 +460,14 @@ fn run(ops: Vec<Op>) {
                     if model.recs[i].gone {
                         continue;
                     }
-                    if let (Some(seen), Some(sent)) = (resume_id, model.recs[i].reply_sent) {
-                        if sent <= seen {
-                            model.recs[i].reply_seen = true;
-                            if model.is_finished(i) {
-                                model.finished.push_back(i);
-                            }
-                            continue;
-                        }
-                        model.unseen_replies[client].push(i);
+                    let sent = model.recs[i].reply_sent;
+                    if sent.last.is_some() && sent.last <= resume_id {
+                        model.reply_seen(&mut conns, i);
                         continue;
                     }
-                    let trace = model.recs[i].trace.clone();
-                    let seq = model.publish(&mut conns, client, "notification.reply", &trace);
-                    model.recs[i].reply_sent = Some(seq);
+                    if sent.to_all <= seam {
+                        model.send(&mut conns, client, Kind::Reply, i, Some(c));
+                    }
                     model.unseen_replies[client].push(i);
                 }
             }
@@ -310,18 +487,24 @@ fn run(ops: Vec<Op>) {
                         event.event_type().to_owned(),
                         data["trace"].as_str().unwrap().to_owned(),
                     );
-                    let (seq, kind, trace) = conn
+                    let (seq, kind, i) = conn
                         .expected
                         .pop_front()
                         .unwrap_or_else(|| panic!("unexpected frame {got:?}"));
-                    assert_eq!(got, (seq, kind.to_owned(), trace.to_string()));
-                    model.last_read[conn.client] = Some(seq);
+                    let trace = model.recs[i].trace.to_string();
+                    assert_eq!(got, (seq, kind.event_type().to_owned(), trace));
+                    assert!(
+                        conn.got.insert((kind, i)),
+                        "{kind:?} of {i} twice on one stream"
+                    );
+                    conn.position = Some(seq);
                 }
                 assert!(
                     conn.expected.is_empty(),
                     "frames missing: {:?}",
                     conn.expected
                 );
+                model.positions[conn.client][conn.slot] = conn.position;
             }
             Op::Close { conn } => {
                 if !conns.is_empty() {
@@ -329,11 +512,15 @@ fn run(ops: Vec<Op>) {
                     conns.remove(index);
                 }
             }
-            Op::Reply { record, by } => {
+            Op::Reply { record, by, pad } => {
                 if model.recs.is_empty() {
                     continue;
                 }
                 let i = record % model.recs.len();
+                let value = serde_json::json!(format!("ok{}", "y".repeat(pad)));
+                let reply_cost = CLIENTS[by].len() + json_len(&value);
+                let trace = model.recs[i].trace.clone();
+                let result = mailbox.reply(&trace, CLIENTS[by], &value);
                 let rec = &model.recs[i];
                 let expected = if rec.gone {
                     Err(ReplyError::NotFound)
@@ -346,23 +533,33 @@ fn run(ops: Vec<Op>) {
                 } else if rec.replied {
                     Err(ReplyError::AlreadyReplied)
                 } else {
-                    Ok(())
+                    let from = rec.from;
+                    let room = model.sender_has_room(&mut conns, from, 0, reply_cost) && {
+                        let over = (model.bytes() + reply_cost).saturating_sub(CAPACITY_BYTES);
+                        if over > 0 {
+                            model.forget_finished(&mut conns, 0, over, None);
+                        }
+                        model.bytes() + reply_cost <= CAPACITY_BYTES
+                    };
+                    if room {
+                        Ok(())
+                    } else {
+                        Err(ReplyError::Full {
+                            retry_after: RETRY_AFTER,
+                        })
+                    }
                 };
-                let trace = rec.trace.clone();
-                let result = mailbox.reply(&trace, CLIENTS[by], "ok");
                 assert_eq!(result.as_ref().map(|_| ()).map_err(Clone::clone), expected);
                 if let Ok(status) = result {
                     assert!(status.replied && status.delivered);
                     let from = model.recs[i].from;
                     model.recs[i].replied = true;
-                    model.recs[i].delivered = true;
+                    model.recs[i].reply_cost = reply_cost;
+                    model.deliver(&mut conns, i);
+                    model.unseen_replies[from].push(i);
                     // To the sender's open streams; an offline sender
                     // gets it when it connects.
-                    if conns.iter().any(|c| c.client == from) {
-                        let seq = model.publish(&mut conns, from, "notification.reply", &trace);
-                        model.recs[i].reply_sent = Some(seq);
-                    }
-                    model.unseen_replies[from].push(i);
+                    model.send(&mut conns, from, Kind::Reply, i, None);
                 }
             }
             Op::Ack { record, by } => {
@@ -370,12 +567,12 @@ fn run(ops: Vec<Op>) {
                     continue;
                 }
                 let i = record % model.recs.len();
-                model.purge();
+                model.purge(&mut conns);
                 let trace = model.recs[i].trace.clone();
                 let expected = !model.recs[i].gone && model.recs[i].to == by;
                 assert_eq!(mailbox.ack(&trace, CLIENTS[by]), expected);
                 if expected {
-                    model.deliver(i);
+                    model.deliver(&mut conns, i);
                 }
             }
             Op::Advance { secs } => {
@@ -385,7 +582,7 @@ fn run(ops: Vec<Op>) {
         }
 
         // Every view of every notification agrees with the model.
-        model.purge();
+        model.purge(&mut conns);
         for rec in &model.recs {
             let status = mailbox.status(&rec.trace);
             if rec.gone {
@@ -403,16 +600,30 @@ fn run(ops: Vec<Op>) {
                 assert_eq!(visible, c == rec.to || c == rec.from);
             }
         }
-        for queue in &model.queues {
-            assert!(queue.len() <= PER_TARGET);
+        let stats = mailbox.stats();
+        assert_eq!(stats.held, model.held().count());
+        assert_eq!(stats.bytes, model.bytes());
+        assert!(stats.held <= CAPACITY && stats.bytes <= CAPACITY_BYTES);
+        for c in 0..3 {
+            let to_c = model.held().filter(|r| r.to == c);
+            assert!(to_c.clone().count() <= PER_TARGET);
+            assert!(to_c.map(|r| r.cost).sum::<usize>() <= PER_TARGET_BYTES);
+            let from_c = model.held().filter(|r| r.from == c);
+            assert!(from_c.clone().count() <= PER_SENDER);
+            assert!(from_c.map(|r| r.cost + r.reply_cost).sum::<usize>() <= PER_SENDER_BYTES);
         }
-        assert_eq!(mailbox.stats().held, model.held());
-        assert!(model.held() <= CAPACITY);
+        // Nothing waits in an inbox that no stream of the model expects.
+        if conns.iter().all(|c| c.expected.is_empty()) {
+            assert_eq!(broker.stats().direct_bytes, 0);
+        }
+        // Notifications never take a place in the replay log.
+        assert_eq!(broker.stats().retained_events, 0);
     }
 
-    // Nothing retained and unconfirmed is lost: a fresh stream of each
-    // client gets every one of them.
+    // Nothing unconfirmed is lost: a fresh stream of each client gets every
+    // one of them.
     drop(conns);
+    assert_eq!(broker.stats().direct_bytes, 0, "inboxes leaked");
     for (c, name) in CLIENTS.iter().enumerate() {
         let (mut sub, _connection) = mailbox.subscribe(name, None).unwrap();
         let mut got = Vec::new();
@@ -427,14 +638,19 @@ fn run(ops: Vec<Op>) {
         let notifications = model.queues[c]
             .iter()
             .filter(|&&i| !model.recs[i].delivered)
-            .map(|&i| ("notification", i));
+            .map(|&i| (Kind::Notification, i));
         let replies = model.unseen_replies[c]
             .iter()
             .filter(|&&i| !model.recs[i].gone && !model.recs[i].reply_seen)
-            .map(|&i| ("notification.reply", i));
+            .map(|&i| (Kind::Reply, i));
         let expected: Vec<(String, String)> = notifications
             .chain(replies)
-            .map(|(kind, i)| (kind.to_owned(), model.recs[i].trace.to_string()))
+            .map(|(kind, i)| {
+                (
+                    kind.event_type().to_owned(),
+                    model.recs[i].trace.to_string(),
+                )
+            })
             .collect();
         assert_eq!(got, expected, "client {name}");
     }
@@ -477,14 +693,18 @@ fn a_full_mailbox_forgets_finished_notifications_first() {
     let pending = mailbox.send("cy", "ann", "later", false, None).unwrap();
     assert_eq!(
         mailbox.send("dan", "ann", "x", false, None),
-        Err(SendError::Full)
+        Err(SendError::Full {
+            retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
+        })
     );
 
     // Delivered but awaiting its reply: still live, still counted.
     assert!(mailbox.ack(&asked, "bob"));
     assert_eq!(
         mailbox.send("dan", "ann", "x", false, None),
-        Err(SendError::Full)
+        Err(SendError::Full {
+            retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
+        })
     );
     // Delivered and expecting nothing: room is made by forgetting it.
     assert!(mailbox.ack(&told, "bob"));
@@ -496,7 +716,9 @@ fn a_full_mailbox_forgets_finished_notifications_first() {
     mailbox.reply(&asked, "bob", "yes").unwrap();
     assert_eq!(
         mailbox.send("dan", "ann", "y", false, None),
-        Err(SendError::Full)
+        Err(SendError::Full {
+            retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
+        })
     );
     // The sender connects and is sent the reply; reconnecting past it
     // shows it arrived, and the notification is finished.
@@ -514,7 +736,9 @@ fn a_full_mailbox_forgets_finished_notifications_first() {
     // What is not finished is never forgotten.
     assert_eq!(
         mailbox.send("dan", "ann", "z", false, None),
-        Err(SendError::Full)
+        Err(SendError::Full {
+            retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
+        })
     );
     for trace in [&pending, &first] {
         assert!(!mailbox.status(trace).unwrap().delivered);
@@ -584,24 +808,155 @@ fn a_confirmed_notification_is_not_sent_again() {
 }
 
 #[test]
-fn a_stream_that_lags_past_a_notification_gets_it_again() {
-    let broker = Broker::builder().retain_events(2).build();
+fn a_stream_that_lags_still_gets_its_notifications_in_id_order() {
+    let broker = Broker::builder().epoch(EPOCH).retain_events(2).build();
     let mailbox = Mailbox::new(broker.clone());
     let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
-    let trace = mailbox.send("bob", "ann", "hi", false, None).unwrap();
+    let trace = mailbox.send("bob", "ann", "hi", false, None).unwrap(); // 5-1
     for _ in 0..5 {
         broker
             .publish_system(tower_sse::Event::new("noise"))
+            .unwrap(); // 5-2 to 5-6: 5-2 to 5-4 evicted unread
+    }
+    // The notification is not in the log, so not evicted: it comes first,
+    // then the lag (ids keep increasing), then what is retained.
+    let Some(Message::Event(event)) = sub.try_next() else {
+        panic!("the notification first")
+    };
+    assert_eq!(event.id().seq(), 1);
+    assert!(event.data().contains(trace.as_str()));
+    match sub.try_next() {
+        Some(Message::Lagged {
+            missed,
+            resume_from,
+        }) => assert_eq!((missed, resume_from.seq()), (3, 4)),
+        other => panic!("{other:?}"),
+    }
+    let seqs: Vec<u64> = std::iter::from_fn(|| sub.try_next())
+        .map(|m| match m {
+            Message::Event(e) => e.id().seq(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, [5, 6]);
+    assert_eq!(broker.stats().retained_events, 2);
+}
+
+/// A sender pours more notifications on one client than the replay log
+/// holds (the way to make a re-send through the log evict the very
+/// position its stream was moved to, over and over). The sender is
+/// refused past its share, the client gets what was accepted once, with no
+/// lag, confirms it by reconnecting, and nobody else's events are touched.
+#[test]
+fn a_flood_of_large_notifications_never_touches_the_replay_log() {
+    let broker = Broker::new(); // 8 MiB of replay
+    let mailbox = Mailbox::new(broker.clone());
+    let public = tower_sse::Topics::parse(["public"]).unwrap();
+    for n in 0..100 {
+        broker
+            .publish(tower_sse::Event::new("note").data(format!("{n}")))
             .unwrap();
     }
-    assert!(matches!(sub.try_next(), Some(Message::Lagged { .. })));
-    // The in-process stream reports the lag itself; the events route hands
-    // it to the mailbox, which sends again. Here: a fresh connection does.
-    let (mut again, _c) = mailbox.subscribe("bob", None).unwrap();
-    let Some(Message::Event(event)) = again.try_next() else {
-        panic!()
-    };
-    assert!(event.data().contains(trace.as_str()));
+    let before = broker.stats();
+    let big = "x".repeat(65_000);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        match mailbox.send("bob", "mallory", &big, false, None) {
+            Ok(trace) => accepted.push(trace),
+            Err(SendError::SenderOverShare { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // At most the sender's share: 512 KiB with the default replay log.
+    assert!(accepted.len() <= 512 * 1024 / 65_000, "{}", accepted.len());
+    assert_eq!(accepted.len() + refused, 300);
+    assert_eq!(mailbox.stats().refused_sender, refused as u64);
+
+    let (mut sub, connection) = mailbox.subscribe("bob", None).unwrap();
+    let mut last = None;
+    let mut got = 0;
+    while let Some(message) = sub.try_next() {
+        let Message::Event(event) = message else {
+            panic!("{message:?}")
+        };
+        got += 1;
+        last = Some(event.id());
+    }
+    assert_eq!(got, accepted.len());
+    drop((sub, connection));
+    let (_sub, _connection) = mailbox
+        .subscribe("bob", Some(&last.unwrap().to_string()))
+        .unwrap();
+    for trace in &accepted {
+        assert!(mailbox.status(trace).unwrap().delivered);
+    }
+    let after = broker.stats();
+    assert_eq!(after.lag_reports, 0);
+    assert_eq!(
+        (after.evicted, after.retained_events),
+        (0, before.retained_events)
+    );
+    // A reader resuming from the first public event still gets them all.
+    let mut reader = broker
+        .subscribe(&public, Some(&format!("{}-1", broker.epoch())))
+        .unwrap();
+    assert_eq!(std::iter::from_fn(|| reader.try_next()).count(), 99);
+}
+
+#[test]
+fn a_sender_over_its_share_is_refused_and_others_are_not() {
+    let mailbox = Mailbox::builder(Broker::new())
+        .per_sender(2)
+        .capacity(100)
+        .build();
+    let first = mailbox.send("bob", "mallory", 1, false, None).unwrap();
+    mailbox.send("cy", "mallory", 2, false, None).unwrap();
+    assert!(matches!(
+        mailbox.send("dan", "mallory", 3, false, None),
+        Err(SendError::SenderOverShare { .. })
+    ));
+    // Anyone else still can.
+    mailbox.send("bob", "ann", 4, false, None).unwrap();
+    // Once one of its notifications is finished, it is forgotten to make
+    // room for the sender's next.
+    assert!(mailbox.ack(&first, "bob"));
+    mailbox.send("dan", "mallory", 5, false, None).unwrap();
+    assert!(mailbox.status(&first).is_none());
+    assert_eq!(mailbox.stats().refused_sender, 1);
+}
+
+#[test]
+fn the_bounds_are_in_bytes_too() {
+    let payload = "x".repeat(1000);
+    let cost = tower_sse::mailbox::RECORD_OVERHEAD + 3 + 3 + payload.len() + 2;
+    // A target holds two of these, the mailbox five.
+    let mailbox = Mailbox::builder(Broker::new())
+        .per_target_bytes(2 * cost + 10)
+        .per_sender_bytes(1 << 20)
+        .capacity_bytes(5 * cost + 10)
+        .build();
+    let first = mailbox.send("bob", "ann", &payload, false, None).unwrap();
+    mailbox.send("bob", "ann", &payload, false, None).unwrap();
+    mailbox.send("bob", "ann", &payload, false, None).unwrap();
+    // The target's oldest made room.
+    assert!(mailbox.status(&first).is_none());
+    assert_eq!(mailbox.stats().dropped, 1);
+    assert_eq!(mailbox.stats().bytes, 2 * cost);
+    for to in ["cyx", "dan"] {
+        mailbox.send(to, "ann", &payload, false, None).unwrap();
+    }
+    mailbox.send("cyx", "ann", &payload, false, None).unwrap();
+    assert!(matches!(
+        mailbox.send("eve", "ann", &payload, false, None),
+        Err(SendError::Full { .. })
+    ));
+    assert_eq!(mailbox.stats().bytes, 5 * cost);
+    // One payload larger than a target may hold at all.
+    assert!(matches!(
+        mailbox.send("eve", "ann", "y".repeat(3 * cost), false, None),
+        Err(SendError::TooLarge { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]

@@ -211,3 +211,130 @@ async fn an_unbounded_request_head_is_refused_before_it_is_read_whole() {
     );
     assert_eq!(broker.stats().subscribers, 0);
 }
+
+/// Sends a `POST` announcing a 100 000-byte body to `/echo`, then drips it
+/// a byte every 50 ms; returns how long the server kept the connection,
+/// and what it answered.
+async fn drip_body(addr: SocketAddr) -> (Duration, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Two minutes of dripping at most: the server must end it long before.
+    for _ in 0..2400 {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                if stream.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&answer).into_owned(),
+    )
+}
+
+fn echo_app() -> Router {
+    Router::new().route(
+        "/echo",
+        axum::routing::post(|body: axum::body::Bytes| async move { body }),
+    )
+}
+
+/// A body dripped a byte at a time holds a `tower_sse::serve` connection
+/// no longer than the body timeout: the handler's read fails, it answers,
+/// and the connection closes.
+#[tokio::test]
+async fn a_dripped_body_is_cut_off_by_serve_at_its_body_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tower_sse::serve(listener, echo_app()).body_timeout(Duration::from_millis(500));
+    tokio::spawn(async move { server.await });
+    let (held, answer) = drip_body(addr).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(held < Duration::from_secs(60), "held for {held:?}");
+}
+
+/// The same under `axum::serve`, with the recipe the README gives:
+/// tower-http's `TimeoutLayer` bounds a handler together with its reading
+/// of the body.
+#[tokio::test]
+async fn a_dripped_body_is_cut_off_under_axum_serve_by_a_timeout_layer() {
+    let app = echo_app().layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        http::StatusCode::REQUEST_TIMEOUT,
+        Duration::from_millis(500),
+    ));
+    let addr = serve(app).await;
+    let (held, answer) = drip_body(addr).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(held < Duration::from_secs(60), "held for {held:?}");
+}
+
+/// The event types the crate speaks itself (a resync, the server's state,
+/// a shutdown, notifications) cannot be published by the app, so a route
+/// that publishes a caller's type cannot let the caller speak for the
+/// server; the crate's own paths still send them.
+#[test]
+fn the_crates_own_event_types_cannot_be_forged() {
+    use tower_sse::mailbox::Mailbox;
+    use tower_sse::mode::ServerMode;
+    use tower_sse::{PublishError, RESERVED_EVENT_TYPES};
+
+    let broker = Broker::new();
+    for reserved in RESERVED_EVENT_TYPES {
+        let event = || Event::new(reserved).data("{}");
+        assert_eq!(
+            broker.publish(event()),
+            Err(PublishError::ReservedEventType)
+        );
+        assert_eq!(
+            broker.publish_system(event()),
+            Err(PublishError::ReservedEventType)
+        );
+    }
+    assert_eq!(broker.stats().published, 0);
+    // Matching is exact, as an `EventSource` matches types.
+    broker.publish(Event::new("Resync")).unwrap();
+    broker.publish(Event::new("resync.done")).unwrap();
+
+    // The mode and the mailbox still speak.
+    let mode = ServerMode::new();
+    broker.follow_mode(&mode);
+    let mailbox = Mailbox::new(broker.clone());
+    let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
+    mode.set_read_only("maintenance");
+    mailbox.send("bob", "ann", "hi", false, None).unwrap();
+    let types: Vec<String> = std::iter::from_fn(|| sub.try_next())
+        .map(|m| match m {
+            Message::Event(e) => e.event_type().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(types, ["server.state", "notification"]);
+}
+
+#[test]
+fn every_type_the_crate_sends_is_reserved() {
+    use tower_sse::mailbox::{NOTIFICATION_EVENT, REPLY_EVENT};
+    use tower_sse::mode::STATE_EVENT;
+    use tower_sse::RESERVED_EVENT_TYPES;
+    for own in [
+        STATE_EVENT,
+        NOTIFICATION_EVENT,
+        REPLY_EVENT,
+        "resync",
+        "shutdown",
+    ] {
+        assert!(RESERVED_EVENT_TYPES.contains(&own), "{own}");
+    }
+}

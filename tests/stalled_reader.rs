@@ -2,6 +2,7 @@
 //! server while stuck, and that `TCP_USER_TIMEOUT` (feature `tcp`) ends it.
 #![cfg(all(feature = "tcp", not(loom)))]
 
+use std::future::IntoFuture;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -136,4 +137,136 @@ async fn a_stalled_reader_costs_a_bounded_buffer_and_is_dropped_by_the_user_time
     drop(client);
     server.abort();
     let _ = server.await;
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Readers that stop reading, opened one after another while events of a
+/// megabyte are published and evicted: each holds one slice of at most a
+/// body frame (64 KiB), never a whole event the log has let go. The
+/// crate's own count of what its streams hand to their writers says so
+/// exactly; the process's memory agrees, with a generous margin.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_hold_a_slice_each_however_large_the_events() {
+    const STREAMS: usize = 100;
+    const EVENT: usize = 1_000_000;
+    let broker = Broker::new(); // 8 MiB of replay
+    let layer = SseLayer::new(broker.clone());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1024).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server =
+        tokio::spawn(tower_sse::serve(listener, Router::new().layer(layer.clone())).into_future());
+    let publish = |n: usize| {
+        broker
+            .publish(Event::new("big").data(format!("{n:08}{}", "x".repeat(EVENT))))
+            .unwrap();
+    };
+    // The log full first: what it holds is in the baseline.
+    for n in 0..10 {
+        publish(n);
+    }
+    let before = rss();
+
+    // Each stream stalls on an event of its own, evicted long before the
+    // last stream opens.
+    let mut stalled = Vec::new();
+    for n in 0..STREAMS {
+        let client = tokio::task::spawn_blocking(move || stalled_client(addr));
+        stalled.push(client.await.unwrap());
+        publish(100 + n);
+    }
+    wait_until("every stream to hold its slice", || {
+        layer.connections() == STREAMS && layer.in_flight_bytes() > STREAMS * 1024
+    })
+    .await;
+    let in_flight = layer.in_flight_bytes();
+    let grown = rss().saturating_sub(before);
+    let per_stream = 64 * 1024;
+    assert!(
+        in_flight <= STREAMS * per_stream,
+        "{in_flight} bytes held by {STREAMS} streams"
+    );
+    assert!(broker.stats().retained_bytes <= 8 * 1024 * 1024);
+    // Whole events would be 90 MB here, and were.
+    assert!(
+        grown <= 2 * STREAMS * per_stream + 32 * 1024 * 1024,
+        "memory grew by {grown} bytes for {STREAMS} stalled streams"
+    );
+
+    drop(stalled);
+    wait_until("the streams to end", || layer.connections() == 0).await;
+    assert_eq!(layer.in_flight_bytes(), 0);
+    server.abort();
+}
+
+/// The bytes queued in the kernel for sending on the server's side of the
+/// connection from `client`, from `/proc/net/tcp`.
+fn server_send_queue(server: SocketAddr, client: SocketAddr) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+        if port(local)? != server.port() || port(remote)? != client.port() {
+            return None;
+        }
+        usize::from_str_radix(queues.split(':').next()?, 16).ok()
+    })
+}
+
+/// Under `tower_sse::serve`, what a reader that stopped reading holds in
+/// the kernel is bounded too: its connection's send buffer is set, not
+/// left to autotuning (megabytes on loopback).
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_holds_a_bounded_kernel_send_buffer() {
+    const SEND_BUFFER: usize = 32 * 1024;
+    let broker = Broker::new();
+    let layer = SseLayer::new(broker.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = tower_sse::serve(listener, Router::new().layer(layer.clone()))
+        .stream_send_buffer(Some(SEND_BUFFER));
+    let server = tokio::spawn(serve.into_future());
+    let client = tokio::task::spawn_blocking(move || stalled_client(addr))
+        .await
+        .unwrap();
+    let peer = client.local_addr().unwrap();
+    for n in 0..60 {
+        broker
+            .publish(Event::new("big").data(format!("{n:08}{}", "x".repeat(100_000))))
+            .unwrap();
+    }
+    // Wait until the server's side is as full as it will get.
+    let mut last = None;
+    wait_until("the send queue to settle", || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = server_send_queue(addr, peer);
+        let settled = now.is_some() && now == last;
+        last = now;
+        settled
+    })
+    .await;
+    let queued = last.unwrap();
+    // Linux doubles SO_SNDBUF; autotuning would allow 4 MB here.
+    assert!(
+        queued <= 2 * SEND_BUFFER + 16 * 1024,
+        "{queued} bytes queued"
+    );
+    assert!(layer.in_flight_bytes() <= 64 * 1024);
+    drop(client);
+    server.abort();
 }

@@ -85,6 +85,10 @@ fn expected_refusal(event_type: Option<&str>, payload: &[u8]) -> Option<PublishE
     match event_type {
         Some("") => return Some(PublishError::EmptyEventType),
         Some(t) if t.contains(['\r', '\n']) => return Some(PublishError::InvalidEventType),
+        // The types the crate itself sends, spelled out again here.
+        Some(
+            "resync" | "server.state" | "shutdown" | "notification" | "notification.reply",
+        ) => return Some(PublishError::ReservedEventType),
         _ => {}
     }
     // The bound counts the type with the payload.

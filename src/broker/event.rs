@@ -15,6 +15,25 @@ pub const DEFAULT_TOPIC: &str = "public";
 /// The longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
 
+/// The event types the crate itself sends on the events route, which
+/// [`Broker::publish`](crate::Broker::publish) refuses from anyone else:
+/// `resync` (a lag, or an id that cannot be honoured), `server.state` (the
+/// [server mode](crate::mode)), `shutdown` (the last frame of a stream),
+/// and `notification` and `notification.reply` (the
+/// [mailbox](crate::mailbox)).
+///
+/// Clients act on these (they reload their state, show the server as
+/// degraded, stop), so an app route that publishes a type its caller
+/// chose must not let the caller speak for the server. Matching is exact,
+/// as an `EventSource` matches types.
+pub const RESERVED_EVENT_TYPES: [&str; 5] = [
+    "resync",
+    "server.state",
+    "shutdown",
+    "notification",
+    "notification.reply",
+];
+
 /// An event to publish: a type, a topic and a UTF-8 payload.
 ///
 /// Nothing is checked until [`Broker::publish`](crate::Broker::publish), which
@@ -204,6 +223,12 @@ impl Topic {
 
     pub(crate) fn system() -> Self {
         Self(Arc::from(SYSTEM_TOPIC))
+    }
+
+    /// A reserved topic other than the system topic: it carries direct
+    /// messages only, never retained events.
+    pub(crate) fn is_direct_only(&self) -> bool {
+        self.0.starts_with('$') && &*self.0 != SYSTEM_TOPIC
     }
 
     /// The private topic of a mailbox client: reserved (`$`), so no

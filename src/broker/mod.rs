@@ -23,6 +23,7 @@
 //!   events ([`Broker::publish_system`]) reach every subscription.
 
 mod event;
+mod prepared;
 mod state;
 mod subscription;
 
@@ -34,9 +35,11 @@ use bytes::Bytes;
 
 pub use self::event::{
     Event, EventId, InvalidTopic, ParseEventIdError, Topic, Topics, DEFAULT_TOPIC, MAX_TOPIC_LEN,
+    RESERVED_EVENT_TYPES,
 };
 pub use self::subscription::{Recv, Subscription};
 
+use self::prepared::{Origin, Prepared};
 use self::state::{Entry, Greeting, Limits, State};
 use crate::clock::{Clock, SystemClock};
 use crate::sse::frame;
@@ -52,10 +55,6 @@ pub const DEFAULT_RETAIN_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_RETAIN_FOR: Duration = Duration::from_secs(30);
 /// Default bound on one event's payload.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
-
-/// Fixed per-entry bookkeeping counted against the byte bound, so that a
-/// flood of empty events is bounded too.
-const ENTRY_OVERHEAD: usize = 64;
 
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
@@ -214,90 +213,58 @@ impl Broker {
     /// Publishes `event` to its topic and returns its id.
     ///
     /// Never waits for subscribers. Refuses, with a [`PublishError`], an
-    /// event type that is empty or contains CR or LF, an invalid topic, a
-    /// payload that is not UTF-8 or is too large, and any publish after
+    /// event type that is empty, contains CR or LF, or is one of the
+    /// crate's own ([`RESERVED_EVENT_TYPES`]), an invalid topic, a payload
+    /// that is not UTF-8 or is too large, and any publish after
     /// [`close`](Broker::close).
     pub fn publish(&self, event: Event) -> Result<EventId, PublishError> {
         let topic = Topic::new(&event.topic).map_err(|_| PublishError::InvalidTopic)?;
-        self.publish_to(topic, event.event_type, event.data, false)
+        let prepared = self.prepare(event, Origin::App)?;
+        self.commit(topic, prepared, false)
     }
 
     /// Publishes `event` to every subscription, whatever its topics; the
     /// event's own topic is ignored.
     ///
     /// For events about the server itself (its mode, a coming shutdown)
-    /// that every client must see.
+    /// that every client must see. The crate's own event types are refused
+    /// here as in [`publish`](Broker::publish).
     pub fn publish_system(&self, event: Event) -> Result<EventId, PublishError> {
-        self.publish_to(Topic::system(), event.event_type, event.data, false)
+        let prepared = self.prepare(event, Origin::App)?;
+        self.commit(Topic::system(), prepared, false)
     }
 
-    /// Publishes to `topic`, which may be a reserved one.
-    pub(crate) fn publish_to_topic(
-        &self,
-        topic: Topic,
-        event: Event,
-    ) -> Result<EventId, PublishError> {
-        self.publish_to(topic, event.event_type, event.data, false)
-    }
-
-    /// Publishes a system event that also becomes the greeting: a frame
-    /// (without its id) on every stream opened on the events route from now
-    /// on, so that a client connecting learns the current state (e.g. the
-    /// server mode). It goes where the stream's replay ends, so that no
-    /// older state replayed after it contradicts it: first on a stream that
-    /// starts live, and not at all when the replay holds this very event.
+    /// Publishes a system event of the crate's own that also becomes the
+    /// greeting: a frame (without its id) on every stream opened on the
+    /// events route from now on, so that a client connecting learns the
+    /// current state (e.g. the server mode). It goes where the stream's
+    /// replay ends, so that no older state replayed after it contradicts
+    /// it: first on a stream that starts live, and not at all when the
+    /// replay holds this very event.
     #[cfg(not(loom))]
     pub(crate) fn publish_system_greeting(&self, event: Event) -> Result<EventId, PublishError> {
-        self.publish_to(Topic::system(), event.event_type, event.data, true)
+        let prepared = self.prepare(event, Origin::Crate)?;
+        self.commit(Topic::system(), prepared, true)
     }
 
-    fn publish_to(
+    /// Validates and encodes `event`, outside the lock.
+    fn prepare(&self, event: Event, origin: Origin) -> Result<Prepared, PublishError> {
+        Prepared::new(
+            event,
+            origin,
+            self.shared.max_event_bytes,
+            self.shared.limits.max_bytes,
+        )
+    }
+
+    /// Gives `prepared` its id and appends it to the log, under the lock:
+    /// the id is assigned where the event becomes visible.
+    fn commit(
         &self,
         topic: Topic,
-        event_type: Option<String>,
-        data: Bytes,
+        prepared: Prepared,
         greeting: bool,
     ) -> Result<EventId, PublishError> {
-        if let Some(t) = &event_type {
-            if t.is_empty() {
-                return Err(PublishError::EmptyEventType);
-            }
-            if t.contains(['\r', '\n']) {
-                return Err(PublishError::InvalidEventType);
-            }
-        }
-        // The type travels in every frame too: it counts, or a megabyte
-        // type would slip past the limit.
-        let size = data.len() + event_type.as_ref().map_or(0, String::len);
-        // The crate's own events (a server state, with its bounded reason)
-        // are not the app's payloads: its limit does not apply to them.
-        if !greeting && size > self.shared.max_event_bytes {
-            return Err(PublishError::TooLarge {
-                size,
-                limit: self.shared.max_event_bytes,
-            });
-        }
-        let text = std::str::from_utf8(&data).map_err(|e| PublishError::NotUtf8 {
-            valid_up_to: e.valid_up_to(),
-        })?;
-        let single_line = !text.contains(['\r', '\n']);
-        let body = frame::encode_body(event_type.as_deref(), text);
-        let body_len = body.len() - frame::ID_HEADROOM;
-        let cost = body_len
-            + frame::ID_HEADROOM
-            + ENTRY_OVERHEAD
-            + if single_line { 0 } else { data.len() };
-        if cost > self.shared.limits.max_bytes {
-            // Report the size that would fit with this event's framing.
-            return Err(PublishError::TooLarge {
-                size,
-                limit: self.shared.limits.max_bytes.saturating_sub(cost - size),
-            });
-        }
-        let event_type = event_type
-            .filter(|t| t != "message")
-            .map(String::into_boxed_str);
-
         let mut wakers = Vec::new();
         let id = {
             let mut state = lock(&self.shared.state);
@@ -307,39 +274,118 @@ impl Broker {
             let now = self.shared.clock.now();
             let seq = state.next_seq;
             state.next_seq += 1;
-            let id = EventId::new(self.shared.epoch, seq);
-            let frame = frame::stamp_id(body, id);
-            let data = if single_line {
-                // The frame ends with `data: PAYLOAD\n\n`: share it.
-                frame.slice(frame.len() - 2 - data.len()..frame.len() - 2)
-            } else {
-                data
-            };
-            if greeting {
-                // The frame without its `id:` line.
-                let id_line = frame.len() - (body_len);
-                state.greeting = Some(Greeting {
-                    seq,
-                    frame: frame.slice(id_line..),
-                });
-            }
             let topic_key = state.topic_key(&topic);
             state.take_topic_wakers(topic_key, &mut wakers);
-            let entry = Arc::new(Entry {
-                seq,
-                at: now,
-                topic_key,
-                topic,
-                event_type,
-                data,
-                frame,
-                cost,
-            });
+            let entry = Arc::new(prepared.stamp(self.shared.epoch, seq, now, topic_key, topic));
+            if greeting {
+                state.greeting = Some(Greeting {
+                    seq,
+                    frame: entry.frame.slice(entry.id_line..),
+                });
+            }
             state.append(entry, &self.shared.limits, now);
-            id
+            EventId::new(self.shared.epoch, seq)
         };
         wakers.into_iter().for_each(Waker::wake);
         Ok(id)
+    }
+
+    /// Sends `event` to the subscriptions watching `topic` right now, and
+    /// to nobody else: it gets an id from the one sequence, like any event,
+    /// but is not retained, so it is never replayed and never evicted. Each
+    /// subscription reads it from its own inbox, in id order with the log.
+    ///
+    /// `topic` must be a reserved topic of direct messages
+    /// ([`Topic::is_direct_only`]). `key` names the message for
+    /// [`retract_direct`](Broker::retract_direct). Returns `None`, sending
+    /// nothing, when nobody watches the topic.
+    pub(crate) fn send_direct(
+        &self,
+        topic: &Topic,
+        key: u64,
+        event: Event,
+    ) -> Result<Option<EventId>, PublishError> {
+        debug_assert!(topic.is_direct_only());
+        let prepared = self.prepare(event, Origin::Crate)?;
+        let mut wakers = Vec::new();
+        let id = {
+            let mut state = lock(&self.shared.state);
+            if state.closed {
+                return Err(PublishError::Closed);
+            }
+            let Some(&topic_key) = state.topic_index.get(topic) else {
+                return Ok(None);
+            };
+            let watchers: Vec<usize> = state.topics[topic_key]
+                .watchers
+                .iter()
+                .map(|(_, &sub)| sub)
+                .collect();
+            if watchers.is_empty() {
+                return Ok(None);
+            }
+            let entry = self.direct_entry(&mut state, topic_key, topic.clone(), prepared);
+            for sub in watchers {
+                state.push_direct(sub, key, &entry, &mut wakers);
+            }
+            entry.seq
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        Ok(Some(EventId::new(self.shared.epoch, id)))
+    }
+
+    /// Sends `event` as a direct message (see
+    /// [`send_direct`](Broker::send_direct)) to `sub` alone, which must
+    /// watch `topic`.
+    pub(crate) fn send_direct_to(
+        &self,
+        sub: &Subscription,
+        topic: &Topic,
+        key: u64,
+        event: Event,
+    ) -> Result<EventId, PublishError> {
+        debug_assert!(Arc::ptr_eq(&self.shared, sub.shared()));
+        let prepared = self.prepare(event, Origin::Crate)?;
+        let mut wakers = Vec::new();
+        let seq = {
+            let mut state = lock(&self.shared.state);
+            if state.closed {
+                return Err(PublishError::Closed);
+            }
+            let Some(&topic_key) = state.topic_index.get(topic) else {
+                return Err(PublishError::InvalidTopic);
+            };
+            let entry = self.direct_entry(&mut state, topic_key, topic.clone(), prepared);
+            state.push_direct(sub.key(), key, &entry, &mut wakers);
+            entry.seq
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        Ok(EventId::new(self.shared.epoch, seq))
+    }
+
+    /// Takes back the unread direct messages named `key` from the
+    /// subscriptions watching `topic` (one being written out in slices
+    /// stays: it cannot be taken back halfway).
+    pub(crate) fn retract_direct(&self, topic: &Topic, key: u64) {
+        let mut state = lock(&self.shared.state);
+        if let Some(&topic_key) = state.topic_index.get(topic) {
+            state.retract(topic_key, key);
+        }
+    }
+
+    /// Stamps a direct message with the next seq.
+    fn direct_entry(
+        &self,
+        state: &mut State,
+        topic_key: usize,
+        topic: Topic,
+        prepared: Prepared,
+    ) -> Arc<Entry> {
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.counters.direct += 1;
+        let now = self.shared.clock.now();
+        Arc::new(prepared.stamp(self.shared.epoch, seq, now, topic_key, topic))
     }
 
     /// Subscribes to `topics` (plus the system events every subscription
@@ -384,11 +430,9 @@ impl Broker {
         EventId::new(self.shared.epoch, state.next_seq - 1)
     }
 
-    /// The seq of the oldest retained event (the next seq if none): every
-    /// event from it on is retained, since eviction is first in, first out.
-    pub(crate) fn oldest_retained_seq(&self) -> u64 {
-        let state = lock(&self.shared.state);
-        state.log.front().map_or(state.next_seq, |entry| entry.seq)
+    /// The bound on retained bytes it was built with.
+    pub(crate) fn retained_bytes_limit(&self) -> usize {
+        self.shared.limits.max_bytes
     }
 
     /// Ends every subscription once it has read what is retained for it,
@@ -510,6 +554,9 @@ impl Broker {
             lag_reports: state.counters.lag_reports,
             resyncs: state.counters.resyncs,
             topics: state.topics.len(),
+            direct: state.counters.direct,
+            direct_bytes: state.direct_bytes,
+            cut: state.counters.cut,
         }
     }
 
@@ -575,6 +622,16 @@ pub struct BrokerStats {
     pub resyncs: u64,
     /// Topics the broker holds state for.
     pub topics: usize,
+    /// Direct messages sent (the mailbox's notifications and replies):
+    /// read from each subscription's own inbox, never retained in the log.
+    pub direct: u64,
+    /// Bytes of direct messages waiting in inboxes to be read, each copy
+    /// counted.
+    pub direct_bytes: usize,
+    /// Streams ended in the middle of a frame too large for one body frame,
+    /// because the event was evicted before its last slice was written
+    /// (counted in `lag_reports` too).
+    pub cut: u64,
 }
 
 /// A snapshot of one topic, from [`Broker::topic_stats`].
@@ -709,6 +766,10 @@ pub enum PublishError {
     EmptyEventType,
     /// The event type contains CR or LF, which would inject SSE fields.
     InvalidEventType,
+    /// The event type is one the crate itself speaks on the wire
+    /// ([`RESERVED_EVENT_TYPES`]): clients act on those, so only the crate
+    /// may send them.
+    ReservedEventType,
     /// The topic name breaks the rules of [`Topic`].
     InvalidTopic,
     /// The payload is not UTF-8; the SSE stream is.
@@ -731,6 +792,11 @@ impl fmt::Display for PublishError {
             PublishError::Closed => f.write_str("the broker is closed"),
             PublishError::EmptyEventType => f.write_str("the event type is empty"),
             PublishError::InvalidEventType => f.write_str("the event type contains CR or LF"),
+            PublishError::ReservedEventType => write!(
+                f,
+                "the event type is reserved for the server's own events ({})",
+                RESERVED_EVENT_TYPES.join(", ")
+            ),
             PublishError::InvalidTopic => fmt::Display::fmt(&InvalidTopic::new(), f),
             PublishError::NotUtf8 { valid_up_to } => {
                 write!(

@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     /// The payload: a slice of `frame` when it is a single line, else its own bytes.
     pub(crate) data: Bytes,
     pub(crate) frame: Bytes,
+    /// Where the frame's `id:` line ends.
+    pub(crate) id_line: usize,
     /// What the entry counts against the byte bound.
     pub(crate) cost: usize,
 }
@@ -61,10 +63,27 @@ impl TopicLog {
     }
 }
 
+/// A direct message waiting in a subscription's inbox: an event sent to
+/// that subscription alone (or to the subscriptions of a topic at that
+/// moment), never retained in the log. `key` names it for
+/// [`State::retract`].
+#[derive(Debug)]
+pub(crate) struct Direct {
+    pub(crate) key: u64,
+    pub(crate) entry: Arc<Entry>,
+}
+
 /// A registered subscription, as the publisher sees it.
 #[derive(Debug, Default)]
 pub(crate) struct SubSlot {
     pub(crate) waker: Option<Waker>,
+    /// Direct messages not yet read, in seq order.
+    pub(crate) inbox: VecDeque<Direct>,
+    /// The frame this subscription is handing out in slices, as `(seq,
+    /// bytes handed out so far)`: a frame larger than a body frame goes out
+    /// in copied slices, so that a stalled writer holds one slice, not a
+    /// whole event that may have been evicted since.
+    pub(crate) sending: Option<(u64, usize)>,
     /// Read as SSE frames, so it takes keep-alives.
     pub(crate) keeps_alive: bool,
     /// Wrote something since the last keep-alive tick; a new stream starts
@@ -108,6 +127,8 @@ pub(crate) struct State {
     /// (see `Broker::publish_system_greeting`), with the seq of the event
     /// it repeats.
     pub(crate) greeting: Option<Greeting>,
+    /// Bytes of direct messages waiting in inboxes (each copy counted).
+    pub(crate) direct_bytes: usize,
     pub(crate) counters: Counters,
 }
 
@@ -126,7 +147,20 @@ pub(crate) struct Counters {
     pub(crate) lagged_events: u64,
     pub(crate) lag_reports: u64,
     pub(crate) resyncs: u64,
-    pub(crate) subscribed: u64,
+    pub(crate) direct: u64,
+    pub(crate) cut: u64,
+}
+
+impl SubSlot {
+    /// Takes the waker to wake for something new to read, unless a
+    /// coalescing window holds it until the window ends.
+    fn take_waker(&mut self, out: &mut Vec<Waker>) {
+        if self.throttled {
+            self.wake_at_release = true;
+        } else if let Some(waker) = self.waker.take() {
+            out.push(waker);
+        }
+    }
 }
 
 impl State {
@@ -144,6 +178,7 @@ impl State {
             closed: false,
             close_frame: None,
             greeting: None,
+            direct_bytes: 0,
             counters: Counters::default(),
         }
     }
@@ -153,11 +188,18 @@ impl State {
         if let Some(&key) = self.topic_index.get(topic) {
             return key;
         }
+        // A topic of direct messages only retains nothing, so it has lost
+        // nothing to eviction, whatever other topics lost.
+        let last_evicted_seq = if topic.is_direct_only() {
+            0
+        } else {
+            self.pruned_evicted_seq
+        };
         let key = self.topics.insert(TopicLog {
             name: topic.clone(),
             entries: VecDeque::new(),
             evicted: 0,
-            last_evicted_seq: self.pruned_evicted_seq,
+            last_evicted_seq,
             published: 0,
             watchers: Slab::new(),
         });
@@ -171,7 +213,9 @@ impl State {
         let topic = &self.topics[key];
         if topic.entries.is_empty() && topic.watchers.is_empty() {
             let topic = self.topics.remove(key);
-            self.pruned_evicted_seq = self.pruned_evicted_seq.max(topic.last_evicted_seq);
+            if !topic.name.is_direct_only() {
+                self.pruned_evicted_seq = self.pruned_evicted_seq.max(topic.last_evicted_seq);
+            }
             self.topic_index.remove(&topic.name);
         }
     }
@@ -214,13 +258,48 @@ impl State {
     pub(crate) fn take_topic_wakers(&mut self, key: usize, out: &mut Vec<Waker>) {
         let topic = &self.topics[key];
         for (_, &sub) in topic.watchers.iter() {
-            let slot = &mut self.subs[sub];
-            if slot.throttled {
-                slot.wake_at_release = true;
-            } else if let Some(waker) = slot.waker.take() {
-                out.push(waker);
-            }
+            self.subs[sub].take_waker(out);
         }
+    }
+
+    /// Puts a direct message in the inbox of subscription `sub` and takes
+    /// its waker.
+    pub(crate) fn push_direct(
+        &mut self,
+        sub: usize,
+        key: u64,
+        entry: &Arc<Entry>,
+        out: &mut Vec<Waker>,
+    ) {
+        let slot = &mut self.subs[sub];
+        slot.inbox.push_back(Direct {
+            key,
+            entry: entry.clone(),
+        });
+        slot.take_waker(out);
+        self.direct_bytes += entry.frame.len();
+    }
+
+    /// Removes the unread direct messages named `key` from the inboxes of
+    /// the watchers of topic `topic`, except one being handed out in slices
+    /// (it cannot be taken back halfway).
+    pub(crate) fn retract(&mut self, topic: usize, key: u64) {
+        let Some(log) = self.topics.get(topic) else {
+            return;
+        };
+        let mut freed = 0;
+        for (_, &sub) in log.watchers.iter() {
+            let slot = &mut self.subs[sub];
+            let sending = slot.sending.map(|(seq, _)| seq);
+            slot.inbox.retain(|direct| {
+                let keep = direct.key != key || sending == Some(direct.entry.seq);
+                if !keep {
+                    freed += direct.entry.frame.len();
+                }
+                keep
+            });
+        }
+        self.direct_bytes -= freed;
     }
 
     /// Starts the coalescing window of the stream `key`, which just wrote.

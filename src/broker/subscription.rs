@@ -1,11 +1,16 @@
 //! The reading side: a [`Subscription`] is a cursor into the log.
 //!
-//! A subscription holds no queue of its own. It remembers, for each topic it
-//! watches, the ordinal of the next event to read, and reads the shared log
-//! under the broker's lock. A reader that falls behind therefore costs
-//! nothing but its cursor, and when events it has not read are evicted it
-//! sees it (the topic's eviction count passed its cursor) and reports
-//! [`Message::Lagged`] with the exact number missed, never a silent gap.
+//! A subscription holds no queue of retained events. It remembers, for
+//! each topic it watches, the ordinal of the next event to read, and reads
+//! the shared log under the broker's lock. A reader that falls behind
+//! therefore costs nothing but its cursor, and when events it has not read
+//! are evicted it sees it (the topic's eviction count passed its cursor)
+//! and reports [`Message::Lagged`] with the exact number missed, never a
+//! silent gap.
+//!
+//! Direct messages (sent to the watchers of a topic at one moment, never
+//! retained) wait in the subscription's own inbox instead, and are merged
+//! with the log by id: they are never evicted, so a lag never skips one.
 
 use std::fmt;
 use std::pin::Pin;
@@ -74,20 +79,37 @@ struct Reader {
     /// are replay, later ones live.
     seam: u64,
     finished: bool,
-    /// The span of sequence numbers reported missed since last taken.
-    lag: Option<(u64, u64)>,
+}
+
+/// What a reader reads next, decided under the lock by [`Reader::peek`]
+/// and taken by [`Reader::take`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// The resync decided at subscribe time.
+    Resync,
+    /// `missed` events of its topics were evicted unread; it continues
+    /// after `to`.
+    Lag { missed: u64, to: u64 },
+    /// The retained event under cursor `i`.
+    Log(usize),
+    /// The direct message at the front of its inbox.
+    Direct,
 }
 
 /// What [`Subscription::poll_frames`] produced.
 #[derive(Debug)]
 pub(crate) enum Frames {
     /// Encoded frames, everything available up to the batch limit: `bytes`
-    /// holds `frames` of them.
+    /// holds `frames` of them (a slice of a larger frame counts as one).
     Data { bytes: Bytes, frames: usize },
     /// Nothing to send, but the keep-alive is due.
     KeepAlive,
     /// The broker was closed and everything is delivered.
     End,
+    /// The stream must end at once: the event it was handing out in slices
+    /// was evicted before its last slice. The client, which never got the
+    /// end of that frame, reconnects and is told what it missed.
+    Cut,
 }
 
 impl Subscription {
@@ -104,7 +126,6 @@ impl Subscription {
             active: true,
             ..SubSlot::default()
         });
-        state.counters.subscribed += 1;
         let mut cursors = Vec::with_capacity(topics.len() + 1);
         let system = Topic::system();
         for topic in topics.iter().chain(std::iter::once(&system)) {
@@ -127,7 +148,6 @@ impl Subscription {
             greeting: state.greeting.clone(),
             seam: newest,
             finished: false,
-            lag: None,
         };
         if let Some(resume) = resume {
             if let Err(reason) = sub.seek(state, resume) {
@@ -171,56 +191,108 @@ impl Reader {
         Ok(())
     }
 
-    /// The next message, if one is available now, with the lock held.
-    fn next_locked(&mut self, state: &mut State) -> Option<Message> {
-        if let Some(message) = self.pending.take() {
-            return Some(message);
+    /// What comes next, if anything is available now, with the lock held.
+    ///
+    /// Evictions past a cursor come first (a lag report), except for direct
+    /// messages older than where the lag moves the stream: those go out
+    /// before it, so that ids keep increasing. Everything retained older
+    /// than such a message was evicted (eviction is first in, first out),
+    /// so nothing of the log is owed before it.
+    fn peek(&self, state: &State) -> Option<Next> {
+        if self.pending.is_some() {
+            return Some(Next::Resync);
         }
+        let direct = state.subs[self.key].inbox.front().map(|d| d.entry.seq);
         let mut missed = 0;
-        let before = self.pos;
-        for cursor in self.cursors.iter_mut() {
+        let mut to = self.pos;
+        for cursor in self.cursors.iter() {
             let log = &state.topics[cursor.topic_key];
             if log.evicted > cursor.next {
                 missed += log.evicted - cursor.next;
-                cursor.next = log.evicted;
-                self.pos = self.pos.max(log.last_evicted_seq);
+                to = to.max(log.last_evicted_seq);
             }
         }
         if missed > 0 {
-            self.lag = Some(match self.lag {
-                Some((after, _)) => (after, self.pos),
-                None => (before, self.pos),
-            });
-            state.counters.lagged_events += missed;
-            state.counters.lag_reports += 1;
-            return Some(Message::Lagged {
-                missed,
-                resume_from: EventId::new(self.epoch, self.pos),
-            });
+            if direct.is_some_and(|seq| seq <= to) {
+                return Some(Next::Direct);
+            }
+            return Some(Next::Lag { missed, to });
         }
-        let mut best: Option<(usize, &Arc<Entry>)> = None;
+        let mut best = direct.map(|seq| (seq, Next::Direct));
         for (i, cursor) in self.cursors.iter().enumerate() {
             let log = &state.topics[cursor.topic_key];
             let index = (cursor.next - log.evicted) as usize;
             if let Some(entry) = log.entries.get(index) {
-                if best.is_none_or(|(_, b)| entry.seq < b.seq) {
-                    best = Some((i, entry));
+                if best.is_none_or(|(seq, _)| entry.seq < seq) {
+                    best = Some((entry.seq, Next::Log(i)));
                 }
             }
         }
-        let (i, entry) = best?;
-        let entry = entry.clone();
-        self.cursors[i].next += 1;
+        best.map(|(_, next)| next)
+    }
+
+    /// The entry `next` names, without taking it.
+    fn entry<'s>(&self, state: &'s State, next: Next) -> Option<&'s Arc<Entry>> {
+        match next {
+            Next::Log(i) => {
+                let cursor = &self.cursors[i];
+                let log = &state.topics[cursor.topic_key];
+                log.entries.get((cursor.next - log.evicted) as usize)
+            }
+            Next::Direct => state.subs[self.key].inbox.front().map(|d| &d.entry),
+            Next::Resync | Next::Lag { .. } => None,
+        }
+    }
+
+    /// Takes `next`, which [`peek`](Reader::peek) just returned.
+    fn take(&mut self, state: &mut State, next: Next) -> Message {
+        match next {
+            Next::Resync => self.pending.take().expect("peeked"),
+            Next::Lag { missed, to } => {
+                for cursor in self.cursors.iter_mut() {
+                    let log = &state.topics[cursor.topic_key];
+                    cursor.next = cursor.next.max(log.evicted);
+                }
+                self.pos = to;
+                state.counters.lagged_events += missed;
+                state.counters.lag_reports += 1;
+                Message::Lagged {
+                    missed,
+                    resume_from: EventId::new(self.epoch, to),
+                }
+            }
+            Next::Log(i) => {
+                let cursor = &mut self.cursors[i];
+                let log = &state.topics[cursor.topic_key];
+                let entry = log.entries[(cursor.next - log.evicted) as usize].clone();
+                cursor.next += 1;
+                self.event(entry)
+            }
+            Next::Direct => {
+                let direct = state.subs[self.key].inbox.pop_front().expect("peeked");
+                state.direct_bytes -= direct.entry.frame.len();
+                self.event(direct.entry)
+            }
+        }
+    }
+
+    fn event(&mut self, entry: Arc<Entry>) -> Message {
         self.pos = entry.seq;
-        Some(Message::Event(ReceivedEvent {
+        Message::Event(ReceivedEvent {
             epoch: self.epoch,
             entry,
-        }))
+        })
+    }
+
+    /// The next message, if one is available now, with the lock held.
+    fn next_locked(&mut self, state: &mut State) -> Option<Message> {
+        let next = self.peek(state)?;
+        Some(self.take(state, next))
     }
 
     /// Whether everything replayed has been taken: the next message, if
     /// any, is live (or a resync decided at subscribe time, which has no
-    /// replay). Where the greeting goes.
+    /// replay). Where the greeting goes. Direct messages are all live.
     fn at_seam(&self, state: &State) -> bool {
         if self.pending.is_some() || self.pos >= self.seam {
             return true;
@@ -245,6 +317,78 @@ impl Reader {
             _ => slot.waker = Some(cx.waker().clone()),
         }
     }
+
+    /// Fills `batch` with what is available, up to `max_bytes`, for the
+    /// events route. A frame that fits goes in whole (as the shared bytes
+    /// themselves when it is the only one); a frame larger than a whole
+    /// batch goes out in copied slices of `max_bytes`, one batch each, so
+    /// that a stream never holds more than `max_bytes` of the log, even
+    /// of an event evicted since. Returns false when the stream must be
+    /// cut: the event it was slicing is gone.
+    fn fill(&mut self, state: &mut State, batch: &mut Batch, max_bytes: usize) -> bool {
+        loop {
+            let room = max_bytes.saturating_sub(batch.len());
+            if room == 0 {
+                return true;
+            }
+            let sending = state.subs[self.key].sending;
+            if sending.is_none() && self.greeting.is_some() && self.at_seam(state) {
+                let greeting = self.greeting.as_ref().expect("checked");
+                if greeting.frame.len() > room && !batch.is_empty() {
+                    return true;
+                }
+                batch.push(self.greeting.take().expect("checked").frame);
+                continue;
+            }
+            let Some(next) = self.peek(state) else {
+                // Nothing to read, yet a frame was half sent: it is gone.
+                return sending.is_none();
+            };
+            let Some(entry) = self.entry(state, next) else {
+                if sending.is_some() {
+                    // A lag passed the event being sliced.
+                    return false;
+                }
+                if room < frame::MAX_RESYNC_FRAME && !batch.is_empty() {
+                    return true;
+                }
+                batch.push(self.take(state, next).frame());
+                continue;
+            };
+            let offset = match sending {
+                Some((seq, offset)) if seq == entry.seq => offset,
+                Some(_) => return false,
+                None => 0,
+            };
+            let len = entry.frame.len();
+            if offset == 0 && len <= room {
+                if let (Some(greeting), Next::Log(_)) = (&self.greeting, next) {
+                    if entry.seq == greeting.seq {
+                        // Replayed: the client has the current state.
+                        self.greeting = None;
+                    }
+                }
+                let Message::Event(event) = self.take(state, next) else {
+                    unreachable!("an entry is an event")
+                };
+                batch.push(event.entry.frame.clone());
+                continue;
+            }
+            if !batch.is_empty() {
+                return true;
+            }
+            let end = len.min(offset + max_bytes);
+            batch.push_slice(Bytes::copy_from_slice(&entry.frame[offset..end]));
+            if end == len {
+                state.subs[self.key].sending = None;
+                self.take(state, next);
+                batch.frames += 1;
+            } else {
+                state.subs[self.key].sending = Some((entry.seq, end));
+            }
+            return true;
+        }
+    }
 }
 
 impl Subscription {
@@ -254,6 +398,21 @@ impl Subscription {
         let now = self.shared.clock.now();
         state.evict(&self.shared.limits, now);
         f(&mut self.reader, &mut state, now)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Its key in the broker's registry.
+    pub(crate) fn key(&self) -> usize {
+        self.reader.key
+    }
+
+    /// The newest seq when it was made: everything sent to its topics
+    /// after that reached it.
+    pub(crate) fn seam(&self) -> EventId {
+        EventId::new(self.reader.epoch, self.reader.seam)
     }
 
     /// The next message if one is ready, without waiting.
@@ -271,17 +430,6 @@ impl Subscription {
             }
             message
         })
-    }
-
-    /// The ids `(after, through]` this subscription reported missed since
-    /// the last call, if any.
-    #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn take_lag(&mut self) -> Option<(EventId, EventId)> {
-        let epoch = self.reader.epoch;
-        self.reader
-            .lag
-            .take()
-            .map(|(after, through)| (EventId::new(epoch, after), EventId::new(epoch, through)))
     }
 
     /// Whether this subscription begins with a [`Message::Resync`] not yet
@@ -328,7 +476,7 @@ impl Subscription {
     }
 
     /// Everything available now, encoded as one chunk of SSE frames of at
-    /// most about `max_bytes` (one event is never split).
+    /// most `max_bytes` (a larger frame goes out in slices, one per call).
     ///
     /// One lock acquisition for the whole batch; a single event is passed on
     /// as the shared frame itself, without copying.
@@ -349,25 +497,13 @@ impl Subscription {
         let mut releaser = None;
         let polled = self.with_state(|sub, state, now| {
             let mut batch = Batch::default();
-            while batch.len() < max_bytes {
-                if sub.greeting.is_some() && sub.at_seam(state) {
-                    if let Some(greeting) = sub.greeting.take() {
-                        batch.push(greeting.frame);
-                    }
-                    continue;
-                }
-                match sub.next_locked(state) {
-                    Some(message) => {
-                        if let (Some(greeting), Message::Event(event)) = (&sub.greeting, &message) {
-                            if event.entry.seq == greeting.seq {
-                                // Replayed: the client has the current state.
-                                sub.greeting = None;
-                            }
-                        }
-                        batch.push(message.frame());
-                    }
-                    None => break,
-                }
+            if !sub.fill(state, &mut batch, max_bytes) {
+                sub.finished = true;
+                state.subs[sub.key].sending = None;
+                state.counters.cut += 1;
+                state.counters.lag_reports += 1;
+                state.counters.lagged_events += 1;
+                return Poll::Ready(Frames::Cut);
             }
             let slot = &mut state.subs[sub.key];
             slot.keeps_alive = true;
@@ -377,7 +513,10 @@ impl Subscription {
                 if let Some(window) = coalesce {
                     releaser = state.throttle(sub.key, now.saturating_add(window));
                 }
-                return Poll::Ready(Frames::Data { bytes, frames });
+                return Poll::Ready(Frames::Data {
+                    bytes,
+                    frames: frames.max(1),
+                });
             }
             if state.closed {
                 sub.finished = true;
@@ -423,6 +562,7 @@ impl Message {
 struct Batch {
     first: Option<Bytes>,
     rest: BytesMut,
+    /// Whole frames collected.
     frames: usize,
 }
 
@@ -431,17 +571,27 @@ impl Batch {
         self.first.as_ref().map_or(0, Bytes::len) + self.rest.len()
     }
 
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a whole frame.
     fn push(&mut self, frame: Bytes) {
         self.frames += 1;
+        self.push_slice(frame);
+    }
+
+    /// Adds bytes that are not a whole frame (or are, for `push`).
+    fn push_slice(&mut self, bytes: Bytes) {
         if self.first.is_none() && self.rest.is_empty() {
-            self.first = Some(frame);
+            self.first = Some(bytes);
             return;
         }
         if let Some(first) = self.first.take() {
-            self.rest.reserve(first.len() + frame.len());
+            self.rest.reserve(first.len() + bytes.len());
             self.rest.extend_from_slice(&first);
         }
-        self.rest.extend_from_slice(&frame);
+        self.rest.extend_from_slice(&bytes);
     }
 
     fn finish(self) -> Option<Bytes> {
@@ -470,7 +620,12 @@ impl Drop for Subscription {
                 .remove(cursor.watcher_key);
             state.prune_topic(cursor.topic_key);
         }
-        state.subs.remove(self.reader.key);
+        let slot = state.subs.remove(self.reader.key);
+        state.direct_bytes -= slot
+            .inbox
+            .iter()
+            .map(|d| d.entry.frame.len())
+            .sum::<usize>();
     }
 }
 

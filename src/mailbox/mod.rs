@@ -6,53 +6,71 @@
 //!
 //! # Delivery: at least once
 //!
-//! - Sent while the target has a stream open, a notification is published
-//!   at once as an `event: notification` frame on every stream of the
-//!   target (a private topic of the broker that only the mailbox writes).
+//! - Sent while the target has streams open, a notification goes at once
+//!   to every one of them as an `event: notification` frame.
 //! - Sent while the target is offline, it is held; when a stream of the
-//!   target opens, every notification not yet confirmed is sent again on it.
+//!   target opens, every notification not yet confirmed is sent to that
+//!   stream.
 //! - A notification counts as **delivered** once the client shows it
 //!   arrived: it reconnects with a `Last-Event-ID` header at or past the
-//!   frame's id (the header an `EventSource` sets from ids it received; a
-//!   `lastEventId` query parameter, which a page may have been handed, proves
-//!   nothing and is not taken as proof), or acknowledges the trace
-//!   explicitly ([`Mailbox::ack`], the ack route).
-//!   Until then it is sent again on every new connection, so a cut
-//!   connection loses nothing; a stream that lagged past a notification
-//!   gets it again at once.
+//!   id of the newest frame that carried it (the header an `EventSource`
+//!   sets from ids it received; a `lastEventId` query parameter, which a
+//!   page may have been handed, proves nothing and is not taken as proof),
+//!   or acknowledges the trace explicitly ([`Mailbox::ack`], the ack route).
+//!   Until then it is sent again to every new stream of the client, so a
+//!   cut connection loses nothing.
 //!
 //! A client may therefore see a notification more than once (after a
 //! reconnect, on several tabs): the `trace` in its data is the key to drop
 //! duplicates by.
 //!
-//! A re-send is a publish on the client's topic, so it reaches every open
-//! tab of the client and takes a place in the broker's replay log. A client
-//! holding many unconfirmed notifications that connects repeatedly can
-//! therefore push other topics' events out of the log (their readers then
-//! get a `resync` instead of a replay). Keep
-//! [`per_target`](MailboxBuilder::per_target) well below the broker's
-//! [`retain_events`](crate::BrokerBuilder::retain_events), and have clients
-//! confirm what they got (their `Last-Event-ID`, or the ack route).
+//! Notification frames are *direct messages* of the broker: they take ids
+//! from the broker's one sequence, in order with the events a stream
+//! carries, but they wait in each stream's own inbox and never enter the
+//! replay log. They cannot push anyone's events out of the log, and since
+//! they are never evicted, a stream that lags loses none of them: nothing
+//! is sent again for a lag. A stream's inbox holds at most its client's
+//! unconfirmed notifications and unseen replies: what is confirmed,
+//! dropped or expired is taken back from every inbox.
 //!
 //! # Bounds
 //!
-//! Every notification expires after its TTL (default 24 h); a target holds
-//! at most [`per_target`](MailboxBuilder::per_target) notifications (default
-//! 1024, the oldest dropped first); the whole mailbox holds at most
-//! [`capacity`](MailboxBuilder::capacity) (default 100 000). A full mailbox
-//! first forgets its oldest *finished* notifications (delivered, and
-//! expecting no reply or with their reply seen by the sender: kept only
-//! for their status), and
-//! refuses a send only when none is left. Expired entries are purged on
-//! access and by a janitor task.
+//! Every bound is in bytes as well as in counts, so that neither many
+//! small notifications nor a few large ones can exhaust memory. A
+//! notification counts its payload, both client ids and
+//! [`RECORD_OVERHEAD`]; its reply counts its payload and the replier's id.
+//!
+//! - **TTL**: every notification expires (default 24 h); expired ones are
+//!   purged on access and by a [janitor](Mailbox::spawn_janitor).
+//! - **Per target** ([`per_target`](MailboxBuilder::per_target), default
+//!   1024, and [`per_target_bytes`](MailboxBuilder::per_target_bytes),
+//!   default a sixteenth of the broker's retained bytes, 512 KiB): what is
+//!   held for one client; a new notification drops the target's oldest to
+//!   fit. This is also what one stream of the client can be sent when it
+//!   opens.
+//! - **Per sender** ([`per_sender`](MailboxBuilder::per_sender), default
+//!   1024, and [`per_sender_bytes`](MailboxBuilder::per_sender_bytes),
+//!   default 512 KiB): what one sender's notifications and the replies to
+//!   them hold. A sender over its share first has its own finished
+//!   notifications forgotten, then is refused ([`SendError::SenderOverShare`],
+//!   `429`), so that one sender cannot lock every other one out.
+//! - **In all** ([`capacity`](MailboxBuilder::capacity), default 100 000,
+//!   and [`capacity_bytes`](MailboxBuilder::capacity_bytes), default 64
+//!   MiB): a full mailbox first forgets its oldest *finished* notifications
+//!   (delivered, and expecting no reply or with their reply seen by the
+//!   sender: kept only for their status), and refuses a send only when
+//!   none is left ([`SendError::Full`], `507`).
+//!
+//! With the defaults the mailbox holds at most 64 MiB of counted bytes
+//! (payloads and ids) plus about 300 bytes of index per notification.
 //!
 //! # Replies
 //!
 //! A notification sent with `expects_reply` can be answered once, by its
 //! target, before it expires ([`Mailbox::reply`]); the sender's streams get
 //! an `event: notification.reply` frame. The reply is held for the sender
-//! as a notification is for its target: sent again when a stream of the
-//! sender opens, until the sender's `Last-Event-ID` shows it arrived. Until
+//! as a notification is for its target: sent to each stream of the sender
+//! as it opens, until the sender's `Last-Event-ID` shows it arrived. Until
 //! then the notification is not finished, and a full mailbox keeps it.
 
 #[cfg(not(loom))]
@@ -70,7 +88,7 @@ use bytes::Bytes;
 use crate::broker::{EventId, Topic};
 use crate::clock::{Clock, SystemClock};
 use crate::sync::{lock, Arc, Mutex};
-use crate::{Broker, Event};
+use crate::{Broker, Event, Subscription};
 
 #[cfg(not(loom))]
 pub use self::janitor::Janitor;
@@ -84,12 +102,22 @@ use self::record::Record;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default most notifications held per target.
 pub const DEFAULT_PER_TARGET: usize = 1024;
+/// Default most notifications one sender may have held.
+pub const DEFAULT_PER_SENDER: usize = 1024;
 /// Default most notifications held in all.
 pub const DEFAULT_CAPACITY: usize = 100_000;
+/// Default most bytes held in all (see the [module docs](self) for what
+/// counts).
+pub const DEFAULT_CAPACITY_BYTES: usize = 64 * 1024 * 1024;
 /// Default largest payload of a notification or reply.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+/// Default `Retry-After` for a refused send or reply.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Longest client id accepted.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
+/// What every notification counts against the byte bounds besides its
+/// payload and ids: about what its record and index entries take.
+pub const RECORD_OVERHEAD: usize = 256;
 
 /// The event type of a notification on the events route.
 pub const NOTIFICATION_EVENT: &str = "notification";
@@ -120,10 +148,21 @@ struct Shared {
     state: Mutex<State>,
     broker: Broker,
     clock: Box<dyn Clock>,
+    limits: Limits,
+}
+
+/// Every bound of a mailbox, fixed when it is built.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
     ttl: Duration,
     per_target: usize,
+    per_target_bytes: usize,
+    per_sender: usize,
+    per_sender_bytes: usize,
     capacity: usize,
+    capacity_bytes: usize,
     max_payload: usize,
+    retry_after: Duration,
 }
 
 #[derive(Default)]
@@ -131,8 +170,11 @@ struct State {
     records: HashMap<TraceId, Record>,
     /// Every record by expiry, to purge without scanning.
     expiry: BTreeMap<(Duration, u64), TraceId>,
-    /// Each target's notifications, oldest first.
-    by_target: HashMap<Box<str>, VecDeque<TraceId>>,
+    /// Each target's notifications, oldest first, and what they count.
+    by_target: HashMap<Box<str>, Held>,
+    /// What each sender's notifications (and their replies) count, and its
+    /// finished ones, oldest first (may name traces purged since).
+    by_sender: HashMap<Box<str>, Share>,
     /// Open streams per client.
     online: HashMap<Box<str>, usize>,
     /// Notifications that became finished (delivered, and not expecting a
@@ -142,8 +184,25 @@ struct State {
     /// Per sender, the replies it has not shown it received, in reply
     /// order: sent again when a stream of the sender opens.
     unseen_replies: HashMap<Box<str>, Vec<TraceId>>,
+    /// Bytes counted in all.
+    bytes: usize,
     next: u64,
     counters: Counters,
+}
+
+/// A target's notifications.
+#[derive(Default)]
+struct Held {
+    traces: VecDeque<TraceId>,
+    bytes: usize,
+}
+
+/// What a sender holds.
+#[derive(Default)]
+struct Share {
+    count: usize,
+    bytes: usize,
+    finished: VecDeque<TraceId>,
 }
 
 /// Counters of a mailbox, from [`Mailbox::stats`].
@@ -152,18 +211,24 @@ struct State {
 pub struct MailboxStats {
     /// Notifications held now.
     pub held: usize,
+    /// Bytes held now, as the bounds count them.
+    pub bytes: usize,
     /// Notifications accepted since the start.
     pub sent: u64,
     /// Notifications confirmed delivered.
     pub delivered: u64,
-    /// Frames published for notifications (first sends and resends).
+    /// Frames sent for notifications and replies (first sends and resends).
     pub published: u64,
-    /// Notifications dropped by the per-target cap.
+    /// Notifications dropped by the per-target bounds.
     pub dropped: u64,
     /// Notifications purged after their TTL.
     pub expired: u64,
-    /// Finished notifications forgotten to make room in a full mailbox.
+    /// Finished notifications forgotten to make room.
     pub forgotten: u64,
+    /// Sends refused because their sender was over its share.
+    pub refused_sender: u64,
+    /// Sends and replies refused because the mailbox was full.
+    pub refused_full: u64,
     /// Clients with at least one open stream.
     pub online: usize,
 }
@@ -176,6 +241,8 @@ struct Counters {
     dropped: u64,
     expired: u64,
     forgotten: u64,
+    refused_sender: u64,
+    refused_full: u64,
 }
 
 /// Configures a [`Mailbox`]; from [`Mailbox::builder`].
@@ -183,37 +250,71 @@ struct Counters {
 pub struct MailboxBuilder {
     broker: Broker,
     clock: Box<dyn Clock>,
-    ttl: Duration,
-    per_target: usize,
-    capacity: usize,
-    max_payload: usize,
+    limits: Limits,
 }
 
 impl MailboxBuilder {
     /// How long a notification is held when `send` names no TTL (default 24 h).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.limits.ttl = ttl;
         self
     }
 
     /// Most notifications held for one target; the oldest is dropped to
     /// make room (default 1024, at least 1).
     pub fn per_target(mut self, n: usize) -> Self {
-        self.per_target = n.max(1);
+        self.limits.per_target = n.max(1);
+        self
+    }
+
+    /// Most bytes held for one target; the oldest are dropped to make room
+    /// (default: a sixteenth of the broker's
+    /// [retained bytes](crate::BrokerBuilder::retain_bytes), 512 KiB for the
+    /// default 8 MiB). It is also the most a stream of the client is sent
+    /// at once when it opens.
+    pub fn per_target_bytes(mut self, n: usize) -> Self {
+        self.limits.per_target_bytes = n.max(1);
+        self
+    }
+
+    /// Most notifications one sender may have held; past it its sends are
+    /// refused until some are finished (default 1024, at least 1).
+    pub fn per_sender(mut self, n: usize) -> Self {
+        self.limits.per_sender = n.max(1);
+        self
+    }
+
+    /// Most bytes one sender's notifications and the replies to them may
+    /// hold (default as [`per_target_bytes`](MailboxBuilder::per_target_bytes)).
+    pub fn per_sender_bytes(mut self, n: usize) -> Self {
+        self.limits.per_sender_bytes = n.max(1);
         self
     }
 
     /// Most notifications held in all; past it `send` is refused
     /// (default 100 000).
     pub fn capacity(mut self, n: usize) -> Self {
-        self.capacity = n.max(1);
+        self.limits.capacity = n.max(1);
+        self
+    }
+
+    /// Most bytes held in all (default 64 MiB).
+    pub fn capacity_bytes(mut self, n: usize) -> Self {
+        self.limits.capacity_bytes = n.max(1);
         self
     }
 
     /// Largest payload (serialized JSON) of a notification or a reply
     /// (default 64 KiB).
     pub fn max_payload(mut self, n: usize) -> Self {
-        self.max_payload = n;
+        self.limits.max_payload = n;
+        self
+    }
+
+    /// The wait that refusals of a full mailbox or of a sender over its
+    /// share suggest (`Retry-After`, default 30 s).
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.limits.retry_after = wait;
         self
     }
 
@@ -230,10 +331,7 @@ impl MailboxBuilder {
                 state: Mutex::new(State::default()),
                 broker: self.broker,
                 clock: self.clock,
-                ttl: self.ttl,
-                per_target: self.per_target,
-                capacity: self.capacity,
-                max_payload: self.max_payload,
+                limits: self.limits,
             }),
         }
     }
@@ -252,8 +350,19 @@ pub enum SendError {
         /// The largest accepted.
         limit: usize,
     },
-    /// The mailbox holds as many notifications as it may.
-    Full,
+    /// The sender holds as much as one sender may (its share, in count or
+    /// bytes): `429 Too Many Requests`. Room is made as its notifications
+    /// are delivered or expire.
+    SenderOverShare {
+        /// A wait to suggest (`Retry-After`).
+        retry_after: Duration,
+    },
+    /// The mailbox holds as much as it may, in count or bytes, and nothing
+    /// finished is left to forget: `507 Insufficient Storage`.
+    Full {
+        /// A wait to suggest (`Retry-After`).
+        retry_after: Duration,
+    },
     /// The payload could not be serialized.
     Payload(String),
 }
@@ -268,7 +377,10 @@ impl fmt::Display for SendError {
             SendError::TooLarge { size, limit } => {
                 write!(f, "the payload is {size} bytes, over the limit of {limit}")
             }
-            SendError::Full => f.write_str("the mailbox is full"),
+            SendError::SenderOverShare { .. } => {
+                f.write_str("the sender holds as many notifications as one sender may")
+            }
+            SendError::Full { .. } => f.write_str("the mailbox is full"),
             SendError::Payload(e) => write!(f, "the payload is not serializable: {e}"),
         }
     }
@@ -297,6 +409,12 @@ pub enum ReplyError {
         /// The largest accepted.
         limit: usize,
     },
+    /// The mailbox, or the share of the notification's sender, which holds
+    /// the reply for it, has no room for it: `507 Insufficient Storage`.
+    Full {
+        /// A wait to suggest (`Retry-After`).
+        retry_after: Duration,
+    },
     /// The payload could not be serialized.
     Payload(String),
 }
@@ -312,6 +430,7 @@ impl fmt::Display for ReplyError {
             ReplyError::TooLarge { size, limit } => {
                 write!(f, "the reply is {size} bytes, over the limit of {limit}")
             }
+            ReplyError::Full { .. } => f.write_str("the mailbox has no room for this reply"),
             ReplyError::Payload(e) => write!(f, "the reply is not serializable: {e}"),
         }
     }
@@ -323,6 +442,22 @@ pub(crate) fn valid_client_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN && !id.chars().any(char::is_control)
 }
 
+/// What a direct message of the mailbox is, in the key that names it for
+/// [`Broker::retract_direct`].
+#[derive(Clone, Copy)]
+enum Kind {
+    Notification,
+    Reply,
+}
+
+fn key(serial: u64, kind: Kind) -> u64 {
+    serial * 2
+        + match kind {
+            Kind::Notification => 0,
+            Kind::Reply => 1,
+        }
+}
+
 impl Mailbox {
     /// A mailbox delivering through `broker`, with default bounds.
     pub fn new(broker: Broker) -> Self {
@@ -331,13 +466,21 @@ impl Mailbox {
 
     /// Starts configuring a mailbox delivering through `broker`.
     pub fn builder(broker: Broker) -> MailboxBuilder {
+        let share = (broker.retained_bytes_limit() / 16).max(1);
         MailboxBuilder {
             broker,
             clock: Box::new(SystemClock::new()),
-            ttl: DEFAULT_TTL,
-            per_target: DEFAULT_PER_TARGET,
-            capacity: DEFAULT_CAPACITY,
-            max_payload: DEFAULT_MAX_PAYLOAD,
+            limits: Limits {
+                ttl: DEFAULT_TTL,
+                per_target: DEFAULT_PER_TARGET,
+                per_target_bytes: share,
+                per_sender: DEFAULT_PER_SENDER,
+                per_sender_bytes: share,
+                capacity: DEFAULT_CAPACITY,
+                capacity_bytes: DEFAULT_CAPACITY_BYTES,
+                max_payload: DEFAULT_MAX_PAYLOAD,
+                retry_after: DEFAULT_RETRY_AFTER,
+            },
         }
     }
 
@@ -350,8 +493,10 @@ impl Mailbox {
     /// and returns its trace id.
     ///
     /// Delivered at once to every open stream of `to`, else held until one
-    /// opens. If `to` already holds the most notifications allowed, its
-    /// oldest is dropped.
+    /// opens. If `to` already holds as much as it may, its oldest
+    /// notifications are dropped. Refused when the sender is over its share
+    /// ([`SendError::SenderOverShare`]) or the mailbox is full
+    /// ([`SendError::Full`]).
     pub fn send(
         &self,
         to: &str,
@@ -367,20 +512,49 @@ impl Mailbox {
             PayloadError::Serialize(e) => SendError::Payload(e),
             PayloadError::TooLarge { size, limit } => SendError::TooLarge { size, limit },
         })?;
+        let cost = RECORD_OVERHEAD + to.len() + from.len() + payload.len();
         let shared = &self.shared;
+        let limits = &shared.limits;
+        if cost > limits.per_target_bytes.min(limits.per_sender_bytes) {
+            let overhead = cost - payload.len();
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                limit: limits
+                    .per_target_bytes
+                    .min(limits.per_sender_bytes)
+                    .saturating_sub(overhead),
+            });
+        }
         let mut state = lock(&shared.state);
         let now = shared.clock.now();
-        state.purge_expired(now);
-        if state.records.len() >= shared.capacity && !state.target_full(to, shared.per_target) {
-            state.forget_finished(shared.capacity - 1);
-            if state.records.len() >= shared.capacity {
-                return Err(SendError::Full);
+        state.purge_expired(&shared.broker, now);
+        if !state.sender_has_room(&shared.broker, from, 1, cost, limits) {
+            state.counters.refused_sender += 1;
+            return Err(SendError::SenderOverShare {
+                retry_after: limits.retry_after,
+            });
+        }
+        // What the target's bounds drop to take this one: room it frees.
+        let drop = state.target_overflow(to, cost, limits);
+        let (count_over, bytes_over) = state.over_capacity(&drop, cost, limits);
+        if count_over > 0 || bytes_over > 0 {
+            state.forget_finished(&shared.broker, count_over, bytes_over, None);
+            if state.over_capacity(&drop, cost, limits) != (0, 0) {
+                state.counters.refused_full += 1;
+                return Err(SendError::Full {
+                    retry_after: limits.retry_after,
+                });
+            }
+        }
+        for trace in drop {
+            if state.forget(&shared.broker, &trace) {
+                state.counters.dropped += 1;
             }
         }
         state.next += 1;
         let serial = state.next;
         let trace = TraceId::generate(serial);
-        let expires_at = now.saturating_add(ttl.unwrap_or(shared.ttl));
+        let expires_at = now.saturating_add(ttl.unwrap_or(limits.ttl));
         let record = Record::new(
             trace.clone(),
             serial,
@@ -392,30 +566,22 @@ impl Mailbox {
         );
         state.expiry.insert((expires_at, serial), trace.clone());
         state.counters.sent += 1;
-        let queue = state.by_target.entry(Box::from(to)).or_default();
-        queue.push_back(trace.clone());
-        let overflow = if queue.len() > shared.per_target {
-            queue.pop_front()
-        } else {
-            None
-        };
-        if let Some(old) = overflow {
-            if let Some(old) = state.records.remove(&old) {
-                state.expiry.remove(&(old.expires_at, old.serial));
-            }
-            state.counters.dropped += 1;
-        }
+        state.bytes += cost;
+        let held = state.by_target.entry(Box::from(to)).or_default();
+        held.traces.push_back(trace.clone());
+        held.bytes += cost;
+        let share = state.by_sender.entry(Box::from(from)).or_default();
+        share.count += 1;
+        share.bytes += cost;
         state.records.insert(trace.clone(), record);
-        if state.online.get(to).is_some_and(|&n| n > 0) {
-            shared.publish(&mut state, &trace);
-        }
+        shared.send_notification(&mut state, &trace, None);
         Ok(trace)
     }
 
     /// The status of `trace`; `None` if unknown, purged or expired.
     pub fn status(&self, trace: &TraceId) -> Option<Status> {
         let mut state = lock(&self.shared.state);
-        state.purge_expired(self.shared.clock.now());
+        state.purge_expired(&self.shared.broker, self.shared.clock.now());
         state.records.get(trace).map(Record::status)
     }
 
@@ -438,7 +604,8 @@ impl Mailbox {
     }
 
     /// Replies to `trace` on behalf of `by`: only its target, only if it
-    /// expects a reply, only once, only before it expires. The sender's
+    /// expects a reply, only once, only before it expires, and only if the
+    /// mailbox and the sender's share have room for it. The sender's
     /// streams get a `notification.reply` event, now if one is open, else
     /// when one opens.
     pub fn reply(
@@ -452,9 +619,10 @@ impl Mailbox {
             PayloadError::TooLarge { size, limit } => ReplyError::TooLarge { size, limit },
         })?;
         let shared = &self.shared;
+        let limits = &shared.limits;
         let mut state = lock(&shared.state);
         let now = shared.clock.now();
-        let record = state.records.get_mut(trace).ok_or(ReplyError::NotFound)?;
+        let record = state.records.get(trace).ok_or(ReplyError::NotFound)?;
         if record.to.as_ref() != by {
             return Err(ReplyError::NotTarget);
         }
@@ -467,28 +635,47 @@ impl Mailbox {
         if record.reply.is_some() {
             return Err(ReplyError::AlreadyReplied);
         }
+        let from = record.from.clone();
+        let cost = by.len() + payload.len();
+        let full = |state: &mut State| {
+            state.counters.refused_full += 1;
+            Err(ReplyError::Full {
+                retry_after: limits.retry_after,
+            })
+        };
+        // The reply is held for the sender: it counts in the sender's share.
+        if !state.sender_has_room(&shared.broker, &from, 0, cost, limits) {
+            return full(&mut state);
+        }
+        if state.bytes + cost > limits.capacity_bytes {
+            let over = state.bytes + cost - limits.capacity_bytes;
+            state.forget_finished(&shared.broker, 0, over, None);
+            if state.bytes + cost > limits.capacity_bytes {
+                return full(&mut state);
+            }
+        }
+        // Forgetting finished records never forgets this one: it is not
+        // finished until its reply is seen.
+        let record = state.records.get_mut(trace).expect("not finished");
         record.reply = Some(Reply {
             by: by.to_owned(),
             payload: Bytes::from(payload),
             at: SystemTime::now(),
         });
-        let from = record.from.clone();
-        // Answering proves it arrived.
-        if record.delivered_at.is_none() {
-            record.delivered_at = Some(SystemTime::now());
-            state.counters.delivered += 1;
+        state.bytes += cost;
+        if let Some(share) = state.by_sender.get_mut(&from) {
+            share.bytes += cost;
         }
+        // Answering proves it arrived.
+        state.mark_delivered(&shared.broker, trace);
         // Held for the sender like a notification for its target: sent to
         // its open streams now, else when one opens, until seen.
-        let online = state.online.get(&from).is_some_and(|&n| n > 0);
         state
             .unseen_replies
             .entry(from)
             .or_default()
             .push(trace.clone());
-        if online {
-            shared.publish_reply(&mut state, trace);
-        }
+        shared.send_reply(&mut state, trace, None);
         Ok(state.records[trace].status())
     }
 
@@ -496,22 +683,10 @@ impl Mailbox {
     /// Returns false if the trace is unknown or `client` is not its target.
     pub fn ack(&self, trace: &TraceId, client: &str) -> bool {
         let mut state = lock(&self.shared.state);
-        state.purge_expired(self.shared.clock.now());
-        let State {
-            records,
-            counters,
-            finished,
-            ..
-        } = &mut *state;
-        match records.get_mut(trace) {
+        state.purge_expired(&self.shared.broker, self.shared.clock.now());
+        match state.records.get(trace) {
             Some(record) if record.to.as_ref() == client => {
-                if record.delivered_at.is_none() {
-                    record.delivered_at = Some(SystemTime::now());
-                    counters.delivered += 1;
-                    if record.is_finished() {
-                        finished.push_back(trace.clone());
-                    }
-                }
+                state.mark_delivered(&self.shared.broker, trace);
                 true
             }
             _ => false,
@@ -539,87 +714,71 @@ impl Mailbox {
         &self,
         client: &str,
         last_event_id: Option<&str>,
-    ) -> Result<(crate::Subscription, Connection), crate::Closed> {
+    ) -> Result<(Subscription, Connection), crate::Closed> {
         let topics = crate::Topics::one(Topic::client(client));
         let subscription = self.shared.broker.subscribe(&topics, last_event_id)?;
         let honoured = last_event_id.filter(|_| !subscription.starts_with_resync());
-        let connection = self.connect(client, honoured);
+        let connection = self.connect(&subscription, client, honoured);
         Ok((subscription, connection))
     }
 
-    /// A stream of `client` opened. `resumed_after` is the id its
-    /// subscription was positioned after, if the broker honoured the
-    /// client's own proof of receipt (an `EventSource`'s `Last-Event-ID`
-    /// header; see [`subscribe`](Mailbox::subscribe) and the events route):
-    /// everything sent up to it is marked delivered, and what was sent after
-    /// it and is still retained is left to the stream's replay. Everything
-    /// else still held is sent again. The stream's subscription must exist
-    /// already, so that nothing sent from here on can miss it. Returns the
-    /// guard that marks the stream closed on drop.
-    pub fn connect(&self, client: &str, resumed_after: Option<&str>) -> Connection {
+    /// `subscription`, a new stream of `client` that watches the client's
+    /// private topic, opened. `resumed_after` is the id its subscription was
+    /// positioned after, if the broker honoured the client's own proof of
+    /// receipt (an `EventSource`'s `Last-Event-ID` header; see
+    /// [`subscribe`](Mailbox::subscribe) and the events route): everything
+    /// whose newest frame is at or before it is marked delivered. Everything
+    /// else still held is sent to this stream, unless it was sent to every
+    /// stream of the client after this one subscribed (then it has it).
+    /// Returns the guard that marks the stream closed on drop.
+    pub fn connect(
+        &self,
+        subscription: &Subscription,
+        client: &str,
+        resumed_after: Option<&str>,
+    ) -> Connection {
         let shared = &self.shared;
         let mut state = lock(&shared.state);
-        state.purge_expired(shared.clock.now());
+        state.purge_expired(&shared.broker, shared.clock.now());
         *state.online.entry(Box::from(client)).or_default() += 1;
         let newest = shared.broker.last_event_id();
         // An id from another epoch or from the future proves nothing.
         let seen = resumed_after
             .and_then(|id| id.parse::<EventId>().ok())
             .filter(|id| id.epoch() == newest.epoch() && id.seq() <= newest.seq());
-        let oldest_retained = shared.broker.oldest_retained_seq();
+        let subscribed = subscription.seam();
         let pending: Vec<TraceId> = state
             .by_target
             .get(client)
-            .map(|queue| queue.iter().cloned().collect())
+            .map(|held| held.traces.iter().cloned().collect())
             .unwrap_or_default();
         for trace in pending {
-            let record = state
-                .records
-                .get_mut(&trace)
-                .expect("queued traces are held");
+            let record = &state.records[&trace];
             if record.delivered_at.is_some() {
                 continue;
             }
-            if let (Some(seen), Some(sent)) = (seen, record.last_sent) {
-                if sent <= seen {
-                    record.delivered_at = Some(SystemTime::now());
-                    let finished = record.is_finished();
-                    state.counters.delivered += 1;
-                    if finished {
-                        state.finished.push_back(trace);
-                    }
-                    continue;
-                }
-                if sent.seq() >= oldest_retained {
-                    // The stream replays that frame itself (or, if it is
-                    // evicted before being read, reports the lag, which
-                    // sends it again).
-                    continue;
-                }
+            let sent = record.sent;
+            if sent.last.is_some() && sent.last <= seen {
+                state.mark_delivered(&shared.broker, &trace);
+            } else if sent.to_all <= Some(subscribed) {
+                shared.send_notification(&mut state, &trace, Some(subscription));
             }
-            shared.publish(&mut state, &trace);
         }
         // Replies to what this client sent, the same way.
         let replies = state.unseen_replies.remove(client).unwrap_or_default();
         let mut unseen = Vec::with_capacity(replies.len());
         for trace in replies {
-            let Some(record) = state.records.get_mut(&trace) else {
+            let Some(record) = state.records.get(&trace) else {
                 continue;
             };
-            if let (Some(seen), Some(sent)) = (seen, record.reply_sent) {
-                if sent <= seen {
-                    record.reply_seen = true;
-                    if record.is_finished() {
-                        state.finished.push_back(trace);
-                    }
-                    continue;
-                }
-                if sent.seq() >= oldest_retained {
-                    unseen.push(trace);
-                    continue;
-                }
+            let sent = record.reply_sent;
+            if sent.last.is_some() && sent.last <= seen {
+                state.mark_reply_seen(&shared.broker, &trace);
+                continue;
             }
-            shared.publish_reply(&mut state, &trace);
+            if sent.to_all <= Some(subscribed) {
+                shared.send_reply(&mut state, &trace, Some(subscription));
+            }
             unseen.push(trace);
         }
         if !unseen.is_empty() {
@@ -631,52 +790,10 @@ impl Mailbox {
         }
     }
 
-    /// A stream of `client` lagged: the events in `(after, through]` were
-    /// evicted before it read them. Notifications last sent in that range
-    /// are sent again at once.
-    pub(crate) fn lagged(&self, client: &str, after: EventId, through: EventId) {
-        let shared = &self.shared;
-        let mut state = lock(&shared.state);
-        let again: Vec<TraceId> = state
-            .by_target
-            .get(client)
-            .into_iter()
-            .flatten()
-            .filter(|trace| {
-                let record = &state.records[*trace];
-                record.delivered_at.is_none()
-                    && record
-                        .last_sent
-                        .is_some_and(|sent| sent > after && sent <= through)
-            })
-            .cloned()
-            .collect();
-        for trace in again {
-            shared.publish(&mut state, &trace);
-        }
-        let replies: Vec<TraceId> = state
-            .unseen_replies
-            .get(client)
-            .into_iter()
-            .flatten()
-            .filter(|trace| {
-                state.records.get(*trace).is_some_and(|record| {
-                    record
-                        .reply_sent
-                        .is_some_and(|sent| sent > after && sent <= through)
-                })
-            })
-            .cloned()
-            .collect();
-        for trace in replies {
-            shared.publish_reply(&mut state, &trace);
-        }
-    }
-
     /// Drops every notification past its TTL now; returns how many.
     pub fn purge_expired(&self) -> usize {
         let mut state = lock(&self.shared.state);
-        state.purge_expired(self.shared.clock.now())
+        state.purge_expired(&self.shared.broker, self.shared.clock.now())
     }
 
     /// Counters and sizes.
@@ -684,12 +801,15 @@ impl Mailbox {
         let state = lock(&self.shared.state);
         MailboxStats {
             held: state.records.len(),
+            bytes: state.bytes,
             sent: state.counters.sent,
             delivered: state.counters.delivered,
             published: state.counters.published,
             dropped: state.counters.dropped,
             expired: state.counters.expired,
             forgotten: state.counters.forgotten,
+            refused_sender: state.counters.refused_sender,
+            refused_full: state.counters.refused_full,
             online: state.online.len(),
         }
     }
@@ -705,57 +825,135 @@ impl Shared {
     fn encode(&self, payload: &impl serde::Serialize) -> Result<Vec<u8>, PayloadError> {
         let bytes =
             serde_json::to_vec(payload).map_err(|e| PayloadError::Serialize(e.to_string()))?;
-        if bytes.len() > self.max_payload {
+        if bytes.len() > self.limits.max_payload {
             return Err(PayloadError::TooLarge {
                 size: bytes.len(),
-                limit: self.max_payload,
+                limit: self.limits.max_payload,
             });
         }
         Ok(bytes)
     }
 
-    /// Publishes the reply to `trace` to its sender's streams and remembers
-    /// the id.
-    fn publish_reply(&self, state: &mut State, trace: &TraceId) {
+    /// Sends `trace` to its target: to `one` stream, or to every stream of
+    /// the target open now (none: nothing happens).
+    fn send_notification(&self, state: &mut State, trace: &TraceId, one: Option<&Subscription>) {
+        let record = state.records.get_mut(trace).expect("sent traces are held");
+        let event = Event::new(NOTIFICATION_EVENT).data(record.notification_json());
+        let topic = Topic::client(&record.to);
+        let key = key(record.serial, Kind::Notification);
+        if let Some(id) = self.send_direct(&topic, key, event, one) {
+            record.sent.record(id, one.is_none());
+            state.counters.published += 1;
+        }
+    }
+
+    /// Sends the reply to `trace` to its sender, the same way.
+    fn send_reply(&self, state: &mut State, trace: &TraceId, one: Option<&Subscription>) {
         let record = state
             .records
             .get_mut(trace)
             .expect("replied traces are held");
         let event = Event::new(REPLY_EVENT).data(record.reply_json());
-        if let Ok(id) = self.broker.publish_to_client(&record.from, event) {
-            record.reply_sent = Some(id);
+        let topic = Topic::client(&record.from);
+        let key = key(record.serial, Kind::Reply);
+        if let Some(id) = self.send_direct(&topic, key, event, one) {
+            record.reply_sent.record(id, one.is_none());
+            state.counters.published += 1;
         }
     }
 
-    /// Publishes `trace` to its target's streams and remembers the id.
-    fn publish(&self, state: &mut State, trace: &TraceId) {
-        let record = state
-            .records
-            .get_mut(trace)
-            .expect("published traces are held");
-        let event = Event::new(NOTIFICATION_EVENT).data(record.notification_json());
-        if let Ok(id) = self.broker.publish_to_client(&record.to, event) {
-            record.last_sent = Some(id);
-            state.counters.published += 1;
+    /// The id of the frame sent, if any was. A closed broker sends nothing:
+    /// the record stays held.
+    fn send_direct(
+        &self,
+        topic: &Topic,
+        key: u64,
+        event: Event,
+        one: Option<&Subscription>,
+    ) -> Option<EventId> {
+        match one {
+            Some(sub) => self.broker.send_direct_to(sub, topic, key, event).ok(),
+            None => self.broker.send_direct(topic, key, event).ok().flatten(),
         }
     }
 }
 
 impl State {
-    fn target_full(&self, to: &str, per_target: usize) -> bool {
-        self.by_target
-            .get(to)
-            .is_some_and(|q| q.len() >= per_target)
+    /// Whether `sender` can take `count` more notifications and `bytes`
+    /// more bytes within its share, forgetting its own finished
+    /// notifications (oldest first) to make room if needed.
+    fn sender_has_room(
+        &mut self,
+        broker: &Broker,
+        sender: &str,
+        count: usize,
+        bytes: usize,
+        limits: &Limits,
+    ) -> bool {
+        let over = |state: &State| {
+            state.by_sender.get(sender).map_or(
+                (
+                    count.saturating_sub(limits.per_sender),
+                    bytes.saturating_sub(limits.per_sender_bytes),
+                ),
+                |share| {
+                    (
+                        (share.count + count).saturating_sub(limits.per_sender),
+                        (share.bytes + bytes).saturating_sub(limits.per_sender_bytes),
+                    )
+                },
+            )
+        };
+        let (count_over, bytes_over) = over(self);
+        if count_over == 0 && bytes_over == 0 {
+            return true;
+        }
+        self.forget_finished(broker, count_over, bytes_over, Some(sender));
+        over(self) == (0, 0)
     }
 
-    fn purge_expired(&mut self, now: Duration) -> usize {
+    /// By how many notifications and bytes the mailbox would be over its
+    /// capacity with one more of `cost` bytes, once `drop` is dropped.
+    fn over_capacity(&self, drop: &[TraceId], cost: usize, limits: &Limits) -> (usize, usize) {
+        let (mut count, mut bytes) = (self.records.len() + 1, self.bytes + cost);
+        for record in drop.iter().filter_map(|trace| self.records.get(trace)) {
+            count -= 1;
+            bytes -= record.total_cost();
+        }
+        (
+            count.saturating_sub(limits.capacity),
+            bytes.saturating_sub(limits.capacity_bytes),
+        )
+    }
+
+    /// The target's oldest notifications to drop so that one more of
+    /// `cost` bytes fits its bounds.
+    fn target_overflow(&self, to: &str, cost: usize, limits: &Limits) -> Vec<TraceId> {
+        let Some(held) = self.by_target.get(to) else {
+            return Vec::new();
+        };
+        let mut count = held.traces.len() + 1;
+        let mut bytes = held.bytes + cost;
+        let mut drop = Vec::new();
+        for trace in &held.traces {
+            if count <= limits.per_target && bytes <= limits.per_target_bytes {
+                break;
+            }
+            count -= 1;
+            bytes -= self.records[trace].notification_cost();
+            drop.push(trace.clone());
+        }
+        drop
+    }
+
+    fn purge_expired(&mut self, broker: &Broker, now: Duration) -> usize {
         let mut purged = 0;
         while let Some(entry) = self.expiry.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let trace = entry.remove();
-            if self.forget(&trace) {
+            if self.forget(broker, &trace) {
                 purged += 1;
             }
         }
@@ -763,33 +961,109 @@ impl State {
         purged
     }
 
-    /// Forgets the oldest finished notifications until at most `keep`
-    /// remain in all, or none finished is left.
-    fn forget_finished(&mut self, keep: usize) {
-        while self.records.len() > keep {
-            let Some(trace) = self.finished.pop_front() else {
+    /// Forgets the oldest finished notifications (of `sender` only, if
+    /// given) until `count` of them and `bytes` bytes are freed, or none
+    /// finished is left.
+    fn forget_finished(
+        &mut self,
+        broker: &Broker,
+        mut count: usize,
+        mut bytes: usize,
+        sender: Option<&str>,
+    ) {
+        while count > 0 || bytes > 0 {
+            let queue = match sender {
+                Some(sender) => match self.by_sender.get_mut(sender) {
+                    Some(share) => &mut share.finished,
+                    None => return,
+                },
+                None => &mut self.finished,
+            };
+            let Some(trace) = queue.pop_front() else {
                 return;
             };
-            if self.records.get(&trace).is_some_and(Record::is_finished) {
-                self.forget(&trace);
-                self.counters.forgotten += 1;
-            }
+            let Some(record) = self.records.get(&trace).filter(|r| r.is_finished()) else {
+                continue;
+            };
+            let cost = record.total_cost();
+            self.forget(broker, &trace);
+            self.counters.forgotten += 1;
+            count = count.saturating_sub(1);
+            bytes = bytes.saturating_sub(cost);
         }
     }
 
-    /// Removes `trace` everywhere; whether it was held.
-    fn forget(&mut self, trace: &TraceId) -> bool {
+    /// Marks `trace` delivered (if it was not) and takes its frames back
+    /// from every stream that has not read them.
+    fn mark_delivered(&mut self, broker: &Broker, trace: &TraceId) {
+        let record = self.records.get_mut(trace).expect("held");
+        if record.delivered_at.is_some() {
+            return;
+        }
+        record.delivered_at = Some(SystemTime::now());
+        self.counters.delivered += 1;
+        broker.retract_direct(
+            &Topic::client(&record.to),
+            key(record.serial, Kind::Notification),
+        );
+        self.note_if_finished(trace);
+    }
+
+    /// The sender showed it received the reply to `trace`.
+    fn mark_reply_seen(&mut self, broker: &Broker, trace: &TraceId) {
+        let record = self.records.get_mut(trace).expect("held");
+        record.reply_seen = true;
+        broker.retract_direct(
+            &Topic::client(&record.from),
+            key(record.serial, Kind::Reply),
+        );
+        self.note_if_finished(trace);
+    }
+
+    /// Queues `trace` among the finished records, if it now is one.
+    fn note_if_finished(&mut self, trace: &TraceId) {
+        let record = &self.records[trace];
+        if !record.is_finished() {
+            return;
+        }
+        let records = &self.records;
+        note(&mut self.finished, trace, records);
+        if let Some(share) = self.by_sender.get_mut(&*record.from) {
+            note(&mut share.finished, trace, records);
+        }
+    }
+
+    /// Removes `trace` everywhere, its frames from every stream that has
+    /// not read them too; whether it was held.
+    fn forget(&mut self, broker: &Broker, trace: &TraceId) -> bool {
         let Some(record) = self.records.remove(trace) else {
             return false;
         };
         self.expiry.remove(&(record.expires_at, record.serial));
-        if let Some(queue) = self.by_target.get_mut(&*record.to) {
-            queue.retain(|t| t != trace);
-            if queue.is_empty() {
+        let cost = record.notification_cost();
+        let total = record.total_cost();
+        self.bytes -= total;
+        if let Some(held) = self.by_target.get_mut(&*record.to) {
+            held.traces.retain(|t| t != trace);
+            held.bytes -= cost;
+            if held.traces.is_empty() {
                 self.by_target.remove(&*record.to);
             }
         }
+        if let Some(share) = self.by_sender.get_mut(&*record.from) {
+            share.count -= 1;
+            share.bytes -= total;
+            if share.count == 0 {
+                self.by_sender.remove(&*record.from);
+            }
+        }
+        let to = Topic::client(&record.to);
+        broker.retract_direct(&to, key(record.serial, Kind::Notification));
         if record.reply.is_some() {
+            broker.retract_direct(
+                &Topic::client(&record.from),
+                key(record.serial, Kind::Reply),
+            );
             if let Some(replies) = self.unseen_replies.get_mut(&*record.from) {
                 replies.retain(|t| t != trace);
                 if replies.is_empty() {
@@ -799,6 +1073,17 @@ impl State {
         }
         true
     }
+}
+
+/// Appends `trace` to a queue of finished records. Records leave the
+/// mailbox by other ways too (expiry, the target's bounds) and stay in the
+/// queue until popped; so that the queue stays within a small multiple of
+/// what is held, it is swept of them once it is twice that long.
+fn note(queue: &mut VecDeque<TraceId>, trace: &TraceId, records: &HashMap<TraceId, Record>) {
+    if queue.len() >= 2 * records.len() + 64 {
+        queue.retain(|t| records.get(t).is_some_and(Record::is_finished));
+    }
+    queue.push_back(trace.clone());
 }
 
 /// An open stream of a client, as the mailbox counts them; dropping it
@@ -851,21 +1136,7 @@ impl fmt::Debug for Mailbox {
 impl fmt::Debug for MailboxBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MailboxBuilder")
-            .field("ttl", &self.ttl)
-            .field("per_target", &self.per_target)
-            .field("capacity", &self.capacity)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
-    }
-}
-
-impl Broker {
-    /// Publishes to the private topic of `client`, which only its own
-    /// streams watch.
-    pub(crate) fn publish_to_client(
-        &self,
-        client: &str,
-        event: Event,
-    ) -> Result<EventId, crate::PublishError> {
-        self.publish_to_topic(Topic::client(client), event)
     }
 }

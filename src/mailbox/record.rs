@@ -130,6 +130,29 @@ impl serde::Serialize for Status {
     }
 }
 
+/// Where a notification (or its reply) went on the streams of the client
+/// it is for.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sent {
+    /// The id of the newest frame that carried it to any stream. A stream
+    /// that resumes from an id at or past it had received a copy of its
+    /// own: every stream open while it was unconfirmed got one.
+    pub(crate) last: Option<EventId>,
+    /// The id of the newest frame sent to every stream open at the time: a
+    /// stream that subscribed before it has that copy already.
+    pub(crate) to_all: Option<EventId>,
+}
+
+impl Sent {
+    /// Counts a frame with id `id`, sent to every open stream or to one.
+    pub(crate) fn record(&mut self, id: EventId, to_all: bool) {
+        self.last = self.last.max(Some(id));
+        if to_all {
+            self.to_all = self.to_all.max(Some(id));
+        }
+    }
+}
+
 /// A held notification.
 pub(crate) struct Record {
     pub(crate) trace: TraceId,
@@ -142,11 +165,13 @@ pub(crate) struct Record {
     pub(crate) created: SystemTime,
     pub(crate) expires_at: Duration,
     pub(crate) delivered_at: Option<SystemTime>,
-    /// Id of the last frame that carried it to the target.
-    pub(crate) last_sent: Option<EventId>,
+    /// Where it was sent to the target's streams: the newest frame that
+    /// carried it to any of them, and the newest sent to every stream open
+    /// at the time (rather than to one stream as it opened).
+    pub(crate) sent: Sent,
     pub(crate) reply: Option<Reply>,
-    /// Id of the last frame that carried the reply to the sender.
-    pub(crate) reply_sent: Option<EventId>,
+    /// The same for the reply, on the sender's streams.
+    pub(crate) reply_sent: Sent,
     /// The sender showed that the reply reached it (`Last-Event-ID`).
     pub(crate) reply_seen: bool,
 }
@@ -171,11 +196,30 @@ impl Record {
             created: SystemTime::now(),
             expires_at,
             delivered_at: None,
-            last_sent: None,
+            sent: Sent::default(),
             reply: None,
-            reply_sent: None,
+            reply_sent: Sent::default(),
             reply_seen: false,
         }
+    }
+
+    /// What the notification counts against the mailbox's byte bounds, the
+    /// target's and the sender's: its payload, both ids and
+    /// [`RECORD_OVERHEAD`](super::RECORD_OVERHEAD).
+    pub(crate) fn notification_cost(&self) -> usize {
+        super::RECORD_OVERHEAD + self.from.len() + self.to.len() + self.payload.len()
+    }
+
+    /// What its reply counts, against the mailbox's and the sender's bounds.
+    pub(crate) fn reply_cost(&self) -> usize {
+        self.reply
+            .as_ref()
+            .map_or(0, |reply| reply.by.len() + reply.payload.len())
+    }
+
+    /// What it counts in all, with its reply.
+    pub(crate) fn total_cost(&self) -> usize {
+        self.notification_cost() + self.reply_cost()
     }
 
     /// Delivered, and not expecting a reply or its reply seen by the

@@ -12,7 +12,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Mailbox, ReplyError, TraceId};
-use crate::body::{json_error as error, json_response, method_not_allowed, ResponseBody};
+use crate::body::{
+    json_error as error, json_response, method_not_allowed, with_retry_after, ResponseBody,
+};
 use crate::future::ResponseFuture;
 
 type Identify = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -192,7 +194,7 @@ where
             }),
             Action::Reply => {
                 let mailbox = mailbox.clone();
-                let limit = mailbox.shared.max_payload;
+                let limit = mailbox.shared.limits.max_payload;
                 ResponseFuture::boxed(Box::pin(reply(mailbox, trace, client, body, limit)))
             }
         }
@@ -246,6 +248,13 @@ where
         }
         Err(e @ ReplyError::Expired) => error(StatusCode::GONE, e),
         Err(e @ ReplyError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
+        Err(ReplyError::Full { retry_after }) => with_retry_after(
+            error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the mailbox has no room for this reply",
+            ),
+            retry_after,
+        ),
         Err(e @ ReplyError::Payload(_)) => error(StatusCode::BAD_REQUEST, e),
     }
 }

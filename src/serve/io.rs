@@ -2,9 +2,11 @@
 //! service sees, the service adapter, and a stream that gives back the
 //! bytes already read.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::Request;
@@ -12,39 +14,76 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 use tower_service::Service;
+
+use super::BoxError;
 
 pin_project! {
     /// The body of every request [`serve`](super::serve) passes on: empty
-    /// for a stream request (a `GET` with no body), hyper's body otherwise.
+    /// for a stream request (a `GET` with no body), hyper's body otherwise,
+    /// which fails with [`BodyTimeout`] once it has taken longer than the
+    /// server's [`body_timeout`](super::Serve::body_timeout).
     ///
     /// axum's `Router` takes it as it is.
     #[derive(Debug)]
     pub struct RequestBody {
         #[pin]
         incoming: Option<Incoming>,
+        deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     }
 }
 
 impl RequestBody {
     /// An empty body.
     pub(super) fn empty() -> Self {
-        Self { incoming: None }
+        Self {
+            incoming: None,
+            deadline: None,
+        }
     }
 }
 
+/// A request body was still arriving when the server's
+/// [`body_timeout`](super::Serve::body_timeout) ran out: the error its
+/// [`RequestBody`] fails with, so that a client dripping a body a byte at a
+/// time cannot hold a connection (and what hyper buffers for it) for ever.
+/// An axum extractor reading the body answers `400` then, and the
+/// connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyTimeout(pub Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body took longer than {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project().incoming.as_pin_mut() {
-            Some(incoming) => incoming.poll_frame(cx),
-            None => Poll::Ready(None),
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let Some(incoming) = this.incoming.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = incoming.poll_frame(cx).map_err(BoxError::from);
+        if polled.is_pending() {
+            if let Some((sleep, after)) = this.deadline {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout(*after)))));
+                }
+            }
+        } else if matches!(polled, Poll::Ready(None)) {
+            *this.deadline = None;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -59,16 +98,22 @@ impl Body for RequestBody {
 }
 
 /// The service as hyper's connections call it: hyper's body wrapped in a
-/// [`RequestBody`], and the peer's address in the extensions.
+/// [`RequestBody`] with its deadline, and the peer's address in the
+/// extensions.
 #[derive(Clone, Debug)]
 pub(super) struct IntoRequestBody<S> {
     inner: S,
     peer: SocketAddr,
+    body_timeout: Option<Duration>,
 }
 
 impl<S> IntoRequestBody<S> {
-    pub(super) fn new(inner: S, peer: SocketAddr) -> Self {
-        Self { inner, peer }
+    pub(super) fn new(inner: S, peer: SocketAddr, body_timeout: Option<Duration>) -> Self {
+        Self {
+            inner,
+            peer,
+            body_timeout,
+        }
     }
 }
 
@@ -85,8 +130,13 @@ where
     }
 
     fn call(&mut self, request: Request<Incoming>) -> S::Future {
+        let deadline = self
+            .body_timeout
+            .filter(|_| !request.body().is_end_stream())
+            .map(|after| (Box::pin(tokio::time::sleep(after)), after));
         let mut request = request.map(|incoming| RequestBody {
             incoming: Some(incoming),
+            deadline,
         });
         super::insert_peer(&mut request, self.peer);
         self.inner.call(request)

@@ -74,7 +74,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_service::Service;
 
-pub use self::io::RequestBody;
+pub use self::io::{BodyTimeout, RequestBody};
 use self::io::{IntoRequestBody, Rewind};
 
 /// Error type a service or body may fail with.
@@ -82,6 +82,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Default longest wait for a connection's first request head.
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest time a request body may take to arrive.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default send buffer asked of the kernel for an event stream's
+/// connection (`SO_SNDBUF`; Linux doubles it for its bookkeeping).
+pub const DEFAULT_STREAM_SEND_BUFFER: usize = 128 * 1024;
 /// Default largest first request head read before deciding; a longer one
 /// goes to hyper, which applies its own limits.
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -118,6 +123,8 @@ where
         config: Config {
             stream_paths: Vec::new(),
             head_timeout: DEFAULT_HEAD_TIMEOUT,
+            body_timeout: Some(DEFAULT_BODY_TIMEOUT),
+            stream_send_buffer: Some(DEFAULT_STREAM_SEND_BUFFER),
             max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
             nodelay: true,
             #[cfg(feature = "tcp")]
@@ -131,6 +138,8 @@ where
 struct Config {
     stream_paths: Vec<String>,
     head_timeout: Duration,
+    body_timeout: Option<Duration>,
+    stream_send_buffer: Option<usize>,
     max_head_bytes: usize,
     nodelay: bool,
     #[cfg(feature = "tcp")]
@@ -167,6 +176,29 @@ impl<S> Serve<S> {
     /// a connection that has not sent one by then is closed.
     pub fn head_timeout(mut self, timeout: Duration) -> Self {
         self.config.head_timeout = timeout;
+        self
+    }
+
+    /// Longest time a request body may take to arrive, from when its head
+    /// was read (default 30 s); [`Duration::MAX`] for no limit. Past it the
+    /// body fails with [`BodyTimeout`] (an axum extractor answers `400`) and
+    /// the connection closes, so that a body dripped a byte at a time holds
+    /// neither a connection nor hyper's buffers for longer than this. (hyper
+    /// bounds the wait for each request head the same way, 30 s.)
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.config.body_timeout = (timeout != Duration::MAX).then_some(timeout);
+        self
+    }
+
+    /// The kernel send buffer of each event stream's connection (`SO_SNDBUF`,
+    /// default 128 KiB, which Linux doubles); `None` leaves the kernel's
+    /// autotuning, which lets a reader that stops reading hold megabytes of
+    /// kernel memory. It bounds what such a reader costs the machine beyond
+    /// the process, and how fast one stream can take a backlog: a buffer's
+    /// worth per round trip (128 KiB per 100 ms is 1.3 MB/s), plenty for
+    /// events.
+    pub fn stream_send_buffer(mut self, bytes: Option<usize>) -> Self {
+        self.config.stream_send_buffer = bytes;
         self
     }
 
@@ -376,6 +408,11 @@ async fn connection<S, B>(
     };
     match first {
         Ok(Ok(head::First::Stream(mut request))) => {
+            if let Some(bytes) = config.stream_send_buffer {
+                if let Err(error) = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes) {
+                    tracing::debug!(%error, "could not set SO_SNDBUF");
+                }
+            }
             insert_peer(&mut request, peer);
             stream::respond(tcp, request, service).await;
             drop(closing);
@@ -383,7 +420,8 @@ async fn connection<S, B>(
         Ok(Ok(head::First::Other(read))) => {
             // Boxed so that hyper's connection state does not weigh on
             // every stream's task.
-            Box::pin(with_hyper(tcp, read, peer, service, closing)).await;
+            let service = IntoRequestBody::new(service, peer, config.body_timeout);
+            Box::pin(with_hyper(tcp, read, service, closing)).await;
         }
         Ok(Ok(head::First::Closed)) | Ok(Err(_)) | Err(_) => {}
     }
@@ -393,8 +431,7 @@ async fn connection<S, B>(
 async fn with_hyper<S, B>(
     tcp: TcpStream,
     read: Bytes,
-    peer: SocketAddr,
-    service: S,
+    service: IntoRequestBody<S>,
     mut closing: watch::Receiver<bool>,
 ) where
     S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
@@ -405,8 +442,7 @@ async fn with_hyper<S, B>(
     B::Error: Into<BoxError>,
 {
     let io = TokioIo::new(Rewind::new(tcp, read));
-    let service =
-        hyper_util::service::TowerToHyperService::new(IntoRequestBody::new(service, peer));
+    let service = hyper_util::service::TowerToHyperService::new(service);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new());
     let connection = builder.serve_connection(io, service).with_upgrades();

@@ -98,6 +98,10 @@ fn write_decimal(buf: &mut [u8], mut n: u64) -> usize {
     len
 }
 
+/// The longest frame [`resync_frame`] makes: the longest id, reason and
+/// count.
+pub(crate) const MAX_RESYNC_FRAME: usize = 128;
+
 /// The frame telling a client that what it holds is no longer a complete
 /// picture: `event: resync`, JSON data naming the reason (and for a lag, how
 /// many events were missed), and the id the stream continues from, so a
@@ -225,6 +229,20 @@ mod tests {
         );
         let bytes = stamp_id(encode_body(None, "x"), EventId::new(0, 0));
         assert_eq!(&bytes[..], b"id: 0-0\ndata: x\n\n");
+    }
+
+    #[test]
+    fn no_resync_frame_is_longer_than_the_bound() {
+        let id = EventId::new(u64::MAX, u64::MAX);
+        for reason in [
+            ResyncReason::Malformed,
+            ResyncReason::UnknownEpoch,
+            ResyncReason::Future,
+            ResyncReason::Expired,
+            ResyncReason::Lagged,
+        ] {
+            assert!(resync_frame(reason, Some(u64::MAX), id).len() <= MAX_RESYNC_FRAME);
+        }
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl Coalesce {
 #[derive(Default)]
 pub(crate) struct Runtime {
     pub(crate) connections: AtomicUsize,
+    /// Bytes of the frames the streams last handed to their servers: what
+    /// the servers are writing (see [`SseLayer::in_flight_bytes`]).
+    pub(crate) in_flight: AtomicUsize,
     /// The ticker found the runtime busy: streams coalesce their writes.
     pub(crate) busy: AtomicBool,
     /// Writes made while coalescing, and the frames they carried, since
@@ -213,10 +216,13 @@ impl SseLayer {
         self
     }
 
-    /// Caps how much of a backlog goes into one body frame (default 64 KiB;
-    /// one event is never split).
+    /// The most bytes in one body frame (default 64 KiB, at least 1 KiB): a
+    /// backlog goes out in frames of up to this size, and an event larger
+    /// than this goes out in slices of it, each copied, so that what a
+    /// stalled reader's write holds is bounded by this, not by the largest
+    /// event.
     pub fn max_batch_bytes(mut self, n: usize) -> Self {
-        self.config.max_batch_bytes = n.max(1);
+        self.config.max_batch_bytes = n.max(1024);
         self
     }
 
@@ -231,6 +237,19 @@ impl SseLayer {
     /// Streams served right now by services made from this layer.
     pub fn connections(&self) -> usize {
         self.config.runtime.connections.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the body frames that streams from this layer handed to
+    /// their servers last: under [`tower_sse::serve`](crate::serve), which
+    /// asks a stream for its next frame only once the previous one is
+    /// written, exactly what the streams' writes hold now. Each is at most
+    /// [`max_batch_bytes`](SseLayer::max_batch_bytes), however large the
+    /// events: a larger one goes out in slices of that size, so that a
+    /// reader that stops reading holds one slice, never a whole event the
+    /// log has evicted since. (hyper queues up to 16 frames per
+    /// connection; this counts the last of them.)
+    pub fn in_flight_bytes(&self) -> usize {
+        self.config.runtime.in_flight.load(Ordering::Relaxed)
     }
 
     /// Whether streams from this layer coalesce their writes right now:

@@ -9,7 +9,9 @@ use tower_service::Service;
 use super::authorize::Rejection;
 use super::frame;
 use super::layer::Config;
-use crate::body::{method_not_allowed, ConnectionSlot, EventStream, ResponseBody};
+use crate::body::{
+    method_not_allowed, with_retry_after, ConnectionSlot, EventStream, ResponseBody,
+};
 use crate::broker::Topic;
 use crate::future::ResponseFuture;
 use crate::mailbox::valid_client_id;
@@ -99,12 +101,8 @@ impl Config {
         }
         let Some(slot) = ConnectionSlot::acquire(&self.runtime, self.max_connections) else {
             tracing::debug!("events route over its connection limit");
-            let mut response = self.busy(b":over capacity\n");
-            let seconds = crate::require_writable::whole_seconds(self.busy_retry).to_string();
-            if let Ok(value) = HeaderValue::from_str(&seconds) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            return response;
+            let response = self.busy(b":over capacity\n");
+            return with_retry_after(response, self.busy_retry);
         };
         let resume = resume_from(parts);
         let topics = match client {
@@ -127,7 +125,8 @@ impl Config {
             .id
             .as_deref()
             .filter(|_| resume.from_header && !subscription.starts_with_resync());
-        let connection = client.map(|(mailbox, client)| mailbox.connect(client, proof));
+        let connection =
+            client.map(|(mailbox, client)| mailbox.connect(&subscription, client, proof));
         self.ensure_ticker();
         let first = frame::retry_frame(self.retry.as_millis().try_into().unwrap_or(u64::MAX));
         stream_response(ResponseBody::events(EventStream::new(
