@@ -11,12 +11,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${1:-100} CONNS=${2:-1000} SECS=${3:-8}
 OUT=bench/out
-BIN=target/release/examples
+# The crate's server is its example; the other tools are the `bench`
+# workspace member's binaries.
+bin() {
+    case $1 in
+        bench_server) echo target/release/examples/bench_server ;;
+        *) echo "target/release/$1" ;;
+    esac
+}
 mkdir -p "$OUT"
 command -v perf >/dev/null || { echo "perf is not installed (Debian: apt-get install linux-perf)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --example bench_server --example bench_baseline --example bench_floor \
-    --example bench_client >&2
+cargo build --release --example bench_server >&2
+cargo build --release -p tower-sse-bench >&2
 
 SPID= CPID=
 cleanup() {
@@ -29,12 +36,12 @@ PORT=$((10000 + RANDOM % 10000))
 for kind in bench_server bench_baseline bench_floor; do
     PORT=$((PORT + 1))
     count=$((RATE * (SECS + 4)))
-    taskset -c 0 "$BIN/$kind" --addr "127.0.0.1:$PORT" --rate "$RATE" --count "$count" \
+    taskset -c 0 "$(bin "$kind")" --addr "127.0.0.1:$PORT" --rate "$RATE" --count "$count" \
         --start-after-conns "$CONNS" >"$OUT/profile-$kind.server.log" 2>&1 &
     SPID=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/stats" >/dev/null && break; sleep 0.05; done
     kill -0 "$SPID" 2>/dev/null || { cat "$OUT/profile-$kind.server.log" >&2; exit 1; }
-    taskset -c 1 "$BIN/bench_client" --addr "127.0.0.1:$PORT" --conns "$CONNS" --expect "$count" \
+    taskset -c 1 "$(bin bench_client)" --addr "127.0.0.1:$PORT" --conns "$CONNS" --expect "$count" \
         --duration $((SECS + 30)) >"$OUT/profile-$kind.client.json" 2>/dev/null &
     CPID=$!
     sleep 2

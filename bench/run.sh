@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Loopback load benchmark: the crate's SSE route (examples/bench_server.rs)
-# against the usual tokio broadcast + axum Sse (examples/bench_baseline.rs),
-# driven by the load client (examples/bench_client.rs), in one run:
+# against the usual tokio broadcast + axum Sse (bench/src/bin/bench_baseline.rs),
+# driven by the load client (bench/src/bin/bench_client.rs), in one run:
 #
 #   bash bench/run.sh            # full run, about 10 minutes on 2 cores
 #   bash bench/run.sh --quick    # smoke test, about 2 minutes
@@ -10,7 +10,7 @@
 # override). Scenarios, each for both servers:
 #   fixed    1000 connections x 100 events/s: server CPU us per delivery,
 #            p50/p99/p999 latency, loss; also run against the floor
-#            (examples/bench_floor.rs: one write(2) per connection per
+#            (bench/src/bin/bench_floor.rs: one write(2) per connection per
 #            event, or per two events, and nothing else), which shows what
 #            the kernel and the client alone cost at this load
 #   sweep    1000 connections at rising rates: each server's highest
@@ -56,7 +56,14 @@ fi
 PER_CLIENT=9500
 
 OUT=bench/out
-BIN=target/release/examples
+# The crate's server is its example; the other tools are the `bench`
+# workspace member's binaries.
+bin() {
+    case $1 in
+        bench_server) echo target/release/examples/bench_server ;;
+        *) echo "target/release/$1" ;;
+    esac
+}
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.ready "$OUT"/*.done "$OUT"/*.tmp
 
@@ -167,7 +174,7 @@ start_server() {
         floor2) extra=(--events-per-write 2) kind=bench_floor ;;
         *) die "unknown server kind $kind" ;;
     esac
-    taskset -c "$SERVER_CORE" "$BIN/$kind" --addr "$SADDR" --rate "$rate" --count "$count" \
+    taskset -c "$SERVER_CORE" "$(bin "$kind")" --addr "$SADDR" --rate "$rate" --count "$count" \
         --start-after-conns "$after" --threads 1 "${extra[@]}" >"$SLOG" 2>&1 &
     SPID=$!
     LIVE[$SPID]=1
@@ -193,7 +200,7 @@ server_stats() { curl -sf --max-time 5 "http://$SADDR/stats" || echo '{}'; }
 measured_run() {
     local name=$1 conns=$2 expect=$3 max_secs=$4
     local ready=$OUT/$name.ready done=$OUT/$name.done
-    taskset -c "$CLIENT_CORE" "$BIN/bench_client" --addr "$SADDR" --conns "$conns" \
+    taskset -c "$CLIENT_CORE" "$(bin bench_client)" --addr "$SADDR" --conns "$conns" \
         --expect "$expect" --duration "$max_secs" --ready-file "$ready" --done-file "$done" \
         --linger 30 --label "$name" >"$OUT/$name.client.json" 2>"$OUT/$name.client.log" &
     local cpid=$!
@@ -335,7 +342,7 @@ scenario_held() {
         while ((want > 0)); do
             local part=$((want < PER_CLIENT ? want : PER_CLIENT))
             local name=held-$kind-$step-$n
-            taskset -c "$CLIENT_CORE" "$BIN/bench_client" --addr "$SADDR" --conns "$part" \
+            taskset -c "$CLIENT_CORE" "$(bin bench_client)" --addr "$SADDR" --conns "$part" \
                 --duration 3600 --ready-file "$OUT/$name.ready" --label "$name" \
                 >"$OUT/$name.client.json" 2>"$OUT/$name.client.log" &
             local cpid=$!
@@ -409,13 +416,13 @@ scenario_held() {
 
 STARTED=$SECONDS
 log "building (release)"
-cargo build --release --example bench_server --example bench_baseline --example bench_floor \
-    --example bench_client --example bench_chart >&2
+cargo build --release --example bench_server >&2
+cargo build --release -p tower-sse-bench >&2
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 PSI_BEFORE=$(pressure)
 log "client parser alone (one core)"
-PARSE=$(taskset -c "$CLIENT_CORE" "$BIN/bench_client" --parse-bench 2>"$OUT/parse-bench.log")
+PARSE=$(taskset -c "$CLIENT_CORE" "$(bin bench_client)" --parse-bench 2>"$OUT/parse-bench.log")
 log "  $PARSE"
 
 scenario_fixed
@@ -520,7 +527,7 @@ row "idle CPU % of a core at that level (${IDLE_CPU_SECS}s)" "$(q .servers.crate
     "< 5 %: $(met "$(jq -r '.servers.crate.held.idle_cpu_pct != null and .servers.crate.held.idle_cpu_pct < 5' "$R")")"
 row "keep-alives per held connection" "$(q .servers.crate.held.keepalives_per_conn)" "$(q .servers.baseline.held.keepalives_per_conn)" "" ""
 echo
-echo "the floor at the fixed rate (examples/bench_floor.rs: each event written to every connection"
+echo "the floor at the fixed rate (bench/src/bin/bench_floor.rs: each event written to every connection"
 echo "with one write(2) from the publisher, nothing else; ratio = against the baseline in the same run)"
 printf '%-34s %12s %12s %12s %12s\n' "server" "CPU us/deliv" "p50 us" "p99 us" "p99 ratio"
 floor_row() { # NAME PATH RATIO
@@ -546,5 +553,5 @@ echo
 echo "client parser alone: $(jq -r '.client_parse_bench | to_entries | map("\(.key) \(.value.events_per_s / 1e6 * 100 | round / 100) M ev/s") | join(", ")' "$R")"
 echo "results: bench/results.json, logs: $OUT/"
 
-cargo run --release --quiet --example bench_chart -- bench/results.json bench/sweep.png >&2 || log "chart failed"
+cargo run --release --quiet -p tower-sse-bench --bin bench_chart -- bench/results.json bench/sweep.png >&2 || log "chart failed"
 log "done in $((SECONDS - STARTED)) s"

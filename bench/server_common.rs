@@ -1,5 +1,5 @@
 //! What the two benchmark servers (`examples/bench_server.rs`, the crate,
-//! and `examples/bench_baseline.rs`, broadcast + `axum::response::Sse`)
+//! and `bench/src/bin/bench_baseline.rs`, broadcast + `axum::response::Sse`)
 //! share, so that they differ only in how events reach the connections:
 //! the command line, the listener, the runtime, the publisher's schedule and
 //! payload, the subscriber sampling and the final line on SIGTERM.

@@ -141,7 +141,7 @@ mod demo {
     use axum::{Json, Router};
     use serde::Deserialize;
     use serde_json::{json, Value};
-    use tower_sse::mailbox::{Mailbox, MailboxLayer, SendError};
+    use tower_sse::mailbox::{Mailbox, MailboxLayer, Notification, SendError};
     use tower_sse::mode::ServerMode;
     use tower_sse::tcp::TcpTuning;
     use tower_sse::{
@@ -500,13 +500,25 @@ mod demo {
                 )
             }
         };
-        let sent = app.mailbox.send(
-            &request.to,
-            &from,
-            &request.payload,
-            request.expects_reply,
-            ttl,
-        );
+        let mut notification = match Notification::to(request.to)
+            .from(from)
+            .json(&request.payload)
+        {
+            Ok(notification) => notification,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot encode payload: {e}"),
+                )
+            }
+        };
+        if request.expects_reply {
+            notification = notification.expects_reply();
+        }
+        if let Some(ttl) = ttl {
+            notification = notification.ttl(ttl);
+        }
+        let sent = app.mailbox.send(notification);
         match sent {
             Ok(trace) => Json(json!({ "trace": trace })).into_response(),
             Err(e @ SendError::TooLarge { .. }) => {

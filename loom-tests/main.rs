@@ -316,12 +316,16 @@ fn close_racing_parked_subscriber_ends_it() {
 /// and sends it.
 #[test]
 fn notification_racing_connect_reaches_the_stream() {
-    use tower_sse::mailbox::Mailbox;
+    use tower_sse::mailbox::{Mailbox, Notification};
     model(|| {
         let mailbox = Mailbox::new(broker());
         let sender = {
             let mailbox = mailbox.clone();
-            thread::spawn(move || mailbox.send("bob", "ann", "hi", false, None).unwrap())
+            thread::spawn(move || {
+                mailbox
+                    .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+                    .unwrap()
+            })
         };
         let client = {
             let mailbox = mailbox.clone();
@@ -343,14 +347,18 @@ fn notification_racing_connect_reaches_the_stream() {
 /// never lost: unconfirmed, it reaches the next stream.
 #[test]
 fn notification_racing_disconnect_is_not_lost() {
-    use tower_sse::mailbox::Mailbox;
+    use tower_sse::mailbox::{Mailbox, Notification};
     model(|| {
         let mailbox = Mailbox::new(broker());
         let (sub, connection) = mailbox.subscribe("bob", None).unwrap();
         let closer = thread::spawn(move || drop((sub, connection)));
         let sender = {
             let mailbox = mailbox.clone();
-            thread::spawn(move || mailbox.send("bob", "ann", "hi", false, None).unwrap())
+            thread::spawn(move || {
+                mailbox
+                    .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+                    .unwrap()
+            })
         };
         closer.join().unwrap();
         let trace = sender.join().unwrap();
@@ -374,14 +382,18 @@ fn notification_racing_disconnect_is_not_lost() {
 /// first. (Fails if `Reader::peek` reports the lag before such a message.)
 #[test]
 fn notification_racing_a_lag_keeps_ids_increasing() {
-    use tower_sse::mailbox::Mailbox;
+    use tower_sse::mailbox::{Mailbox, Notification};
     model(|| {
         let broker = Broker::builder().epoch(EPOCH).retain_events(1).build();
         let mailbox = Mailbox::new(broker.clone());
         let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
         let sender = {
             let mailbox = mailbox.clone();
-            thread::spawn(move || mailbox.send("bob", "ann", "hi", false, None).unwrap())
+            thread::spawn(move || {
+                mailbox
+                    .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+                    .unwrap()
+            })
         };
         let publisher = {
             let broker = broker.clone();
@@ -435,11 +447,13 @@ fn notification_racing_a_lag_keeps_ids_increasing() {
 /// `State::retract` keeps what it should take back.)
 #[test]
 fn ack_racing_the_read_of_a_notification_leaves_nothing_behind() {
-    use tower_sse::mailbox::Mailbox;
+    use tower_sse::mailbox::{Mailbox, Notification};
     model(|| {
         let mailbox = Mailbox::new(broker());
         let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
-        let trace = mailbox.send("bob", "ann", "hi", false, None).unwrap();
+        let trace = mailbox
+            .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+            .unwrap();
         let acked = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
         let acker = {
             let (mailbox, acked) = (mailbox.clone(), acked.clone());
@@ -487,7 +501,7 @@ fn coalescing_setup() -> (tower_sse::ManualClock, Broker, tower_sse::Subscriptio
 fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
     use std::future::poll_fn;
     use std::time::Duration;
-    use tower_sse::loom_internals::{poll_frames, release_throttled, Frames};
+    use tower_sse::loom_internals::{end_coalescing_windows, poll_frames, Frames};
 
     const WINDOW: Option<Duration> = Some(Duration::from_millis(20));
     model(|| {
@@ -503,7 +517,7 @@ fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
             let broker = broker.clone();
             thread::spawn(move || {
                 clock.advance(Duration::from_millis(20));
-                release_throttled(&broker);
+                end_coalescing_windows(&broker);
             })
         };
         let second = loom::future::block_on(poll_fn(|cx| poll_frames(&mut sub, cx, WINDOW)));
@@ -523,7 +537,7 @@ fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
 fn opening_a_coalescing_window_wakes_the_parked_releaser() {
     use std::future::poll_fn;
     use std::time::Duration;
-    use tower_sse::loom_internals::{poll_frames, poll_throttled, release_throttled, Frames};
+    use tower_sse::loom_internals::{end_coalescing_windows, poll_coalescing, poll_frames, Frames};
 
     const WINDOW: Option<Duration> = Some(Duration::from_millis(20));
     model(|| {
@@ -533,11 +547,11 @@ fn opening_a_coalescing_window_wakes_the_parked_releaser() {
             assert!(matches!(first, Frames::Data(_)));
             sub
         });
-        loom::future::block_on(poll_fn(|cx| poll_throttled(&broker, cx)));
+        loom::future::block_on(poll_fn(|cx| poll_coalescing(&broker, cx)));
         let _sub = reader.join().unwrap();
         // The window is open until the clock passes its end.
-        assert!(release_throttled(&broker));
+        assert!(end_coalescing_windows(&broker));
         clock.advance(Duration::from_millis(20));
-        assert!(!release_throttled(&broker));
+        assert!(!end_coalescing_windows(&broker));
     });
 }

@@ -28,17 +28,21 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{json_response, method_not_allowed, ResponseBody};
-use crate::future::ResponseFuture;
 use crate::mode::{Mode, ServerMode};
+pub use crate::response::ResponseBody;
+use crate::response::{json, method_not_allowed};
 use crate::Broker;
 
 /// Layer serving the health and readiness routes; see the
@@ -81,7 +85,7 @@ impl HealthLayer {
         self
     }
 
-    fn health<B>(&self) -> Response<ResponseBody<B>> {
+    fn health(&self) -> Response<Bytes> {
         let state = self.mode.current();
         let status = if state.shutting_down {
             "shutting-down"
@@ -104,10 +108,10 @@ impl HealthLayer {
             "uptime": self.mode.uptime().as_millis() as f64 / 1000.0,
             "version": env!("CARGO_PKG_VERSION"),
         });
-        json_response(StatusCode::OK, &body)
+        json(StatusCode::OK, &body)
     }
 
-    fn ready<B>(&self) -> Response<ResponseBody<B>> {
+    fn ready(&self) -> Response<Bytes> {
         let state = self.mode.current();
         let ready = state.is_ready();
         let reason = if state.shutting_down {
@@ -127,7 +131,7 @@ impl HealthLayer {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json_response(status, &body)
+        json(status, &body)
     }
 }
 
@@ -201,7 +205,7 @@ where
         }
         let method = request.method();
         if method != Method::GET && method != Method::HEAD {
-            return ResponseFuture::ready(method_not_allowed("GET, HEAD"));
+            return ResponseFuture::answer(method_not_allowed("GET, HEAD"));
         }
         let mut response = if health {
             self.layer.health()
@@ -209,9 +213,67 @@ where
             self.layer.ready()
         };
         if method == Method::HEAD {
-            let (parts, _) = response.into_parts();
-            response = Response::from_parts(parts, ResponseBody::empty());
+            *response.body_mut() = Bytes::new();
         }
-        ResponseFuture::ready(response)
+        ResponseFuture::answer(response)
+    }
+}
+
+pin_project! {
+    /// Response future of [`Health`]: the inner service's future, or its own answer on the health and readiness paths,
+    /// ready at once.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Future { #[pin] future: F },
+        Answer { response: Option<Response<Bytes>>, _body: PhantomData<fn() -> B> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Future { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
+            KindProj::Answer { response, .. } => Poll::Ready(Ok(response
+                .take()
+                .expect("polled after completion")
+                .map(ResponseBody::answer))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn future(future: F) -> Self {
+        Self {
+            kind: Kind::Future { future },
+        }
+    }
+
+    fn answer(response: Response<Bytes>) -> Self {
+        Self {
+            kind: Kind::Answer {
+                response: Some(response),
+                _body: PhantomData,
+            },
+        }
     }
 }

@@ -54,18 +54,16 @@
 //!   lean connections of its own (a few kilobytes each instead of hyper's
 //!   16 KiB of buffers) and hands every other request to hyper.
 
+// A loom build has no doc tests: loom's types work only inside a model.
+#![cfg(not(all(loom, doctest)))]
 #![warn(missing_docs)]
 #![deny(unreachable_pub, unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // A loom build compiles the broker without the HTTP layer that uses parts of it.
-#![cfg_attr(loom, allow(dead_code, unused_imports))]
+#![cfg_attr(loom, allow(dead_code, unused_imports, unreachable_pub))]
 
-#[cfg(not(loom))]
-mod body;
 pub mod broker;
 mod clock;
-#[cfg(not(loom))]
-mod future;
 #[cfg(not(loom))]
 pub mod health;
 pub mod mailbox;
@@ -73,6 +71,8 @@ pub mod mailbox;
 pub mod mode;
 #[cfg(not(loom))]
 pub mod require_writable;
+#[cfg(not(loom))]
+mod response;
 #[cfg(all(feature = "serve", not(loom)))]
 pub mod serve;
 #[cfg(not(loom))]
@@ -83,19 +83,16 @@ mod sync;
 pub mod tcp;
 #[cfg(all(test, not(loom)))]
 mod test_util;
+mod wire;
 
 #[cfg(all(feature = "axum", not(loom)))]
 pub mod axum;
 
-#[cfg(not(loom))]
-pub use body::ResponseBody;
 pub use broker::{
     Broker, BrokerBuilder, BrokerStats, Closed, Event, EventId, Message, PublishError,
     ReceivedEvent, ResyncReason, Subscription, Topic, TopicStats, Topics, RESERVED_EVENT_TYPES,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-#[cfg(not(loom))]
-pub use future::ResponseFuture;
 #[cfg(not(loom))]
 pub use health::HealthLayer;
 #[cfg(not(loom))]
@@ -142,14 +139,14 @@ pub mod loom_internals {
             })
     }
 
-    /// `Broker::release_throttled`: whether a window is still open.
-    pub fn release_throttled(broker: &Broker) -> bool {
-        broker.release_throttled()
+    /// `Broker::end_coalescing_windows`: whether a window is still open.
+    pub fn end_coalescing_windows(broker: &Broker) -> bool {
+        broker.end_coalescing_windows()
     }
 
-    /// `Broker::poll_throttled`.
-    pub fn poll_throttled(broker: &Broker, cx: &mut Context<'_>) -> Poll<()> {
-        broker.poll_throttled(cx)
+    /// `Broker::poll_coalescing`.
+    pub fn poll_coalescing(broker: &Broker, cx: &mut Context<'_>) -> Poll<()> {
+        broker.poll_coalescing(cx)
     }
 
     /// `Broker::tick`.

@@ -24,19 +24,23 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{json_response, ResponseBody};
-use crate::future::ResponseFuture;
 use crate::mode::{ModeState, ServerMode};
+pub use crate::response::ResponseBody;
+use crate::response::{json, with_retry_after};
 
 /// Default `Retry-After` on a refused write.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -167,11 +171,11 @@ where
         {
             return ResponseFuture::future(self.inner.call(Request::from_parts(parts, body)));
         }
-        ResponseFuture::ready(refusal(&state, self.layer.retry_after))
+        ResponseFuture::refused(refusal(&state, self.layer.retry_after))
     }
 }
 
-fn refusal<B>(state: &ModeState, retry_after: Duration) -> Response<ResponseBody<B>> {
+fn refusal(state: &ModeState, retry_after: Duration) -> Response<Bytes> {
     let error = if state.shutting_down {
         "the server is shutting down"
     } else if state.mode == crate::mode::Mode::ReadOnly {
@@ -186,15 +190,64 @@ fn refusal<B>(state: &ModeState, retry_after: Duration) -> Response<ResponseBody
         "since": state.since_rfc3339(),
         "shutting_down": state.shutting_down,
     });
-    let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
-    if let Ok(value) = HeaderValue::from_str(&whole_seconds(retry_after).to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
+    with_retry_after(json(StatusCode::SERVICE_UNAVAILABLE, &body), retry_after)
 }
 
-/// `Retry-After` takes whole seconds: round up, and never say 0.
-pub(crate) fn whole_seconds(delay: Duration) -> u64 {
-    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-    seconds.max(1)
+pin_project! {
+    /// Response future of [`RequireWritable`]: the inner service's future, or its refusal,
+    /// ready at once.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Future { #[pin] future: F },
+        Refused { response: Option<Response<Bytes>>, _body: PhantomData<fn() -> B> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Future { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
+            KindProj::Refused { response, .. } => Poll::Ready(Ok(response
+                .take()
+                .expect("polled after completion")
+                .map(ResponseBody::answer))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn future(future: F) -> Self {
+        Self {
+            kind: Kind::Future { future },
+        }
+    }
+
+    fn refused(response: Response<Bytes>) -> Self {
+        Self {
+            kind: Kind::Refused {
+                response: Some(response),
+                _body: PhantomData,
+            },
+        }
+    }
 }

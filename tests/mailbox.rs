@@ -7,7 +7,9 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tower_sse::mailbox::{Connection, Mailbox, ReplyError, SendError, TraceId, RECORD_OVERHEAD};
+use tower_sse::mailbox::{
+    Connection, Mailbox, Notification, ReplyError, SendError, TraceId, RECORD_OVERHEAD,
+};
 use tower_sse::{Broker, ManualClock, Message, Subscription};
 
 const CLIENTS: [&str; 3] = ["ann", "bob", "cy"];
@@ -332,13 +334,15 @@ fn run(ops: Vec<Op>) {
                 let cost =
                     RECORD_OVERHEAD + CLIENTS[to].len() + CLIENTS[from].len() + json_len(&value);
                 model.purge(&mut conns);
-                let result = mailbox.send(
-                    CLIENTS[to],
-                    CLIENTS[from],
-                    &value,
-                    reply,
-                    Some(Duration::from_secs(ttl)),
-                );
+                let mut notification = Notification::to(CLIENTS[to])
+                    .from(CLIENTS[from])
+                    .json(&value)
+                    .unwrap()
+                    .ttl(Duration::from_secs(ttl));
+                if reply {
+                    notification = notification.expects_reply();
+                }
+                let result = mailbox.send(notification);
                 if !model.sender_has_room(&mut conns, from, 1, cost) {
                     assert_eq!(
                         result,
@@ -677,7 +681,15 @@ fn mailbox_with_clock() -> (Mailbox, ManualClock) {
 #[test]
 fn a_reply_after_expiry_is_refused_as_expired_until_purged() {
     let (mailbox, clock) = mailbox_with_clock();
-    let trace = mailbox.send("bob", "ann", "q?", true, None).unwrap();
+    let trace = mailbox
+        .send(
+            Notification::to("bob")
+                .from("ann")
+                .json(&"q?")
+                .unwrap()
+                .expects_reply(),
+        )
+        .unwrap();
     clock.advance(Duration::from_secs(61));
     assert_eq!(mailbox.reply(&trace, "bob", "a"), Err(ReplyError::Expired));
     assert_eq!(mailbox.purge_expired(), 1);
@@ -688,11 +700,23 @@ fn a_reply_after_expiry_is_refused_as_expired_until_purged() {
 #[test]
 fn a_full_mailbox_forgets_finished_notifications_first() {
     let mailbox = Mailbox::builder(Broker::new()).capacity(3).build();
-    let asked = mailbox.send("bob", "ann", "q?", true, None).unwrap();
-    let told = mailbox.send("bob", "ann", "fyi", false, None).unwrap();
-    let pending = mailbox.send("cy", "ann", "later", false, None).unwrap();
+    let asked = mailbox
+        .send(
+            Notification::to("bob")
+                .from("ann")
+                .json(&"q?")
+                .unwrap()
+                .expects_reply(),
+        )
+        .unwrap();
+    let told = mailbox
+        .send(Notification::to("bob").from("ann").json(&"fyi").unwrap())
+        .unwrap();
+    let pending = mailbox
+        .send(Notification::to("cy").from("ann").json(&"later").unwrap())
+        .unwrap();
     assert_eq!(
-        mailbox.send("dan", "ann", "x", false, None),
+        mailbox.send(Notification::to("dan").from("ann").json(&"x").unwrap()),
         Err(SendError::Full {
             retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
         })
@@ -701,21 +725,23 @@ fn a_full_mailbox_forgets_finished_notifications_first() {
     // Delivered but awaiting its reply: still live, still counted.
     assert!(mailbox.ack(&asked, "bob"));
     assert_eq!(
-        mailbox.send("dan", "ann", "x", false, None),
+        mailbox.send(Notification::to("dan").from("ann").json(&"x").unwrap()),
         Err(SendError::Full {
             retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
         })
     );
     // Delivered and expecting nothing: room is made by forgetting it.
     assert!(mailbox.ack(&told, "bob"));
-    let first = mailbox.send("dan", "ann", "x", false, None).unwrap();
+    let first = mailbox
+        .send(Notification::to("dan").from("ann").json(&"x").unwrap())
+        .unwrap();
     assert!(mailbox.status(&told).is_none());
     assert_eq!(mailbox.stats().forgotten, 1);
     assert_eq!(mailbox.stats().held, 3);
     // Replied, but the sender has not seen the reply: held for it.
     mailbox.reply(&asked, "bob", "yes").unwrap();
     assert_eq!(
-        mailbox.send("dan", "ann", "y", false, None),
+        mailbox.send(Notification::to("dan").from("ann").json(&"y").unwrap()),
         Err(SendError::Full {
             retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
         })
@@ -731,11 +757,13 @@ fn a_full_mailbox_forgets_finished_notifications_first() {
     let _again = mailbox
         .subscribe("ann", Some(&reply.id().to_string()))
         .unwrap();
-    mailbox.send("dan", "ann", "y", false, None).unwrap();
+    mailbox
+        .send(Notification::to("dan").from("ann").json(&"y").unwrap())
+        .unwrap();
     assert!(mailbox.status(&asked).is_none());
     // What is not finished is never forgotten.
     assert_eq!(
-        mailbox.send("dan", "ann", "z", false, None),
+        mailbox.send(Notification::to("dan").from("ann").json(&"z").unwrap()),
         Err(SendError::Full {
             retry_after: tower_sse::mailbox::DEFAULT_RETRY_AFTER
         })
@@ -750,22 +778,40 @@ fn a_full_mailbox_forgets_finished_notifications_first() {
 fn sends_with_bad_ids_or_payloads_are_refused() {
     let mailbox = Mailbox::builder(Broker::new()).max_payload(16).build();
     assert_eq!(
-        mailbox.send("", "ann", 1, false, None),
+        mailbox.send(Notification::to("").from("ann").json(&1).unwrap()),
         Err(SendError::InvalidClientId)
     );
     assert_eq!(
-        mailbox.send("bob", "a\nb", 1, false, None),
+        mailbox.send(Notification::to("bob").from("a\nb").json(&1).unwrap()),
         Err(SendError::InvalidClientId)
     );
     assert_eq!(
-        mailbox.send(&"x".repeat(129), "ann", 1, false, None),
+        mailbox.send(
+            Notification::to("x".repeat(129))
+                .from("ann")
+                .json(&1)
+                .unwrap()
+        ),
         Err(SendError::InvalidClientId)
     );
     assert!(matches!(
-        mailbox.send("bob", "ann", "y".repeat(20), false, None),
+        mailbox.send(
+            Notification::to("bob")
+                .from("ann")
+                .json(&"y".repeat(20))
+                .unwrap()
+        ),
         Err(SendError::TooLarge { limit: 16, .. })
     ));
-    let trace = mailbox.send("bob", "ann", 1, true, None).unwrap();
+    let trace = mailbox
+        .send(
+            Notification::to("bob")
+                .from("ann")
+                .json(&1)
+                .unwrap()
+                .expects_reply(),
+        )
+        .unwrap();
     assert!(matches!(
         mailbox.reply(&trace, "bob", "z".repeat(20)),
         Err(ReplyError::TooLarge { limit: 16, .. })
@@ -779,7 +825,9 @@ fn every_tab_of_a_client_gets_a_live_notification() {
     let (mut tab1, _c1) = mailbox.subscribe("bob", None).unwrap();
     let (mut tab2, _c2) = mailbox.subscribe("bob", None).unwrap();
     let (mut other, _c3) = mailbox.subscribe("ann", None).unwrap();
-    let trace = mailbox.send("bob", "ann", "hi", false, None).unwrap();
+    let trace = mailbox
+        .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+        .unwrap();
     for tab in [&mut tab1, &mut tab2] {
         let Some(Message::Event(event)) = tab.try_next() else {
             panic!()
@@ -795,7 +843,9 @@ fn every_tab_of_a_client_gets_a_live_notification() {
 #[test]
 fn a_confirmed_notification_is_not_sent_again() {
     let mailbox = Mailbox::new(Broker::new());
-    let trace = mailbox.send("bob", "ann", "hi", false, None).unwrap();
+    let trace = mailbox
+        .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+        .unwrap();
     let (mut sub, connection) = mailbox.subscribe("bob", None).unwrap();
     let Some(Message::Event(event)) = sub.try_next() else {
         panic!()
@@ -812,7 +862,9 @@ fn a_stream_that_lags_still_gets_its_notifications_in_id_order() {
     let broker = Broker::builder().epoch(EPOCH).retain_events(2).build();
     let mailbox = Mailbox::new(broker.clone());
     let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
-    let trace = mailbox.send("bob", "ann", "hi", false, None).unwrap(); // 5-1
+    let trace = mailbox
+        .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+        .unwrap(); // 5-1
     for _ in 0..5 {
         broker
             .publish_system(tower_sse::Event::new("noise"))
@@ -862,7 +914,7 @@ fn a_flood_of_large_notifications_never_touches_the_replay_log() {
     let mut accepted = Vec::new();
     let mut refused = 0;
     for _ in 0..300 {
-        match mailbox.send("bob", "mallory", &big, false, None) {
+        match mailbox.send(Notification::to("bob").from("mallory").json(&big).unwrap()) {
             Ok(trace) => accepted.push(trace),
             Err(SendError::SenderOverShare { .. }) => refused += 1,
             Err(e) => panic!("{e}"),
@@ -910,18 +962,26 @@ fn a_sender_over_its_share_is_refused_and_others_are_not() {
         .per_sender(2)
         .capacity(100)
         .build();
-    let first = mailbox.send("bob", "mallory", 1, false, None).unwrap();
-    mailbox.send("cy", "mallory", 2, false, None).unwrap();
+    let first = mailbox
+        .send(Notification::to("bob").from("mallory").json(&1).unwrap())
+        .unwrap();
+    mailbox
+        .send(Notification::to("cy").from("mallory").json(&2).unwrap())
+        .unwrap();
     assert!(matches!(
-        mailbox.send("dan", "mallory", 3, false, None),
+        mailbox.send(Notification::to("dan").from("mallory").json(&3).unwrap()),
         Err(SendError::SenderOverShare { .. })
     ));
     // Anyone else still can.
-    mailbox.send("bob", "ann", 4, false, None).unwrap();
+    mailbox
+        .send(Notification::to("bob").from("ann").json(&4).unwrap())
+        .unwrap();
     // Once one of its notifications is finished, it is forgotten to make
     // room for the sender's next.
     assert!(mailbox.ack(&first, "bob"));
-    mailbox.send("dan", "mallory", 5, false, None).unwrap();
+    mailbox
+        .send(Notification::to("dan").from("mallory").json(&5).unwrap())
+        .unwrap();
     assert!(mailbox.status(&first).is_none());
     assert_eq!(mailbox.stats().refused_sender, 1);
 }
@@ -936,25 +996,40 @@ fn the_bounds_are_in_bytes_too() {
         .per_sender_bytes(1 << 20)
         .capacity_bytes(5 * cost + 10)
         .build();
-    let first = mailbox.send("bob", "ann", &payload, false, None).unwrap();
-    mailbox.send("bob", "ann", &payload, false, None).unwrap();
-    mailbox.send("bob", "ann", &payload, false, None).unwrap();
+    let first = mailbox
+        .send(Notification::to("bob").from("ann").json(&payload).unwrap())
+        .unwrap();
+    mailbox
+        .send(Notification::to("bob").from("ann").json(&payload).unwrap())
+        .unwrap();
+    mailbox
+        .send(Notification::to("bob").from("ann").json(&payload).unwrap())
+        .unwrap();
     // The target's oldest made room.
     assert!(mailbox.status(&first).is_none());
     assert_eq!(mailbox.stats().dropped, 1);
     assert_eq!(mailbox.stats().bytes, 2 * cost);
     for to in ["cyx", "dan"] {
-        mailbox.send(to, "ann", &payload, false, None).unwrap();
+        mailbox
+            .send(Notification::to(to).from("ann").json(&payload).unwrap())
+            .unwrap();
     }
-    mailbox.send("cyx", "ann", &payload, false, None).unwrap();
+    mailbox
+        .send(Notification::to("cyx").from("ann").json(&payload).unwrap())
+        .unwrap();
     assert!(matches!(
-        mailbox.send("eve", "ann", &payload, false, None),
+        mailbox.send(Notification::to("eve").from("ann").json(&payload).unwrap()),
         Err(SendError::Full { .. })
     ));
     assert_eq!(mailbox.stats().bytes, 5 * cost);
     // One payload larger than a target may hold at all.
     assert!(matches!(
-        mailbox.send("eve", "ann", "y".repeat(3 * cost), false, None),
+        mailbox.send(
+            Notification::to("eve")
+                .from("ann")
+                .json(&"y".repeat(3 * cost))
+                .unwrap()
+        ),
         Err(SendError::TooLarge { .. })
     ));
 }
@@ -962,7 +1037,9 @@ fn the_bounds_are_in_bytes_too() {
 #[tokio::test(start_paused = true)]
 async fn the_janitor_purges_and_never_outlives_its_handle_or_keeps_the_mailbox() {
     let (mailbox, clock) = mailbox_with_clock();
-    mailbox.send("bob", "ann", 1, false, None).unwrap();
+    mailbox
+        .send(Notification::to("bob").from("ann").json(&1).unwrap())
+        .unwrap();
     let janitor = mailbox.spawn_janitor(Duration::from_secs(1));
     clock.advance(Duration::from_secs(61));
     tokio::time::timeout(Duration::from_secs(30), async {

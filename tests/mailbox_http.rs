@@ -24,7 +24,7 @@ use http::request::Parts;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tower_sse::mailbox::{Mailbox, MailboxBuilder, MailboxLayer, TraceId};
+use tower_sse::mailbox::{Mailbox, MailboxBuilder, MailboxLayer, Notification, TraceId};
 use tower_sse::mode::ServerMode;
 use tower_sse::{
     Broker, Event, Grant, ManualClock, Rejection, RequireWritableLayer, SseLayer, Topic, Topics,
@@ -109,9 +109,14 @@ async fn start(configure: impl FnOnce(MailboxBuilder) -> MailboxBuilder) -> Serv
 impl Server {
     /// What the app does to notify: the crate has no send route.
     fn send(&self, to: &str, from: &str, payload: Value, expects_reply: bool) -> TraceId {
-        self.mailbox
-            .send(to, from, payload, expects_reply, None)
-            .expect("send")
+        let mut notification = Notification::to(to)
+            .from(from)
+            .json(&payload)
+            .expect("JSON");
+        if expects_reply {
+            notification = notification.expects_reply();
+        }
+        self.mailbox.send(notification).expect("send")
     }
 
     async fn open(&self, user: &str, resume: Option<&str>) -> Tab {

@@ -286,7 +286,7 @@ async fn a_dripped_body_is_cut_off_under_axum_serve_by_a_timeout_layer() {
 /// server; the crate's own paths still send them.
 #[test]
 fn the_crates_own_event_types_cannot_be_forged() {
-    use tower_sse::mailbox::Mailbox;
+    use tower_sse::mailbox::{Mailbox, Notification};
     use tower_sse::mode::ServerMode;
     use tower_sse::{PublishError, RESERVED_EVENT_TYPES};
 
@@ -313,7 +313,9 @@ fn the_crates_own_event_types_cannot_be_forged() {
     let mailbox = Mailbox::new(broker.clone());
     let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
     mode.set_read_only("maintenance");
-    mailbox.send("bob", "ann", "hi", false, None).unwrap();
+    mailbox
+        .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+        .unwrap();
     let types: Vec<String> = std::iter::from_fn(|| sub.try_next())
         .map(|m| match m {
             Message::Event(e) => e.event_type().to_owned(),

@@ -1,4 +1,4 @@
-//! What is published: [`Event`], its [`EventId`], and the [`Topic`]s that
+//! What is published: [`Event`], and the [`Topic`]s that
 //! decide who receives it.
 
 use std::borrow::Borrow;
@@ -14,25 +14,6 @@ pub const DEFAULT_TOPIC: &str = "public";
 
 /// The longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
-
-/// The event types the crate itself sends on the events route, which
-/// [`Broker::publish`](crate::Broker::publish) refuses from anyone else:
-/// `resync` (a lag, or an id that cannot be honoured), `server.state` (the
-/// [server mode](crate::mode)), `shutdown` (the last frame of a stream),
-/// and `notification` and `notification.reply` (the
-/// [mailbox](crate::mailbox)).
-///
-/// Clients act on these (they reload their state, show the server as
-/// degraded, stop), so an app route that publishes a type its caller
-/// chose must not let the caller speak for the server. Matching is exact,
-/// as an `EventSource` matches types.
-pub const RESERVED_EVENT_TYPES: [&str; 5] = [
-    "resync",
-    "server.state",
-    "shutdown",
-    "notification",
-    "notification.reply",
-];
 
 /// An event to publish: a type, a topic and a UTF-8 payload.
 ///
@@ -130,76 +111,6 @@ impl Event {
     }
 }
 
-/// The id of a published event: `EPOCH-SEQ` on the wire.
-///
-/// `EPOCH` is fixed for a broker's lifetime, so an id from before a restart
-/// is recognised as foreign; `SEQ` is one counter for the whole broker
-/// (starting at 1), so one id positions a connection that watches several
-/// topics. Ids are strictly increasing on every connection.
-///
-/// `EPOCH-0` is valid and means "nothing seen yet": a client holding it
-/// resumes from the first event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventId {
-    epoch: u64,
-    seq: u64,
-}
-
-impl EventId {
-    /// Builds an id from its parts.
-    pub const fn new(epoch: u64, seq: u64) -> Self {
-        Self { epoch, seq }
-    }
-
-    /// The broker epoch the id belongs to.
-    pub const fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// The position in the broker's single sequence.
-    pub const fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.epoch, self.seq)
-    }
-}
-
-/// Why a string is not an [`EventId`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ParseEventIdError(());
-
-impl fmt::Display for ParseEventIdError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event id is two decimal numbers joined by '-' (EPOCH-SEQ)")
-    }
-}
-
-impl std::error::Error for ParseEventIdError {}
-
-impl FromStr for EventId {
-    type Err = ParseEventIdError;
-
-    /// Parses `EPOCH-SEQ`: ASCII digits only (no sign, no spaces), each part
-    /// at most 20 digits and within `u64`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        fn number(part: &str) -> Option<u64> {
-            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            part.parse().ok()
-        }
-        let (epoch, seq) = s.split_once('-').ok_or(ParseEventIdError(()))?;
-        match (number(epoch), number(seq)) {
-            (Some(epoch), Some(seq)) => Ok(Self { epoch, seq }),
-            _ => Err(ParseEventIdError(())),
-        }
-    }
-}
-
 /// A validated topic name.
 ///
 /// 1 to [`MAX_TOPIC_LEN`] bytes of ASCII letters, digits and `- _ . : / @`.
@@ -231,10 +142,10 @@ impl Topic {
         self.0.starts_with('$') && &*self.0 != SYSTEM_TOPIC
     }
 
-    /// The private topic of a mailbox client: reserved (`$`), so no
-    /// authorizer can grant it by name.
-    pub(crate) fn client(id: &str) -> Self {
-        Self(Arc::from(format!("$client/{id}")))
+    /// A reserved topic, `$` and `name`: no one outside the crate can name
+    /// it, so no authorizer can grant it; it carries direct messages only.
+    pub(crate) fn reserved(name: &str) -> Self {
+        Self(Arc::from(format!("${name}")))
     }
 }
 

@@ -22,6 +22,7 @@
 //! - **Topics.** A subscription never sees another topic's events. System
 //!   events ([`Broker::publish_system`]) reach every subscription.
 
+mod coalesce;
 mod event;
 mod prepared;
 mod state;
@@ -33,17 +34,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use self::event::{
-    Event, EventId, InvalidTopic, ParseEventIdError, Topic, Topics, DEFAULT_TOPIC, MAX_TOPIC_LEN,
-    RESERVED_EVENT_TYPES,
-};
+pub use self::event::{Event, InvalidTopic, Topic, Topics, DEFAULT_TOPIC, MAX_TOPIC_LEN};
 pub use self::subscription::{Recv, Subscription};
 
 use self::prepared::{Origin, Prepared};
 use self::state::{Entry, Greeting, Limits, State};
 use crate::clock::{Clock, SystemClock};
-use crate::sse::frame;
 use crate::sync::{lock, Arc, Mutex};
+use crate::wire;
+pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_TYPES};
 
 pub(crate) use self::subscription::Frames;
 
@@ -449,7 +448,7 @@ impl Broker {
     /// frame has no id and is not stored in the log.
     pub fn close_with_retry(&self, delay: Duration) {
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.close_inner(Some(frame::shutdown_frame(millis)));
+        self.close_inner(Some(wire::shutdown_frame(millis)));
     }
 
     fn close_inner(&self, frame: Option<Bytes>) {
@@ -503,16 +502,17 @@ impl Broker {
     /// Ends the coalescing windows that are over and wakes the streams that
     /// were published to meanwhile; called by the events route's ticker.
     /// Returns whether any window is still open.
-    pub(crate) fn release_throttled(&self) -> bool {
+    pub(crate) fn end_coalescing_windows(&self) -> bool {
         let mut wakers = Vec::new();
         let still_open = {
             let mut state = lock(&self.shared.state);
-            if state.throttled.is_empty() {
+            if state.windows.is_empty() {
                 return false;
             }
             let now = self.shared.clock.now();
-            state.release_throttled(now, &mut wakers);
-            !state.throttled.is_empty()
+            let State { windows, subs, .. } = &mut *state;
+            windows.end(subs, now, &mut wakers);
+            !windows.is_empty()
         };
         wakers.into_iter().for_each(Waker::wake);
         still_open
@@ -520,18 +520,14 @@ impl Broker {
 
     /// Ready while a coalescing window is open (or the broker is closed);
     /// otherwise parks `cx`'s task until a stream opens one, so that
-    /// whoever calls [`release_throttled`](Broker::release_throttled) needs
-    /// no timer while every stream is idle.
-    pub(crate) fn poll_throttled(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// whoever calls [`end_coalescing_windows`](Broker::end_coalescing_windows)
+    /// needs no timer while every stream is idle.
+    pub(crate) fn poll_coalescing(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = lock(&self.shared.state);
-        if !state.throttled.is_empty() || state.closed {
+        if state.closed {
             return Poll::Ready(());
         }
-        match &mut state.release_waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        state.windows.poll_open(cx)
     }
 
     /// How many events were published so far: cheaper than
@@ -667,42 +663,6 @@ pub enum Message {
         /// The position the stream continues from.
         resume_from: EventId,
     },
-}
-
-/// Why a subscription starts with [`Message::Resync`], or
-/// [`ResyncReason::Lagged`] for a lag report on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ResyncReason {
-    /// The id is not `EPOCH-SEQ` (empty, garbage, out of range).
-    Malformed,
-    /// The id comes from another broker, e.g. before a restart.
-    UnknownEpoch,
-    /// The id is newer than anything this broker has published.
-    Future,
-    /// Events after the id have already been evicted.
-    Expired,
-    /// The subscription fell behind and events were evicted unread.
-    Lagged,
-}
-
-impl ResyncReason {
-    /// The reason as written in the `resync` frame's JSON `reason`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ResyncReason::Malformed => "malformed-id",
-            ResyncReason::UnknownEpoch => "unknown-epoch",
-            ResyncReason::Future => "future-id",
-            ResyncReason::Expired => "expired",
-            ResyncReason::Lagged => "lagged",
-        }
-    }
-}
-
-impl fmt::Display for ResyncReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// An event as a subscriber receives it: shares the broker's copy.

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::event::{Event, EventId, Topic, RESERVED_EVENT_TYPES};
+use super::event::{Event, Topic};
 use super::state::Entry;
 use super::PublishError;
-use crate::sse::frame;
+use crate::wire::{self, EventId, RESERVED_EVENT_TYPES};
 
 /// Fixed per-entry bookkeeping counted against the byte bound, so that a
 /// flood of empty events is bounded too.
@@ -30,7 +30,7 @@ pub(crate) struct Prepared {
     data: Bytes,
     /// The payload has no line break: its bytes are a slice of the frame.
     single_line: bool,
-    /// `event:` and `data:` lines after [`frame::ID_HEADROOM`] free bytes.
+    /// `event:` and `data:` lines after [`wire::ID_HEADROOM`] free bytes.
     body: Vec<u8>,
     cost: usize,
 }
@@ -71,7 +71,7 @@ impl Prepared {
             valid_up_to: e.valid_up_to(),
         })?;
         let single_line = !text.contains(['\r', '\n']);
-        let body = frame::encode_body(event_type.as_deref(), text);
+        let body = wire::encode_body(event_type.as_deref(), text);
         let cost = body.len() + ENTRY_OVERHEAD + if single_line { 0 } else { data.len() };
         if cost > max_retained_bytes {
             // Report the size that would fit with this event's framing.
@@ -100,8 +100,8 @@ impl Prepared {
         topic_key: usize,
         topic: Topic,
     ) -> Entry {
-        let body_len = self.body.len() - frame::ID_HEADROOM;
-        let frame = frame::stamp_id(self.body, EventId::new(epoch, seq));
+        let body_len = self.body.len() - wire::ID_HEADROOM;
+        let frame = wire::stamp_id(self.body, EventId::new(epoch, seq));
         let data = if self.single_line {
             // The frame ends with `data: PAYLOAD\n\n`: share it.
             let end = frame.len() - 2;

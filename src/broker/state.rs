@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use slab::Slab;
 
+use super::coalesce::Windows;
 use super::event::Topic;
 use crate::sync::Arc;
 
@@ -91,11 +92,11 @@ pub(crate) struct SubSlot {
     pub(crate) active: bool,
     /// A tick found it quiet: its next read sends a keep-alive.
     pub(crate) keep_alive_due: bool,
-    /// Wrote within the coalescing window: publishes do not wake it until
-    /// the window ends (see `State::throttled`).
-    pub(crate) throttled: bool,
-    /// A publish for it came while throttled: wake it when the window ends.
-    pub(crate) wake_at_release: bool,
+    /// Wrote within its coalescing window: publishes do not wake it until
+    /// the window ends (see `coalesce::Windows`).
+    pub(crate) in_window: bool,
+    /// Something for it came during its window: wake it when the window ends.
+    pub(crate) woken_in_window: bool,
 }
 
 /// Retention limits, fixed at build time.
@@ -115,12 +116,7 @@ pub(crate) struct State {
     pub(crate) topic_index: HashMap<Topic, usize>,
     pub(crate) pruned_evicted_seq: u64,
     pub(crate) subs: Slab<SubSlot>,
-    /// Streams in their coalescing window, with the window's end, in that
-    /// order (every window has the same length).
-    pub(crate) throttled: VecDeque<(Duration, usize)>,
-    /// Whoever ends the coalescing windows, parked while none is open (see
-    /// `Broker::poll_throttled`); the next window to open wakes it.
-    pub(crate) release_waker: Option<Waker>,
+    pub(crate) windows: Windows,
     pub(crate) closed: bool,
     pub(crate) close_frame: Option<Bytes>,
     /// Sent on every new stream of the events route where its replay ends
@@ -155,8 +151,8 @@ impl SubSlot {
     /// Takes the waker to wake for something new to read, unless a
     /// coalescing window holds it until the window ends.
     fn take_waker(&mut self, out: &mut Vec<Waker>) {
-        if self.throttled {
-            self.wake_at_release = true;
+        if self.in_window {
+            self.woken_in_window = true;
         } else if let Some(waker) = self.waker.take() {
             out.push(waker);
         }
@@ -173,8 +169,7 @@ impl State {
             topic_index: HashMap::new(),
             pruned_evicted_seq: 0,
             subs: Slab::new(),
-            throttled: VecDeque::new(),
-            release_waker: None,
+            windows: Windows::default(),
             closed: false,
             close_frame: None,
             greeting: None,
@@ -302,41 +297,6 @@ impl State {
         self.direct_bytes -= freed;
     }
 
-    /// Starts the coalescing window of the stream `key`, which just wrote.
-    ///
-    /// Returns the parked releaser's waker, for the caller to wake once it
-    /// has let go of the lock.
-    pub(crate) fn throttle(&mut self, key: usize, until: Duration) -> Option<Waker> {
-        let slot = &mut self.subs[key];
-        if !slot.throttled {
-            slot.throttled = true;
-            self.throttled.push_back((until, key));
-        }
-        self.release_waker.take()
-    }
-
-    /// Ends every coalescing window that is over, taking the wakers of the
-    /// streams that were published to meanwhile.
-    pub(crate) fn release_throttled(&mut self, now: Duration, out: &mut Vec<Waker>) {
-        while let Some(&(until, key)) = self.throttled.front() {
-            if until > now {
-                break;
-            }
-            self.throttled.pop_front();
-            // The key may have been freed and reused since; ending the window
-            // of whatever holds it now early only costs a write.
-            let Some(slot) = self.subs.get_mut(key) else {
-                continue;
-            };
-            slot.throttled = false;
-            if std::mem::take(&mut slot.wake_at_release) {
-                if let Some(waker) = slot.waker.take() {
-                    out.push(waker);
-                }
-            }
-        }
-    }
-
     /// A keep-alive period passed: a stream that wrote nothing since the
     /// previous one is due a keep-alive and woken; the others only forget
     /// that they were active. An idle stream is thus woken once every two
@@ -358,7 +318,7 @@ impl State {
 
     /// Takes the wakers of every subscription.
     pub(crate) fn take_all_wakers(&mut self, out: &mut Vec<Waker>) {
-        out.extend(self.release_waker.take());
+        out.extend(self.windows.take_ender());
         for (_, slot) in self.subs.iter_mut() {
             if let Some(waker) = slot.waker.take() {
                 out.push(waker);

@@ -20,11 +20,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
-use super::event::{EventId, Topic};
+use super::event::Topic;
 use super::state::{Entry, Greeting, State, SubSlot};
-use super::{Message, ReceivedEvent, ResyncReason, Shared};
-use crate::sse::frame;
+use super::{Message, ReceivedEvent, Shared};
 use crate::sync::{lock, Arc};
+use crate::wire::{self, EventId, ResyncReason};
 
 #[derive(Debug)]
 struct Cursor {
@@ -349,7 +349,7 @@ impl Reader {
                     // A lag passed the event being sliced.
                     return false;
                 }
-                if room < frame::MAX_RESYNC_FRAME && !batch.is_empty() {
+                if room < wire::MAX_RESYNC_FRAME && !batch.is_empty() {
                     return true;
                 }
                 batch.push(self.take(state, next).frame());
@@ -483,7 +483,7 @@ impl Subscription {
     ///
     /// With a `coalesce` window, a stream that writes is not woken by
     /// publishes again until the window has passed (see
-    /// [`Broker::release_throttled`]): what arrives meanwhile goes out
+    /// [`Broker::end_coalescing_windows`]): what arrives meanwhile goes out
     /// together, in one write, at most that much later.
     pub(crate) fn poll_frames(
         &mut self,
@@ -511,7 +511,8 @@ impl Subscription {
             if let Some(bytes) = batch.finish() {
                 slot.active = true;
                 if let Some(window) = coalesce {
-                    releaser = state.throttle(sub.key, now.saturating_add(window));
+                    let State { windows, subs, .. } = &mut *state;
+                    releaser = windows.open(subs, sub.key, now.saturating_add(window));
                 }
                 return Poll::Ready(Frames::Data {
                     bytes,
@@ -548,11 +549,11 @@ impl Message {
             Message::Resync {
                 reason,
                 resume_from,
-            } => frame::resync_frame(*reason, None, *resume_from),
+            } => wire::resync_frame(*reason, None, *resume_from),
             Message::Lagged {
                 missed,
                 resume_from,
-            } => frame::resync_frame(ResyncReason::Lagged, Some(*missed), *resume_from),
+            } => wire::resync_frame(ResyncReason::Lagged, Some(*missed), *resume_from),
         }
     }
 }
@@ -821,11 +822,11 @@ mod tests {
             .unwrap();
         assert_eq!(count.get(), 1);
         clock.advance(Duration::from_millis(19));
-        broker.release_throttled();
+        broker.end_coalescing_windows();
         assert_eq!(count.get(), 1, "woken before the window ended");
         // ...until it ends; then both go out together.
         clock.advance(Duration::from_millis(1));
-        broker.release_throttled();
+        broker.end_coalescing_windows();
         assert_eq!(count.get(), 2);
         match poll(&mut stream) {
             Poll::Ready(Frames::Data { bytes, frames }) => {
@@ -841,7 +842,7 @@ mod tests {
         // A window with nothing published wakes nobody when it ends.
         assert!(poll(&mut stream).is_pending());
         clock.advance(Duration::from_millis(20));
-        broker.release_throttled();
+        broker.end_coalescing_windows();
         assert_eq!(count.get(), 2);
         // And the next event, after a quiet window, goes out at once.
         broker

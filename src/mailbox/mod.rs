@@ -73,13 +73,16 @@
 //! as it opens, until the sender's `Last-Event-ID` shows it arrived. Until
 //! then the notification is not finished, and a full mailbox keeps it.
 
+mod error;
 #[cfg(not(loom))]
 mod janitor;
+mod notification;
 mod record;
 #[cfg(not(loom))]
 mod routes;
+mod state;
+mod stream;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -90,13 +93,18 @@ use crate::clock::{Clock, SystemClock};
 use crate::sync::{lock, Arc, Mutex};
 use crate::{Broker, Event, Subscription};
 
+pub use self::error::{ReplyError, SendError};
 #[cfg(not(loom))]
 pub use self::janitor::Janitor;
+pub use self::notification::Notification;
 pub use self::record::{Reply, Status, TraceId};
 #[cfg(not(loom))]
-pub use self::routes::{MailboxLayer, MailboxRoutes};
+pub use self::routes::{MailboxLayer, MailboxRoutes, ResponseBody, ResponseFuture};
+pub use self::stream::{Connection, MAX_CLIENT_ID_LEN};
 
 use self::record::Record;
+use self::state::{key, Kind, State};
+use self::stream::{client_topic, valid_client_id};
 
 /// Default time a notification is held.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -113,16 +121,11 @@ pub const DEFAULT_CAPACITY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 /// Default `Retry-After` for a refused send or reply.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Longest client id accepted.
-pub const MAX_CLIENT_ID_LEN: usize = 128;
 /// What every notification counts against the byte bounds besides its
 /// payload and ids: about what its record and index entries take.
 pub const RECORD_OVERHEAD: usize = 256;
 
-/// The event type of a notification on the events route.
-pub const NOTIFICATION_EVENT: &str = "notification";
-/// The event type of a reply, on the sender's streams.
-pub const REPLY_EVENT: &str = "notification.reply";
+pub use crate::wire::{NOTIFICATION_EVENT, REPLY_EVENT};
 
 /// Holds and delivers notifications; see the [module docs](self). Cheap to clone.
 ///
@@ -130,10 +133,11 @@ pub const REPLY_EVENT: &str = "notification.reply";
 /// use tower_sse::mailbox::Mailbox;
 /// use tower_sse::Broker;
 ///
+/// use tower_sse::mailbox::Notification;
+///
 /// let mailbox = Mailbox::new(Broker::new());
-/// let trace = mailbox
-///     .send("bob", "alice", serde_json::json!({"text": "lunch?"}), true, None)
-///     .unwrap();
+/// let lunch = Notification::to("bob").from("alice").json("lunch?").unwrap().expects_reply();
+/// let trace = mailbox.send(lunch).unwrap();
 /// let status = mailbox.status(&trace).unwrap();
 /// assert!(!status.delivered);
 /// mailbox.reply(&trace, "bob", serde_json::json!("yes")).unwrap();
@@ -165,46 +169,6 @@ struct Limits {
     retry_after: Duration,
 }
 
-#[derive(Default)]
-struct State {
-    records: HashMap<TraceId, Record>,
-    /// Every record by expiry, to purge without scanning.
-    expiry: BTreeMap<(Duration, u64), TraceId>,
-    /// Each target's notifications, oldest first, and what they count.
-    by_target: HashMap<Box<str>, Held>,
-    /// What each sender's notifications (and their replies) count, and its
-    /// finished ones, oldest first (may name traces purged since).
-    by_sender: HashMap<Box<str>, Share>,
-    /// Open streams per client.
-    online: HashMap<Box<str>, usize>,
-    /// Notifications that became finished (delivered, and not expecting a
-    /// reply or their reply seen by the sender), oldest first: what a full
-    /// mailbox forgets first. May name traces purged since.
-    finished: VecDeque<TraceId>,
-    /// Per sender, the replies it has not shown it received, in reply
-    /// order: sent again when a stream of the sender opens.
-    unseen_replies: HashMap<Box<str>, Vec<TraceId>>,
-    /// Bytes counted in all.
-    bytes: usize,
-    next: u64,
-    counters: Counters,
-}
-
-/// A target's notifications.
-#[derive(Default)]
-struct Held {
-    traces: VecDeque<TraceId>,
-    bytes: usize,
-}
-
-/// What a sender holds.
-#[derive(Default)]
-struct Share {
-    count: usize,
-    bytes: usize,
-    finished: VecDeque<TraceId>,
-}
-
 /// Counters of a mailbox, from [`Mailbox::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -231,18 +195,6 @@ pub struct MailboxStats {
     pub refused_full: u64,
     /// Clients with at least one open stream.
     pub online: usize,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    sent: u64,
-    delivered: u64,
-    published: u64,
-    dropped: u64,
-    expired: u64,
-    forgotten: u64,
-    refused_sender: u64,
-    refused_full: u64,
 }
 
 /// Configures a [`Mailbox`]; from [`Mailbox::builder`].
@@ -337,127 +289,6 @@ impl MailboxBuilder {
     }
 }
 
-/// Why [`Mailbox::send`] refused a notification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SendError {
-    /// The target or sender id is empty, too long or has control characters.
-    InvalidClientId,
-    /// The payload is larger than the mailbox accepts.
-    TooLarge {
-        /// The payload's size.
-        size: usize,
-        /// The largest accepted.
-        limit: usize,
-    },
-    /// The sender holds as much as one sender may (its share, in count or
-    /// bytes): `429 Too Many Requests`. Room is made as its notifications
-    /// are delivered or expire.
-    SenderOverShare {
-        /// A wait to suggest (`Retry-After`).
-        retry_after: Duration,
-    },
-    /// The mailbox holds as much as it may, in count or bytes, and nothing
-    /// finished is left to forget: `507 Insufficient Storage`.
-    Full {
-        /// A wait to suggest (`Retry-After`).
-        retry_after: Duration,
-    },
-    /// The payload could not be serialized.
-    Payload(String),
-}
-
-impl fmt::Display for SendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::InvalidClientId => write!(
-                f,
-                "a client id is 1 to {MAX_CLIENT_ID_LEN} bytes without control characters"
-            ),
-            SendError::TooLarge { size, limit } => {
-                write!(f, "the payload is {size} bytes, over the limit of {limit}")
-            }
-            SendError::SenderOverShare { .. } => {
-                f.write_str("the sender holds as many notifications as one sender may")
-            }
-            SendError::Full { .. } => f.write_str("the mailbox is full"),
-            SendError::Payload(e) => write!(f, "the payload is not serializable: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {}
-
-/// Why [`Mailbox::reply`] refused a reply; each refusal is distinct.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReplyError {
-    /// No such notification (never sent, purged, or dropped by the cap).
-    NotFound,
-    /// The replier is not the notification's target.
-    NotTarget,
-    /// The notification was sent without `expects_reply`.
-    NoReplyExpected,
-    /// It already has its reply.
-    AlreadyReplied,
-    /// It expired.
-    Expired,
-    /// The payload is larger than the mailbox accepts.
-    TooLarge {
-        /// The payload's size.
-        size: usize,
-        /// The largest accepted.
-        limit: usize,
-    },
-    /// The mailbox, or the share of the notification's sender, which holds
-    /// the reply for it, has no room for it: `507 Insufficient Storage`.
-    Full {
-        /// A wait to suggest (`Retry-After`).
-        retry_after: Duration,
-    },
-    /// The payload could not be serialized.
-    Payload(String),
-}
-
-impl fmt::Display for ReplyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplyError::NotFound => f.write_str("no such notification"),
-            ReplyError::NotTarget => f.write_str("only the notification's target may reply"),
-            ReplyError::NoReplyExpected => f.write_str("this notification expects no reply"),
-            ReplyError::AlreadyReplied => f.write_str("this notification already has its reply"),
-            ReplyError::Expired => f.write_str("this notification has expired"),
-            ReplyError::TooLarge { size, limit } => {
-                write!(f, "the reply is {size} bytes, over the limit of {limit}")
-            }
-            ReplyError::Full { .. } => f.write_str("the mailbox has no room for this reply"),
-            ReplyError::Payload(e) => write!(f, "the reply is not serializable: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ReplyError {}
-
-pub(crate) fn valid_client_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN && !id.chars().any(char::is_control)
-}
-
-/// What a direct message of the mailbox is, in the key that names it for
-/// [`Broker::retract_direct`].
-#[derive(Clone, Copy)]
-enum Kind {
-    Notification,
-    Reply,
-}
-
-fn key(serial: u64, kind: Kind) -> u64 {
-    serial * 2
-        + match kind {
-            Kind::Notification => 0,
-            Kind::Reply => 1,
-        }
-}
-
 impl Mailbox {
     /// A mailbox delivering through `broker`, with default bounds.
     pub fn new(broker: Broker) -> Self {
@@ -489,29 +320,33 @@ impl Mailbox {
         &self.shared.broker
     }
 
-    /// Sends `payload` from `from` to `to`, held for `ttl` (or the default),
-    /// and returns its trace id.
+    /// Sends `notification`, held for its TTL (or the default), and returns
+    /// its trace id.
     ///
-    /// Delivered at once to every open stream of `to`, else held until one
-    /// opens. If `to` already holds as much as it may, its oldest
-    /// notifications are dropped. Refused when the sender is over its share
-    /// ([`SendError::SenderOverShare`]) or the mailbox is full
-    /// ([`SendError::Full`]).
-    pub fn send(
-        &self,
-        to: &str,
-        from: &str,
-        payload: impl serde::Serialize,
-        expects_reply: bool,
-        ttl: Option<Duration>,
-    ) -> Result<TraceId, SendError> {
+    /// Delivered at once to every open stream of its target, else held until
+    /// one opens. If the target already holds as much as it may, its oldest
+    /// notifications are dropped. Refused when a client id is not one
+    /// ([`SendError::InvalidClientId`]), the payload is too large, the sender
+    /// is over its share ([`SendError::SenderOverShare`]) or the mailbox is
+    /// full ([`SendError::Full`]).
+    pub fn send(&self, notification: Notification) -> Result<TraceId, SendError> {
+        let Notification {
+            to,
+            from,
+            payload,
+            expects_reply,
+            ttl,
+        } = notification;
+        let (to, from) = (to.as_str(), from.as_str());
         if !valid_client_id(to) || !valid_client_id(from) {
             return Err(SendError::InvalidClientId);
         }
-        let payload = self.shared.encode(&payload).map_err(|e| match e {
-            PayloadError::Serialize(e) => SendError::Payload(e),
-            PayloadError::TooLarge { size, limit } => SendError::TooLarge { size, limit },
-        })?;
+        if payload.len() > self.shared.limits.max_payload {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                limit: self.shared.limits.max_payload,
+            });
+        }
         let cost = RECORD_OVERHEAD + to.len() + from.len() + payload.len();
         let shared = &self.shared;
         let limits = &shared.limits;
@@ -560,7 +395,7 @@ impl Mailbox {
             serial,
             from,
             to,
-            Bytes::from(payload),
+            payload,
             expects_reply,
             expires_at,
         );
@@ -614,10 +449,15 @@ impl Mailbox {
         by: &str,
         payload: impl serde::Serialize,
     ) -> Result<Status, ReplyError> {
-        let payload = self.shared.encode(&payload).map_err(|e| match e {
-            PayloadError::Serialize(e) => ReplyError::Payload(e),
-            PayloadError::TooLarge { size, limit } => ReplyError::TooLarge { size, limit },
-        })?;
+        let payload = serde_json::to_vec(&payload)
+            .map_err(|e| ReplyError::Payload(std::sync::Arc::new(e)))?;
+        let limit = self.shared.limits.max_payload;
+        if payload.len() > limit {
+            return Err(ReplyError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
         let shared = &self.shared;
         let limits = &shared.limits;
         let mut state = lock(&shared.state);
@@ -700,11 +540,12 @@ impl Mailbox {
     /// the subscription is read.
     ///
     /// ```
-    /// use tower_sse::mailbox::Mailbox;
+    /// use tower_sse::mailbox::{Mailbox, Notification};
     /// use tower_sse::{Broker, Message};
     ///
     /// let mailbox = Mailbox::new(Broker::new());
-    /// let trace = mailbox.send("bob", "alice", "hi", false, None).unwrap();
+    /// let hi = Notification::to("bob").from("alice").json("hi").unwrap();
+    /// let trace = mailbox.send(hi).unwrap();
     /// let (mut sub, _connection) = mailbox.subscribe("bob", None).unwrap();
     /// let Some(Message::Event(event)) = sub.try_next() else { panic!() };
     /// assert_eq!(event.event_type(), "notification");
@@ -715,7 +556,7 @@ impl Mailbox {
         client: &str,
         last_event_id: Option<&str>,
     ) -> Result<(Subscription, Connection), crate::Closed> {
-        let topics = crate::Topics::one(Topic::client(client));
+        let topics = crate::Topics::one(client_topic(client));
         let subscription = self.shared.broker.subscribe(&topics, last_event_id)?;
         let honoured = last_event_id.filter(|_| !subscription.starts_with_resync());
         let connection = self.connect(&subscription, client, honoured);
@@ -815,31 +656,13 @@ impl Mailbox {
     }
 }
 
-enum PayloadError {
-    Serialize(String),
-    TooLarge { size: usize, limit: usize },
-}
-
 impl Shared {
-    /// A payload as JSON text, within the size limit.
-    fn encode(&self, payload: &impl serde::Serialize) -> Result<Vec<u8>, PayloadError> {
-        let bytes =
-            serde_json::to_vec(payload).map_err(|e| PayloadError::Serialize(e.to_string()))?;
-        if bytes.len() > self.limits.max_payload {
-            return Err(PayloadError::TooLarge {
-                size: bytes.len(),
-                limit: self.limits.max_payload,
-            });
-        }
-        Ok(bytes)
-    }
-
     /// Sends `trace` to its target: to `one` stream, or to every stream of
     /// the target open now (none: nothing happens).
     fn send_notification(&self, state: &mut State, trace: &TraceId, one: Option<&Subscription>) {
         let record = state.records.get_mut(trace).expect("sent traces are held");
         let event = Event::new(NOTIFICATION_EVENT).data(record.notification_json());
-        let topic = Topic::client(&record.to);
+        let topic = client_topic(&record.to);
         let key = key(record.serial, Kind::Notification);
         if let Some(id) = self.send_direct(&topic, key, event, one) {
             record.sent.record(id, one.is_none());
@@ -854,7 +677,7 @@ impl Shared {
             .get_mut(trace)
             .expect("replied traces are held");
         let event = Event::new(REPLY_EVENT).data(record.reply_json());
-        let topic = Topic::client(&record.from);
+        let topic = client_topic(&record.from);
         let key = key(record.serial, Kind::Reply);
         if let Some(id) = self.send_direct(&topic, key, event, one) {
             record.reply_sent.record(id, one.is_none());
@@ -875,253 +698,6 @@ impl Shared {
             Some(sub) => self.broker.send_direct_to(sub, topic, key, event).ok(),
             None => self.broker.send_direct(topic, key, event).ok().flatten(),
         }
-    }
-}
-
-impl State {
-    /// Whether `sender` can take `count` more notifications and `bytes`
-    /// more bytes within its share, forgetting its own finished
-    /// notifications (oldest first) to make room if needed.
-    fn sender_has_room(
-        &mut self,
-        broker: &Broker,
-        sender: &str,
-        count: usize,
-        bytes: usize,
-        limits: &Limits,
-    ) -> bool {
-        let over = |state: &State| {
-            state.by_sender.get(sender).map_or(
-                (
-                    count.saturating_sub(limits.per_sender),
-                    bytes.saturating_sub(limits.per_sender_bytes),
-                ),
-                |share| {
-                    (
-                        (share.count + count).saturating_sub(limits.per_sender),
-                        (share.bytes + bytes).saturating_sub(limits.per_sender_bytes),
-                    )
-                },
-            )
-        };
-        let (count_over, bytes_over) = over(self);
-        if count_over == 0 && bytes_over == 0 {
-            return true;
-        }
-        self.forget_finished(broker, count_over, bytes_over, Some(sender));
-        over(self) == (0, 0)
-    }
-
-    /// By how many notifications and bytes the mailbox would be over its
-    /// capacity with one more of `cost` bytes, once `drop` is dropped.
-    fn over_capacity(&self, drop: &[TraceId], cost: usize, limits: &Limits) -> (usize, usize) {
-        let (mut count, mut bytes) = (self.records.len() + 1, self.bytes + cost);
-        for record in drop.iter().filter_map(|trace| self.records.get(trace)) {
-            count -= 1;
-            bytes -= record.total_cost();
-        }
-        (
-            count.saturating_sub(limits.capacity),
-            bytes.saturating_sub(limits.capacity_bytes),
-        )
-    }
-
-    /// The target's oldest notifications to drop so that one more of
-    /// `cost` bytes fits its bounds.
-    fn target_overflow(&self, to: &str, cost: usize, limits: &Limits) -> Vec<TraceId> {
-        let Some(held) = self.by_target.get(to) else {
-            return Vec::new();
-        };
-        let mut count = held.traces.len() + 1;
-        let mut bytes = held.bytes + cost;
-        let mut drop = Vec::new();
-        for trace in &held.traces {
-            if count <= limits.per_target && bytes <= limits.per_target_bytes {
-                break;
-            }
-            count -= 1;
-            bytes -= self.records[trace].notification_cost();
-            drop.push(trace.clone());
-        }
-        drop
-    }
-
-    fn purge_expired(&mut self, broker: &Broker, now: Duration) -> usize {
-        let mut purged = 0;
-        while let Some(entry) = self.expiry.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let trace = entry.remove();
-            if self.forget(broker, &trace) {
-                purged += 1;
-            }
-        }
-        self.counters.expired += purged as u64;
-        purged
-    }
-
-    /// Forgets the oldest finished notifications (of `sender` only, if
-    /// given) until `count` of them and `bytes` bytes are freed, or none
-    /// finished is left.
-    fn forget_finished(
-        &mut self,
-        broker: &Broker,
-        mut count: usize,
-        mut bytes: usize,
-        sender: Option<&str>,
-    ) {
-        while count > 0 || bytes > 0 {
-            let queue = match sender {
-                Some(sender) => match self.by_sender.get_mut(sender) {
-                    Some(share) => &mut share.finished,
-                    None => return,
-                },
-                None => &mut self.finished,
-            };
-            let Some(trace) = queue.pop_front() else {
-                return;
-            };
-            let Some(record) = self.records.get(&trace).filter(|r| r.is_finished()) else {
-                continue;
-            };
-            let cost = record.total_cost();
-            self.forget(broker, &trace);
-            self.counters.forgotten += 1;
-            count = count.saturating_sub(1);
-            bytes = bytes.saturating_sub(cost);
-        }
-    }
-
-    /// Marks `trace` delivered (if it was not) and takes its frames back
-    /// from every stream that has not read them.
-    fn mark_delivered(&mut self, broker: &Broker, trace: &TraceId) {
-        let record = self.records.get_mut(trace).expect("held");
-        if record.delivered_at.is_some() {
-            return;
-        }
-        record.delivered_at = Some(SystemTime::now());
-        self.counters.delivered += 1;
-        broker.retract_direct(
-            &Topic::client(&record.to),
-            key(record.serial, Kind::Notification),
-        );
-        self.note_if_finished(trace);
-    }
-
-    /// The sender showed it received the reply to `trace`.
-    fn mark_reply_seen(&mut self, broker: &Broker, trace: &TraceId) {
-        let record = self.records.get_mut(trace).expect("held");
-        record.reply_seen = true;
-        broker.retract_direct(
-            &Topic::client(&record.from),
-            key(record.serial, Kind::Reply),
-        );
-        self.note_if_finished(trace);
-    }
-
-    /// Queues `trace` among the finished records, if it now is one.
-    fn note_if_finished(&mut self, trace: &TraceId) {
-        let record = &self.records[trace];
-        if !record.is_finished() {
-            return;
-        }
-        let records = &self.records;
-        note(&mut self.finished, trace, records);
-        if let Some(share) = self.by_sender.get_mut(&*record.from) {
-            note(&mut share.finished, trace, records);
-        }
-    }
-
-    /// Removes `trace` everywhere, its frames from every stream that has
-    /// not read them too; whether it was held.
-    fn forget(&mut self, broker: &Broker, trace: &TraceId) -> bool {
-        let Some(record) = self.records.remove(trace) else {
-            return false;
-        };
-        self.expiry.remove(&(record.expires_at, record.serial));
-        let cost = record.notification_cost();
-        let total = record.total_cost();
-        self.bytes -= total;
-        if let Some(held) = self.by_target.get_mut(&*record.to) {
-            held.traces.retain(|t| t != trace);
-            held.bytes -= cost;
-            if held.traces.is_empty() {
-                self.by_target.remove(&*record.to);
-            }
-        }
-        if let Some(share) = self.by_sender.get_mut(&*record.from) {
-            share.count -= 1;
-            share.bytes -= total;
-            if share.count == 0 {
-                self.by_sender.remove(&*record.from);
-            }
-        }
-        let to = Topic::client(&record.to);
-        broker.retract_direct(&to, key(record.serial, Kind::Notification));
-        if record.reply.is_some() {
-            broker.retract_direct(
-                &Topic::client(&record.from),
-                key(record.serial, Kind::Reply),
-            );
-            if let Some(replies) = self.unseen_replies.get_mut(&*record.from) {
-                replies.retain(|t| t != trace);
-                if replies.is_empty() {
-                    self.unseen_replies.remove(&*record.from);
-                }
-            }
-        }
-        true
-    }
-}
-
-/// Appends `trace` to a queue of finished records. Records leave the
-/// mailbox by other ways too (expiry, the target's bounds) and stay in the
-/// queue until popped; so that the queue stays within a small multiple of
-/// what is held, it is swept of them once it is twice that long.
-fn note(queue: &mut VecDeque<TraceId>, trace: &TraceId, records: &HashMap<TraceId, Record>) {
-    if queue.len() >= 2 * records.len() + 64 {
-        queue.retain(|t| records.get(t).is_some_and(Record::is_finished));
-    }
-    queue.push_back(trace.clone());
-}
-
-/// An open stream of a client, as the mailbox counts them; dropping it
-/// marks the stream closed.
-pub struct Connection {
-    mailbox: Mailbox,
-    client: Box<str>,
-}
-
-impl Connection {
-    /// The client id.
-    pub fn client(&self) -> &str {
-        &self.client
-    }
-
-    /// The mailbox.
-    pub fn mailbox(&self) -> &Mailbox {
-        &self.mailbox
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        let mut state = lock(&self.mailbox.shared.state);
-        if let Some(n) = state.online.get_mut(&*self.client) {
-            *n -= 1;
-            if *n == 0 {
-                state.online.remove(&*self.client);
-            }
-        }
-    }
-}
-
-impl fmt::Debug for Connection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
-            .field("client", &self.client)
-            .finish()
     }
 }
 

@@ -1,6 +1,8 @@
 //! HTTP routes for notification status, replies and acknowledgements.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -8,14 +10,13 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Mailbox, ReplyError, TraceId};
-use crate::body::{
-    json_error as error, json_response, method_not_allowed, with_retry_after, ResponseBody,
-};
-use crate::future::ResponseFuture;
+pub use crate::response::ResponseBody;
+use crate::response::{json, json_error as error, method_not_allowed, with_retry_after};
 
 type Identify = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
@@ -137,7 +138,7 @@ impl<S: fmt::Debug> fmt::Debug for MailboxRoutes<S> {
     }
 }
 
-fn not_found<B>() -> Response<ResponseBody<B>> {
+fn not_found() -> Response<Bytes> {
     error(StatusCode::NOT_FOUND, "no such notification")
 }
 
@@ -161,32 +162,33 @@ where
         let Some((trace, action)) = self.layer.route(request.uri().path()) else {
             return ResponseFuture::future(self.inner.call(request));
         };
+        let answer = |response: Response<Bytes>| ResponseFuture::answer(response);
         let trace = TraceId::parse(trace);
         let (parts, body) = request.into_parts();
         let method = &parts.method;
         match action {
             Action::Status if method != Method::GET && method != Method::HEAD => {
-                return ResponseFuture::ready(method_not_allowed("GET, HEAD"));
+                return answer(method_not_allowed("GET, HEAD"));
             }
             Action::Reply | Action::Ack if method != Method::POST => {
-                return ResponseFuture::ready(method_not_allowed("POST"));
+                return answer(method_not_allowed("POST"));
             }
             _ => {}
         }
         let Some(client) = (self.layer.identify)(&parts) else {
-            return ResponseFuture::ready(error(StatusCode::UNAUTHORIZED, "who is asking?"));
+            return answer(error(StatusCode::UNAUTHORIZED, "who is asking?"));
         };
         let Some(trace) = trace else {
-            return ResponseFuture::ready(not_found());
+            return answer(not_found());
         };
         let mailbox = &self.layer.mailbox;
         match action {
-            Action::Status => ResponseFuture::ready(match mailbox.status_for(&trace, &client) {
-                Some(status) => json_response(StatusCode::OK, &serde_json::json!(status)),
+            Action::Status => answer(match mailbox.status_for(&trace, &client) {
+                Some(status) => json(StatusCode::OK, &serde_json::json!(status)),
                 None => not_found(),
             }),
-            Action::Ack => ResponseFuture::ready(if mailbox.ack(&trace, &client) {
-                let mut response = Response::new(ResponseBody::empty());
+            Action::Ack => answer(if mailbox.ack(&trace, &client) {
+                let mut response = Response::new(Bytes::new());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 response
             } else {
@@ -195,19 +197,19 @@ where
             Action::Reply => {
                 let mailbox = mailbox.clone();
                 let limit = mailbox.shared.limits.max_payload;
-                ResponseFuture::boxed(Box::pin(reply(mailbox, trace, client, body, limit)))
+                ResponseFuture::reply(Box::pin(reply(mailbox, trace, client, body, limit)))
             }
         }
     }
 }
 
-async fn reply<ReqBody, B>(
+async fn reply<ReqBody>(
     mailbox: Mailbox,
     trace: TraceId,
     client: String,
     body: ReqBody,
     limit: usize,
-) -> Response<ResponseBody<B>>
+) -> Response<Bytes>
 where
     ReqBody: http_body::Body,
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -241,7 +243,7 @@ where
         }
     };
     match mailbox.reply(&trace, &client, payload) {
-        Ok(status) => json_response(StatusCode::OK, &serde_json::json!(status)),
+        Ok(status) => json(StatusCode::OK, &serde_json::json!(status)),
         Err(ReplyError::NotFound | ReplyError::NotTarget) => not_found(),
         Err(e @ (ReplyError::AlreadyReplied | ReplyError::NoReplyExpected)) => {
             error(StatusCode::CONFLICT, e)
@@ -256,5 +258,79 @@ where
             retry_after,
         ),
         Err(e @ ReplyError::Payload(_)) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+pin_project! {
+    /// Response future of [`MailboxRoutes`]: the inner service's future, or
+    /// a route's own answer, ready at once or, for a reply, once its body
+    /// is read.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+/// A reply being read and taken; boxed, off the hot path.
+type Reply = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Future { #[pin] future: F },
+        Answer { response: Option<Response<Bytes>>, _body: std::marker::PhantomData<fn() -> B> },
+        Reply { reply: Reply },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn future(future: F) -> Self {
+        Self {
+            kind: Kind::Future { future },
+        }
+    }
+
+    fn answer(response: Response<Bytes>) -> Self {
+        Self {
+            kind: Kind::Answer {
+                response: Some(response),
+                _body: std::marker::PhantomData,
+            },
+        }
+    }
+
+    fn reply(reply: Reply) -> Self {
+        Self {
+            kind: Kind::Reply { reply },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Future { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
+            KindProj::Answer { response, .. } => Poll::Ready(Ok(response
+                .take()
+                .expect("polled after completion")
+                .map(ResponseBody::answer))),
+            KindProj::Reply { reply } => reply
+                .as_mut()
+                .poll(cx)
+                .map(|response| Ok(response.map(ResponseBody::answer))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }

@@ -152,7 +152,7 @@ pub struct ModeCauses {
 }
 
 /// The event type of mode changes on the events route.
-pub const STATE_EVENT: &str = "server.state";
+pub use crate::wire::STATE_EVENT;
 
 /// A cheap-to-clone handle on the server's mode. See the [module docs](self).
 #[derive(Clone)]

@@ -139,12 +139,32 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Whether an `Accept` value lists `media` (parameters ignored).
+/// Whether an `Accept` value lists `media` as acceptable: other
+/// parameters are ignored, and a quality of zero (`q=0`, `q=0.000`) says it
+/// is not.
 fn has_media_type(value: &[u8], media: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|item| {
-        let kind = item.split(|b| *b == b';').next().unwrap_or(item);
-        kind.trim_ascii().eq_ignore_ascii_case(media)
+        let mut parts = item.split(|b| *b == b';');
+        let kind = parts.next().unwrap_or(item);
+        kind.trim_ascii().eq_ignore_ascii_case(media) && !parts.any(is_zero_quality)
     })
+}
+
+/// Whether a media type parameter is `q=0` (with up to three zero decimals).
+fn is_zero_quality(parameter: &[u8]) -> bool {
+    let parameter = parameter.trim_ascii();
+    let Some(at) = parameter.iter().position(|b| *b == b'=') else {
+        return false;
+    };
+    let (name, value) = (&parameter[..at], &parameter[at + 1..]);
+    if !name.trim_ascii().eq_ignore_ascii_case(b"q") {
+        return false;
+    }
+    match value.trim_ascii() {
+        [b'0'] => true,
+        [b'0', b'.', zeros @ ..] => zeros.len() <= 3 && zeros.iter().all(|b| *b == b'0'),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -191,8 +211,21 @@ mod tests {
                 "{accept}"
             );
         }
-        let head = "GET /x HTTP/1.1\r\nHost: x\r\nAccept: text/event-streams\r\n\r\n";
-        assert!(matches!(decide(head.as_bytes(), &[]), Decision::Other));
+        for accept in [
+            "text/event-streams",
+            "text/event-stream;q=0",
+            "text/event-stream; Q=0.000, text/html",
+            "text/html;q=0.5, text/event-stream ; q = 0.0",
+        ] {
+            let head = format!("GET /x HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n");
+            assert!(
+                matches!(decide(head.as_bytes(), &[]), Decision::Other),
+                "{accept}"
+            );
+        }
+        // A quality above zero, however small, is a yes.
+        let head = "GET /x HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream;q=0.001\r\n\r\n";
+        assert!(matches!(decide(head.as_bytes(), &[]), Decision::Stream(_)));
     }
 
     #[test]

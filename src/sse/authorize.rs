@@ -211,8 +211,8 @@ impl Rejection {
         &self.message
     }
 
-    pub(crate) fn into_response<B>(self) -> http::Response<crate::body::ResponseBody<B>> {
-        crate::body::json_response(self.status, &serde_json::json!({ "error": self.message }))
+    pub(crate) fn into_response(self) -> http::Response<bytes::Bytes> {
+        crate::response::json(self.status, &serde_json::json!({ "error": self.message }))
     }
 }
 

@@ -36,21 +36,33 @@
 //! the first event. A block without data dispatches nothing in a browser,
 //! but some clients report one as an empty `message`.
 
-pub(crate) mod frame;
-
 #[cfg(not(loom))]
 mod authorize;
 #[cfg(not(loom))]
+mod body;
+#[cfg(not(loom))]
+mod coalesce;
+#[cfg(not(loom))]
+mod future;
+#[cfg(not(loom))]
+mod hook;
+#[cfg(not(loom))]
 mod layer;
 #[cfg(not(loom))]
-mod load;
-#[cfg(not(loom))]
 mod service;
+#[cfg(not(loom))]
+mod streams;
+#[cfg(not(loom))]
+mod ticker;
 
 #[cfg(not(loom))]
 pub use self::authorize::{any_topic, public_only, requested_topics, Authorize, Grant, Rejection};
 #[cfg(not(loom))]
-pub(crate) use self::layer::{Coalesce, Runtime};
+pub use self::body::ResponseBody;
+#[cfg(not(loom))]
+pub use self::future::ResponseFuture;
+#[cfg(not(loom))]
+pub use self::hook::{StreamGuard, StreamHook};
 #[cfg(not(loom))]
 pub use self::layer::{
     SseLayer, DEFAULT_BUSY_RETRY, DEFAULT_COALESCE, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_BATCH_BYTES,

@@ -7,14 +7,12 @@ use http::{header, HeaderValue, Method, Request, Response};
 use tower_service::Service;
 
 use super::authorize::Rejection;
-use super::frame;
+use super::body::{EventStream, ResponseBody};
+use super::future::ResponseFuture;
 use super::layer::Config;
-use crate::body::{
-    method_not_allowed, with_retry_after, ConnectionSlot, EventStream, ResponseBody,
-};
-use crate::broker::Topic;
-use crate::future::ResponseFuture;
-use crate::mailbox::valid_client_id;
+use super::streams::StreamSlot;
+use crate::response::{method_not_allowed, with_retry_after};
+use crate::wire;
 
 /// Longest `Last-Event-ID` looked at; anything longer cannot be an id and
 /// is treated as malformed without being copied.
@@ -67,7 +65,7 @@ where
             return ResponseFuture::future(self.inner.call(request));
         }
         let (parts, _body) = request.into_parts();
-        ResponseFuture::ready(self.config.respond(&parts))
+        ResponseFuture::answer(self.config.respond(&parts))
     }
 }
 
@@ -76,7 +74,7 @@ impl Config {
     /// status or a short stream; nothing here can panic or answer 500.
     pub(crate) fn respond<B>(&self, parts: &Parts) -> Response<ResponseBody<B>> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
-            return method_not_allowed("GET, HEAD");
+            return method_not_allowed("GET, HEAD").map(ResponseBody::full);
         }
         let grant = match self.authorizer.authorize(parts) {
             Ok(grant) => grant,
@@ -88,25 +86,28 @@ impl Config {
                 self.max_topics
             )));
         }
-        let client = match (&self.mailbox, grant.client_id()) {
-            (Some(_), Some(client)) if !valid_client_id(client) => {
-                tracing::warn!("the authorizer named an invalid client id");
-                return refusal(Rejection::bad_request("invalid client identity"));
-            }
-            (Some(mailbox), Some(client)) => Some((mailbox, client)),
+        // A hook takes part in the streams of named clients.
+        let hooked = match (&self.hook, grant.client_id()) {
+            (Some(hook), Some(client)) => match hook.topic(client) {
+                Ok(topic) => Some((hook, client, topic)),
+                Err(rejection) => {
+                    tracing::warn!(%rejection, "the stream hook refused the client");
+                    return refusal(rejection);
+                }
+            },
             _ => None,
         };
         if parts.method == Method::HEAD {
-            return stream_response(ResponseBody::empty());
+            return stream_response(ResponseBody::full(Bytes::new()));
         }
-        let Some(slot) = ConnectionSlot::acquire(&self.runtime, self.max_connections) else {
+        let Some(slot) = StreamSlot::acquire(&self.streams, self.max_connections) else {
             tracing::debug!("events route over its connection limit");
             let response = self.busy(b":over capacity\n");
             return with_retry_after(response, self.busy_retry);
         };
         let resume = resume_from(parts);
-        let topics = match client {
-            Some((_, client)) => grant.topics().with(Topic::client(client)),
+        let topics = match hooked.as_ref().and_then(|(_, _, topic)| topic.clone()) {
+            Some(topic) => grant.topics().with(topic),
             None => grant.topics().clone(),
         };
         let subscription = match self.broker.subscribe(&topics, resume.id.as_deref()) {
@@ -117,25 +118,20 @@ impl Config {
                 None => return self.busy(b":shutting down\n"),
             },
         };
-        // After subscribing, so that nothing the mailbox sends from now on
-        // can miss this stream.
-        // Only the browser's own header proves what arrived, and only if
-        // the broker could resume from it.
-        let proof = resume
-            .id
-            .as_deref()
-            .filter(|_| resume.from_header && !subscription.starts_with_resync());
-        let connection =
-            client.map(|(mailbox, client)| mailbox.connect(&subscription, client, proof));
-        self.ensure_ticker();
-        let first = frame::retry_frame(self.retry.as_millis().try_into().unwrap_or(u64::MAX));
+        // After subscribing, so that nothing the hook sends from now on can
+        // miss this stream.
+        let header = resume.id.as_deref().filter(|_| resume.from_header);
+        let guard = hooked.map(|(hook, client, _)| hook.opened(client, &subscription, header));
+        self.streams
+            .ensure_ticker(&self.broker, self.keep_alive, self.coalesce);
+        let first = wire::retry_frame(self.retry.as_millis().try_into().unwrap_or(u64::MAX));
         stream_response(ResponseBody::events(EventStream::new(
             subscription,
             first,
             self.max_batch_bytes,
             self.coalesce,
             slot,
-            connection,
+            guard,
         )))
     }
 
@@ -143,7 +139,7 @@ impl Config {
     /// A browser's `EventSource` reconnects after the delay, where a 503
     /// would make it give up for good.
     fn busy<B>(&self, comment: &'static [u8]) -> Response<ResponseBody<B>> {
-        let retry = frame::retry_frame(self.busy_retry.as_millis().try_into().unwrap_or(u64::MAX));
+        let retry = wire::retry_frame(self.busy_retry.as_millis().try_into().unwrap_or(u64::MAX));
         let mut body = Vec::with_capacity(retry.len() + comment.len());
         body.extend_from_slice(&retry);
         body.extend_from_slice(comment);
@@ -204,7 +200,7 @@ fn stream_response<B>(body: ResponseBody<B>) -> Response<ResponseBody<B>> {
 }
 
 fn refusal<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
-    rejection.into_response()
+    rejection.into_response().map(ResponseBody::full)
 }
 
 impl<S: fmt::Debug> fmt::Debug for Sse<S> {

@@ -1,4 +1,7 @@
-//! Whether the runtime is busy enough for write coalescing to pay.
+//! Write coalescing, as the events route decides it: the setting, the
+//! switch that streams read, and the meter of the runtime's load behind it.
+//! (The windows themselves, which streams are in one and who wakes them at
+//! its end, are the broker's: `broker::coalesce`.)
 //!
 //! Coalescing trades latency for CPU: a stream that receives events faster
 //! than one per window waits up to a window to write them together. On a
@@ -16,7 +19,173 @@
 //! adding latency where events come further apart than the window and
 //! there is nothing to merge.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+
+/// How streams coalesce their writes, as configured.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Coalesce {
+    pub(crate) window: Duration,
+    /// Whatever the load, rather than only while the runtime is busy.
+    pub(crate) always: bool,
+}
+
+impl Coalesce {
+    /// `None` for a zero window: no coalescing at all.
+    pub(crate) fn new(window: Duration, always: bool) -> Option<Self> {
+        (!window.is_zero()).then_some(Self { window, always })
+    }
+}
+
+/// Whether the streams of a layer coalesce now, and what it saves: set by
+/// the ticker, read by every stream at each write.
+#[derive(Debug, Default)]
+pub(crate) struct Coalescing {
+    /// The ticker found the runtime busy.
+    on: AtomicBool,
+    /// Writes made while coalescing, and the frames they carried, since
+    /// the ticker last looked.
+    writes: AtomicUsize,
+    frames: AtomicUsize,
+}
+
+impl Coalescing {
+    /// The window streams coalesce in right now, if any.
+    pub(crate) fn window(&self, coalesce: Option<Coalesce>) -> Option<Duration> {
+        coalesce
+            .filter(|c| c.always || self.on.load(Ordering::Relaxed))
+            .map(|c| c.window)
+    }
+
+    /// Counts a write of `frames` made in a window that the load opened
+    /// (not one of `SseLayer::coalesce_always`).
+    pub(crate) fn count(&self, coalesce: Option<Coalesce>, frames: usize) {
+        if coalesce.is_some_and(|c| !c.always) {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.frames.fetch_add(frames, Ordering::Relaxed);
+        }
+    }
+
+    /// Switches coalescing on or off; whether that changed anything.
+    pub(crate) fn switch(&self, on: bool) -> bool {
+        self.on.swap(on, Ordering::Relaxed) != on
+    }
+
+    /// Whether it is on (for the tests of the ticker).
+    #[cfg(test)]
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Frames per write since the last call (1 when nothing was written):
+    /// about how many times as many writes streams would make without
+    /// coalescing.
+    fn take_gain(&self) -> f64 {
+        let writes = self.writes.swap(0, Ordering::Relaxed);
+        let frames = self.frames.swap(0, Ordering::Relaxed);
+        if writes == 0 {
+            return 1.0;
+        }
+        (frames as f64 / writes as f64).max(1.0)
+    }
+}
+
+/// Reads how long the runtime's workers have spent running tasks so far,
+/// on average: the measure of load.
+pub(crate) type BusyClock = Box<dyn FnMut() -> Duration + Send>;
+
+/// tokio's own per-worker busy time, where the platform has the 64-bit
+/// atomics it needs.
+pub(crate) fn busy_clock(handle: &tokio::runtime::Handle) -> Option<BusyClock> {
+    #[cfg(target_has_atomic = "64")]
+    {
+        let metrics = handle.metrics();
+        let workers = metrics.num_workers().max(1);
+        let divisor = u32::try_from(workers).unwrap_or(u32::MAX);
+        Some(Box::new(move || {
+            (0..workers)
+                .map(|worker| metrics.worker_total_busy_duration(worker))
+                .sum::<Duration>()
+                / divisor
+        }))
+    }
+    #[cfg(not(target_has_atomic = "64"))]
+    {
+        let _ = handle;
+        None
+    }
+}
+
+/// Samples the runtime's load into a [`LoadMeter`] and switches
+/// [`Coalescing`] by what it decides: every 25 ms while events are
+/// published, every 100 ms otherwise.
+pub(crate) struct LoadSampler {
+    clock: BusyClock,
+    meter: LoadMeter,
+    /// When the busy time was last read, and what it was.
+    at: Instant,
+    busy: Duration,
+    /// The broker's count of published events at the last sample.
+    published: Option<u64>,
+    next: Instant,
+}
+
+impl LoadSampler {
+    /// How often the load is sampled while events are published.
+    const SAMPLE: Duration = Duration::from_millis(25);
+    /// How often it is sampled while none are, to notice that some are.
+    const QUIET_SAMPLE: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new(mut clock: BusyClock, now: Instant) -> Self {
+        let busy = clock();
+        Self {
+            clock,
+            meter: LoadMeter::default(),
+            at: now,
+            busy,
+            published: None,
+            next: now + Self::QUIET_SAMPLE,
+        }
+    }
+
+    /// When the next sample is due.
+    pub(crate) fn due(&self) -> Instant {
+        self.next
+    }
+
+    /// Takes a sample if one is due.
+    pub(crate) fn sample(&mut self, now: Instant, broker: &Broker, coalescing: &Coalescing) {
+        if self.next > now {
+            return;
+        }
+        let busy = (self.clock)();
+        let on = self.meter.sample(
+            busy.saturating_sub(self.busy),
+            now.duration_since(self.at),
+            coalescing.take_gain(),
+        );
+        if coalescing.switch(on) {
+            tracing::debug!(
+                coalescing = on,
+                load = self.meter.load(),
+                "write coalescing switched"
+            );
+        }
+        (self.at, self.busy) = (now, busy);
+        let count = broker.published();
+        let quiet = self.published.replace(count) == Some(count);
+        self.next = now
+            + if quiet {
+                Self::QUIET_SAMPLE
+            } else {
+                Self::SAMPLE
+            };
+    }
+}
 
 /// A moving average of the runtime's load, and what it decided.
 #[derive(Clone, Copy, Debug)]

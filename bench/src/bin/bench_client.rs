@@ -25,15 +25,10 @@
 //! `lossless` means every connection got every event `0..expect` exactly
 //! once, in order, with no resync.
 
-#[cfg(loom)]
-fn main() {}
-
-#[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
     client::main()
 }
 
-#[cfg(not(loom))]
 mod client {
     use std::cell::RefCell;
     use std::io;

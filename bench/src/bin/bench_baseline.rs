@@ -16,14 +16,9 @@
 //! because they fell more than `--capacity` (default 1024) behind: the
 //! client is never told, it just sees a gap.
 
-#[cfg(loom)]
-fn main() {}
-
-#[cfg(not(loom))]
-#[path = "../bench/server_common.rs"]
+#[path = "../../server_common.rs"]
 mod common;
 
-#[cfg(not(loom))]
 mod baseline {
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +65,6 @@ mod baseline {
     }
 }
 
-#[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;

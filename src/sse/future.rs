@@ -1,16 +1,17 @@
+//! The events route's response future.
+
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
+use super::body::ResponseBody;
 
 pin_project! {
-    /// Response future of this crate's middleware: the inner service's
-    /// future, or the middleware's own answer, ready at once.
+    /// Response future of [`Sse`](crate::sse::Sse): the inner service's
+    /// future, or the events route's own answer, ready at once.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
@@ -21,8 +22,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B> {
         Future { #[pin] future: F },
-        Ready { response: Option<Response<ResponseBody<B>>>, _marker: PhantomData<fn() -> B> },
-        Boxed { future: Pin<Box<dyn Future<Output = Response<ResponseBody<B>>> + Send>> },
+        Answer { response: Option<Response<ResponseBody<B>>> },
     }
 }
 
@@ -33,24 +33,11 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
-    pub(crate) fn ready(response: Response<ResponseBody<B>>) -> Self {
+    pub(crate) fn answer(response: Response<ResponseBody<B>>) -> Self {
         Self {
-            kind: Kind::Ready {
+            kind: Kind::Answer {
                 response: Some(response),
-                _marker: PhantomData,
             },
-        }
-    }
-}
-
-impl<F, B> ResponseFuture<F, B> {
-    /// An answer that needs to wait (e.g. for the request body); only for
-    /// routes off the hot path.
-    pub(crate) fn boxed(
-        future: Pin<Box<dyn Future<Output = Response<ResponseBody<B>>> + Send>>,
-    ) -> Self {
-        Self {
-            kind: Kind::Boxed { future },
         }
     }
 }
@@ -66,10 +53,9 @@ where
             KindProj::Future { future } => future
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(ResponseBody::inner))),
-            KindProj::Ready { response, .. } => {
+            KindProj::Answer { response } => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
-            KindProj::Boxed { future } => future.as_mut().poll(cx).map(Ok),
         }
     }
 }

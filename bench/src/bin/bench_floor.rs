@@ -22,14 +22,9 @@
 //! the connections closed that way, and so does `lagged_skipped` on SIGTERM.
 //! Nothing else is served: no keep-alive, no replay, no topics.
 
-#[cfg(loom)]
-fn main() {}
-
-#[cfg(not(loom))]
-#[path = "../bench/server_common.rs"]
+#[path = "../../server_common.rs"]
 mod common;
 
-#[cfg(not(loom))]
 mod floor {
     use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,7 +137,6 @@ mod floor {
     }
 }
 
-#[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
     use std::io::Write;
     use std::sync::atomic::Ordering;

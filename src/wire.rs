@@ -1,4 +1,6 @@
-//! The SSE wire format (WHATWG HTML, "Server-sent events"), encoding only.
+//! The wire format: event ids and the SSE frames the events route sends,
+//! built from plain values. A leaf: it imports nothing else of the crate,
+//! and everything that speaks to clients goes through it.
 //!
 //! An event becomes
 //!
@@ -19,9 +21,147 @@
 //! into that room under the lock, where the id is assigned. Every subscriber
 //! then shares the same [`Bytes`].
 
+use std::fmt;
+use std::str::FromStr;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::broker::{EventId, ResyncReason};
+/// The event type of a `resync` frame: a lag, or an id that cannot be
+/// honoured.
+pub(crate) const RESYNC_EVENT: &str = "resync";
+/// The event type of the last frame of a stream at shutdown.
+pub(crate) const SHUTDOWN_EVENT: &str = "shutdown";
+/// The event type of the server's mode, on every stream.
+pub const STATE_EVENT: &str = "server.state";
+/// The event type of a notification, on its target's streams.
+pub const NOTIFICATION_EVENT: &str = "notification";
+/// The event type of a reply to a notification, on its sender's streams.
+pub const REPLY_EVENT: &str = "notification.reply";
+
+/// The event types the crate itself sends on the events route, which
+/// [`Broker::publish`](crate::Broker::publish) refuses from anyone else:
+/// `resync` (a lag, or an id that cannot be honoured), `server.state` (the
+/// server mode), `shutdown` (the last frame of a stream),
+/// and `notification` and `notification.reply` (the
+/// mailbox).
+///
+/// Clients act on these (they reload their state, show the server as
+/// degraded, stop), so an app route that publishes a type its caller
+/// chose must not let the caller speak for the server. Matching is exact,
+/// as an `EventSource` matches types.
+pub const RESERVED_EVENT_TYPES: [&str; 5] = [
+    RESYNC_EVENT,
+    STATE_EVENT,
+    SHUTDOWN_EVENT,
+    NOTIFICATION_EVENT,
+    REPLY_EVENT,
+];
+
+/// The id of a published event: `EPOCH-SEQ` on the wire.
+///
+/// `EPOCH` is fixed for a broker's lifetime, so an id from before a restart
+/// is recognised as foreign; `SEQ` is one counter for the whole broker
+/// (starting at 1), so one id positions a connection that watches several
+/// topics. Ids are strictly increasing on every connection.
+///
+/// `EPOCH-0` is valid and means "nothing seen yet": a client holding it
+/// resumes from the first event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    epoch: u64,
+    seq: u64,
+}
+
+impl EventId {
+    /// Builds an id from its parts.
+    pub const fn new(epoch: u64, seq: u64) -> Self {
+        Self { epoch, seq }
+    }
+
+    /// The broker epoch the id belongs to.
+    pub const fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The position in the broker's single sequence.
+    pub const fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+/// Why a string is not an [`EventId`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseEventIdError(());
+
+impl fmt::Display for ParseEventIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event id is two decimal numbers joined by '-' (EPOCH-SEQ)")
+    }
+}
+
+impl std::error::Error for ParseEventIdError {}
+
+impl FromStr for EventId {
+    type Err = ParseEventIdError;
+
+    /// Parses `EPOCH-SEQ`: ASCII digits only (no sign, no spaces), each part
+    /// at most 20 digits and within `u64`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        fn number(part: &str) -> Option<u64> {
+            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            part.parse().ok()
+        }
+        let (epoch, seq) = s.split_once('-').ok_or(ParseEventIdError(()))?;
+        match (number(epoch), number(seq)) {
+            (Some(epoch), Some(seq)) => Ok(Self { epoch, seq }),
+            _ => Err(ParseEventIdError(())),
+        }
+    }
+}
+
+/// Why a subscription starts with [`Message::Resync`](crate::Message::Resync), or
+/// [`ResyncReason::Lagged`] for a lag report on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResyncReason {
+    /// The id is not `EPOCH-SEQ` (empty, garbage, out of range).
+    Malformed,
+    /// The id comes from another broker, e.g. before a restart.
+    UnknownEpoch,
+    /// The id is newer than anything this broker has published.
+    Future,
+    /// Events after the id have already been evicted.
+    Expired,
+    /// The subscription fell behind and events were evicted unread.
+    Lagged,
+}
+
+impl ResyncReason {
+    /// The reason as written in the `resync` frame's JSON `reason`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ResyncReason::Malformed => "malformed-id",
+            ResyncReason::UnknownEpoch => "unknown-epoch",
+            ResyncReason::Future => "future-id",
+            ResyncReason::Expired => "expired",
+            ResyncReason::Lagged => "lagged",
+        }
+    }
+}
+
+impl fmt::Display for ResyncReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Bytes reserved in front of an encoded body for `id: EPOCH-SEQ\n`
 /// (4 + 20 + 1 + 20 + 1 at most).

@@ -9,10 +9,6 @@
 //! Text needs a TrueType font: `$BENCH_FONT`, else DejaVu Sans (Debian's
 //! `fonts-dejavu-core`, which `bench/run.sh` installs when missing).
 
-#[cfg(loom)]
-fn main() {}
-
-#[cfg(not(loom))]
 fn main() -> std::process::ExitCode {
     match chart::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -23,7 +19,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-#[cfg(not(loom))]
 mod chart {
     use std::error::Error;
 
