@@ -8,8 +8,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     let flags: Vec<&str> = flags.split('\x1f').collect();
-    let loom = flags.windows(2).any(|pair| pair == ["--cfg", "loom"])
-        || flags.contains(&"--cfg=loom");
+    let loom =
+        flags.windows(2).any(|pair| pair == ["--cfg", "loom"]) || flags.contains(&"--cfg=loom");
     if loom {
         println!("cargo:rustc-cfg=loom");
     }

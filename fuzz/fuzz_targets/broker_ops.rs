@@ -1,13 +1,13 @@
 //! A broker operation sequence, decoded from the fuzzer's bytes, run against
-//! the sequential model that `tests/model.rs` uses (the model and its
-//! runner are shared through `tests/support/broker_model.rs`).
+//! the sequential model that `tests/it/model.rs` uses (the model and its
+//! runner are shared through `tests/it/support/broker_model.rs`).
 //!
 //! The operations cover the proptest's domain and somewhat beyond it
 //! (larger payloads, later resume ids, longer clock jumps, resuming from the
 //! oldest retained event itself): the model answers those too.
 #![no_main]
 
-#[path = "../../tests/support/broker_model.rs"]
+#[path = "../../tests/it/support/broker_model.rs"]
 mod broker_model;
 
 use arbitrary::{Arbitrary, Result, Unstructured};

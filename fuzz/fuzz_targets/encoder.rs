@@ -3,14 +3,14 @@
 //! Any event type and payload bytes are published through a [`Broker`].
 //! Either the broker refuses them with the one right [`PublishError`], or
 //! the frame a subscription reads back parses (with
-//! `tests/support/sse_parser.rs`, written from the WHATWG spec and sharing
+//! `tests/it/support/sse_parser.rs`, written from the WHATWG spec and sharing
 //! no code with the crate) to exactly one event with the same type
 //! (`message` by default), the payload with CRLF and CR turned into LF, and
 //! the id `publish` returned.
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../tests/support/sse_parser.rs"]
+#[path = "../../tests/it/support/sse_parser.rs"]
 mod sse_parser;
 
 use std::sync::OnceLock;
@@ -28,7 +28,7 @@ const MAX_EVENT_BYTES: usize = 2_048;
 const RETAIN_BYTES: usize = 8_192;
 /// What the broker charges per event beyond its frame's `event:`/`data:`
 /// lines: the id headroom (46) and the entry overhead (64), as
-/// `tests/model.rs` counts them.
+/// `tests/it/model.rs` counts them.
 const FIXED_COST: usize = 46 + 64;
 
 #[derive(Arbitrary, Debug)]

@@ -19,7 +19,7 @@
 #[path = "../common/form.rs"]
 mod form;
 #[allow(dead_code)]
-#[path = "../../tests/support/sse_parser.rs"]
+#[path = "../../tests/it/support/sse_parser.rs"]
 mod sse_parser;
 
 use std::convert::Infallible;

@@ -1,9 +1,6 @@
 //! A reader that stops reading with a full TCP window: what it costs the
 //! server while stuck, and that `TCP_USER_TIMEOUT` (feature `tcp`) ends it.
-#![cfg(all(feature = "tcp", not(loom)))]
 
-use std::future::IntoFuture;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +12,13 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use socket2::{Domain, Socket, Type};
 use tower_sse::tcp::TcpTuning;
 use tower_sse::{Broker, Event, SseLayer};
+
+use crate::support::process;
+use crate::support::raw::RawClient;
+use crate::support::server::{listener_with_send_buffer, loopback, serve_axum_on, spawn_serve};
+use crate::support::wait::eventually;
 
 const BATCH: usize = 16 * 1024;
 const EVENT: usize = 8 * 1024;
@@ -48,30 +49,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
-/// A client socket with a small receive buffer, so its window fills fast.
-fn stalled_client(addr: SocketAddr) -> std::net::TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let mut stream: std::net::TcpStream = socket.into();
-    stream
-        .write_all(b"GET /events HTTP/1.1\r\nhost: test\r\naccept: text/event-stream\r\n\r\n")
-        .unwrap();
-    // Read the head, then never read again.
-    let mut head = [0u8; 256];
-    let n = stream.read(&mut head).unwrap();
-    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
-    stream
+/// A client with a small receive buffer, so its window fills fast: it
+/// reads the response head, then never reads again.
+async fn stalled_client(addr: SocketAddr) -> RawClient {
+    let client = RawClient::get(addr, "/events", &[("accept", "text/event-stream")], 4096).await;
+    assert!(client.head.starts_with("HTTP/1.1 200"), "{}", client.head);
+    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,9 +73,7 @@ async fn a_stalled_reader_costs_a_bounded_buffer_and_is_dropped_by_the_user_time
                 response.map(|inner| axum::body::Body::new(Counted { inner, yielded }))
             },
         ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let listener = listener.tap_io(|tcp| {
+    let listener = loopback().await.tap_io(|tcp| {
         socket2::SockRef::from(&*tcp)
             .set_send_buffer_size(4096)
             .unwrap();
@@ -101,12 +82,10 @@ async fn a_stalled_reader_costs_a_bounded_buffer_and_is_dropped_by_the_user_time
             .apply(tcp)
             .unwrap();
     });
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_axum_on(listener, app);
 
-    let client = tokio::task::spawn_blocking(move || stalled_client(addr))
-        .await
-        .unwrap();
-    wait_until("the subscription", || broker.stats().subscribers == 1).await;
+    let client = stalled_client(addr).await;
+    eventually("the subscription", || broker.stats().subscribers == 1).await;
 
     // Far more than any buffer: the window fills and the server's writes
     // block; publishing never does.
@@ -120,7 +99,7 @@ async fn a_stalled_reader_costs_a_bounded_buffer_and_is_dropped_by_the_user_time
     // While stuck, hyper keeps at most its write queue of body frames (16
     // frames, and at most its max buffer size, 408 KiB by default): what
     // the body handed over is bounded by that, not by what was published.
-    wait_until("the stalled stream to be dropped", || {
+    eventually("the stalled stream to be dropped", || {
         broker.stats().subscribers == 0
     })
     .await;
@@ -135,8 +114,6 @@ async fn a_stalled_reader_costs_a_bounded_buffer_and_is_dropped_by_the_user_time
     assert!(broker.stats().retained_events <= 32);
 
     drop(client);
-    server.abort();
-    let _ = server.await;
 }
 
 /// This process's resident memory, in bytes.
@@ -154,21 +131,23 @@ fn rss() -> usize {
 /// megabyte are published and evicted: each holds one slice of at most a
 /// body frame (64 KiB), never a whole event the log has let go. The
 /// crate's own count of what its streams hand to their writers says so
-/// exactly; the process's memory agrees, with a generous margin.
+/// exactly; the process's memory agrees, with a generous margin, measured
+/// in a process that runs this test alone.
 #[cfg(feature = "serve")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_readers_hold_a_slice_each_however_large_the_events() {
     const STREAMS: usize = 100;
     const EVENT: usize = 1_000_000;
+    let name = "stalled_reader::stalled_readers_hold_a_slice_each_however_large_the_events";
+    if !process::alone(name).await {
+        return;
+    }
     let broker = Broker::new(); // 8 MiB of replay
     let layer = SseLayer::new(broker.clone());
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_send_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(1024).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server =
-        tokio::spawn(tower_sse::serve(listener, Router::new().layer(layer.clone())).into_future());
+    let addr = spawn_serve(tower_sse::serve(
+        listener_with_send_buffer(4096),
+        Router::new().layer(layer.clone()),
+    ));
     let publish = |n: usize| {
         broker
             .publish(Event::new("big").data(format!("{n:08}{}", "x".repeat(EVENT))))
@@ -184,11 +163,10 @@ async fn stalled_readers_hold_a_slice_each_however_large_the_events() {
     // last stream opens.
     let mut stalled = Vec::new();
     for n in 0..STREAMS {
-        let client = tokio::task::spawn_blocking(move || stalled_client(addr));
-        stalled.push(client.await.unwrap());
+        stalled.push(stalled_client(addr).await);
         publish(100 + n);
     }
-    wait_until("every stream to hold its slice", || {
+    eventually("every stream to hold its slice", || {
         layer.connections() == STREAMS && layer.in_flight_bytes() > STREAMS * 1024
     })
     .await;
@@ -207,9 +185,8 @@ async fn stalled_readers_hold_a_slice_each_however_large_the_events() {
     );
 
     drop(stalled);
-    wait_until("the streams to end", || layer.connections() == 0).await;
+    eventually("the streams to end", || layer.connections() == 0).await;
     assert_eq!(layer.in_flight_bytes(), 0);
-    server.abort();
 }
 
 /// The bytes queued in the kernel for sending on the server's side of the
@@ -236,15 +213,11 @@ async fn a_stalled_stream_holds_a_bounded_kernel_send_buffer() {
     const SEND_BUFFER: usize = 32 * 1024;
     let broker = Broker::new();
     let layer = SseLayer::new(broker.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serve = tower_sse::serve(listener, Router::new().layer(layer.clone()))
+    let serve = tower_sse::serve(loopback().await, Router::new().layer(layer.clone()))
         .stream_send_buffer(Some(SEND_BUFFER));
-    let server = tokio::spawn(serve.into_future());
-    let client = tokio::task::spawn_blocking(move || stalled_client(addr))
-        .await
-        .unwrap();
-    let peer = client.local_addr().unwrap();
+    let addr = spawn_serve(serve);
+    let client = stalled_client(addr).await;
+    let peer = client.local_addr();
     for n in 0..60 {
         broker
             .publish(Event::new("big").data(format!("{n:08}{}", "x".repeat(100_000))))
@@ -252,7 +225,7 @@ async fn a_stalled_stream_holds_a_bounded_kernel_send_buffer() {
     }
     // Wait until the server's side is as full as it will get.
     let mut last = None;
-    wait_until("the send queue to settle", || {
+    eventually("the send queue to settle", || {
         std::thread::sleep(Duration::from_millis(100));
         let now = server_send_queue(addr, peer);
         let settled = now.is_some() && now == last;
@@ -268,5 +241,4 @@ async fn a_stalled_stream_holds_a_bounded_kernel_send_buffer() {
     );
     assert!(layer.in_flight_bytes() <= 64 * 1024);
     drop(client);
-    server.abort();
 }

@@ -8,7 +8,6 @@
 //!
 //! Sized for two cores and a debug build: `SOAK_SECS` (default 15) and
 //! `SOAK_CLIENTS` (default 200) scale it up for a longer run.
-#![cfg(not(loom))]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http_body_util::{BodyExt, Full};
 use tower_sse::{Broker, Event, SseLayer};
+
+use crate::support::client::Connection;
+use crate::support::rng::Rng;
+use crate::support::server::{loopback, serve_axum, spawn_serve};
+use crate::support::sse::{seq_of, RawFrame};
 
 const TOPICS: [&str; 4] = ["t0", "t1", "t2", "t3"];
 
@@ -30,26 +31,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A small deterministic generator (xorshift64*), so runs are repeatable.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn rng(seed: u64) -> Rng {
-    Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +49,6 @@ enum Got {
     },
 }
 
-fn seq_of(id: &str) -> u64 {
-    id.split_once('-').unwrap().1.parse().unwrap()
-}
-
 /// One connection: reads until `until`, with random pauses and stalls.
 /// Returns when cut (by us, at random) or at the deadline.
 async fn one_connection(
@@ -83,9 +60,7 @@ async fn one_connection(
     deadline: Instant,
     got: &mut Vec<Got>,
 ) -> Option<u64> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
-    let driver = tokio::spawn(conn);
+    let mut conn = Connection::open(addr).await;
     let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
     let mut request = http::Request::get(format!("/events?{}", query.join("&")))
         .header("host", "soak")
@@ -93,15 +68,14 @@ async fn one_connection(
     if let Some(seq) = resume {
         request = request.header("last-event-id", format!("{epoch}-{seq}"));
     }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
+    let response = conn
+        .send(request.body(Full::new(Bytes::new())).unwrap())
+        .await;
     assert_eq!(response.status(), 200);
     got.push(Got::Connect { resume });
     let mut body = response.into_body();
     let mut last = resume;
-    let mut pending = String::new();
+    let mut pending = Vec::new();
     let cut_after = Instant::now() + Duration::from_millis(200 + rng.below(3_000));
     loop {
         let now = Instant::now();
@@ -114,39 +88,29 @@ async fn one_connection(
         } else if rng.chance(30) {
             tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
         }
-        let frame = match tokio::time::timeout(Duration::from_millis(500), body.frame()).await {
+        let chunk = match tokio::time::timeout(Duration::from_millis(500), body.frame()).await {
             Err(_) => continue,
             Ok(None) => break,
-            Ok(Some(frame)) => frame.unwrap(),
+            Ok(Some(chunk)) => chunk.unwrap(),
         };
-        let Some(data) = frame.data_ref() else {
+        let Some(data) = chunk.data_ref() else {
             continue;
         };
-        pending.push_str(std::str::from_utf8(data).unwrap());
-        while let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
-            let (mut id, mut event, mut data) = (None, "message", String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    event = if v == "resync" { "resync" } else { "other" };
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = v.to_owned();
-                }
-            }
-            let Some(id) = id else { continue };
-            let seq = seq_of(&id);
-            if event == "resync" {
+        pending.extend_from_slice(data);
+        while let Some((frame, len)) = RawFrame::first(&pending) {
+            pending.drain(..len);
+            let Some(id) = frame.id() else { continue };
+            let seq = seq_of(id);
+            if frame.event_type() == Some("resync") {
                 got.push(Got::Resync { from: seq });
             } else {
+                let data = frame.data().unwrap_or_default();
                 let topic = data.split(' ').next().unwrap().to_owned();
                 got.push(Got::Event { seq, topic });
             }
             last = Some(seq);
         }
     }
-    driver.abort();
     last
 }
 
@@ -215,11 +179,9 @@ async fn churn_soak(kind: Server) {
         .authorize(tower_sse::sse::any_topic)
         .keep_alive(Duration::from_millis(250));
     let app = Router::new().layer(layer.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = match kind {
-        Server::Axum => tokio::spawn(async move { axum::serve(listener, app).await }),
-        Server::TowerSse => tokio::spawn(async move { tower_sse::serve(listener, app).await }),
+    let addr = match kind {
+        Server::Axum => serve_axum(app).await,
+        Server::TowerSse => spawn_serve(tower_sse::serve(loopback().await, app)),
     };
     let idle_topics = broker.stats().topics;
 
@@ -234,7 +196,7 @@ async fn churn_soak(kind: Server) {
         let published = published.clone();
         let slowest = slowest_publish.clone();
         publishers.push(tokio::spawn(async move {
-            let mut rng = rng(1_000 + p);
+            let mut rng = Rng::new(1_000 + p);
             let mut ticker = tokio::time::interval(Duration::from_millis(4));
             while Instant::now() < deadline {
                 ticker.tick().await;
@@ -255,7 +217,7 @@ async fn churn_soak(kind: Server) {
     let mut tasks = Vec::new();
     for c in 0..clients {
         tasks.push(tokio::spawn(async move {
-            let mut rng = rng(c as u64);
+            let mut rng = Rng::new(c as u64);
             let n = 1 + rng.below(2) as usize;
             let mut topics: Vec<&str> = (0..n).map(|_| TOPICS[rng.below(4) as usize]).collect();
             topics.sort_unstable();
@@ -324,5 +286,4 @@ async fn churn_soak(kind: Server) {
             assert_eq!(t.subscribers, 0);
         }
     }
-    server.abort();
 }

@@ -1,6 +1,5 @@
 //! Probes on tokio's paused clock: hysteresis, timeouts, panics, flapping,
 //! several probes, and how they combine with an operator's read-only.
-#![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

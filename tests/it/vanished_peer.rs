@@ -6,8 +6,7 @@
 //! of the test's own behind a veth pair, whose far end is then taken down.
 //! That needs root and iproute2, so the test is ignored by default and run
 //! by `.ci/run` with
-//! `cargo test --all-features --test vanished_peer -- --ignored`.
-#![cfg(all(feature = "tcp", target_os = "linux", not(loom)))]
+//! `cargo test --all-features --test it vanished_peer:: -- --ignored`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -16,6 +15,8 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use tower_sse::tcp::TcpTuning;
 use tower_sse::{Broker, SseLayer};
+
+use crate::support::server::serve_axum_on;
 
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("run ip");
@@ -98,7 +99,6 @@ async fn a_client_that_vanishes_without_a_fin_is_dropped() {
     let listener = tokio::net::TcpListener::bind(format!("{}:0", peer.host_addr))
         .await
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
     let listener = listener.tap_io(|tcp| {
         TcpTuning::default()
             .user_timeout(Some(Duration::from_secs(2)))
@@ -106,7 +106,7 @@ async fn a_client_that_vanishes_without_a_fin_is_dropped() {
             .apply(tcp)
             .unwrap();
     });
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = serve_axum_on(listener, app).port();
 
     // The client: a plain TCP connection from inside the namespace, made by
     // a child process that reads the stream and keeps running.
@@ -142,5 +142,4 @@ async fn a_client_that_vanishes_without_a_fin_is_dropped() {
 
     let _ = client.kill();
     let _ = client.wait();
-    server.abort();
 }

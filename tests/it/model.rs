@@ -6,14 +6,10 @@
 //!
 //! The model and the runner live in `support/broker_model.rs`, shared with
 //! the `broker_ops` fuzz target; this file only generates the operations.
-#![cfg(not(loom))]
-
-#[path = "support/broker_model.rs"]
-mod broker_model;
 
 use proptest::prelude::*;
 
-use broker_model::{run, Op, Resume, TOPICS};
+use crate::support::broker_model::{run, Op, Resume, TOPICS};
 
 fn op() -> impl Strategy<Value = Op> {
     let resume = prop_oneof![

@@ -1,7 +1,6 @@
 //! The mailbox held against a model over random sequences of send, open,
 //! read, close, reply, ack and clock advance (fake clock), with every bound
 //! in counts and in bytes, plus the cases a random walk rarely reaches.
-#![cfg(not(loom))]
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;

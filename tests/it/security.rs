@@ -1,7 +1,6 @@
 //! The security review, as tests: isolation of topics under resume and
 //! replay, no field injection, the authorizer before anything is sent, and
 //! oversized request heads refused before they are read whole.
-#![cfg(not(loom))]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,35 +15,8 @@ use tokio::net::TcpStream;
 use tower_sse::sse::requested_topics;
 use tower_sse::{Broker, Event, Grant, Message, Rejection, SseLayer, Topics};
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
-/// Sends `request` raw and reads until `until` appears or the server closes;
-/// returns everything read.
-async fn raw(addr: SocketAddr, request: &[u8], until: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-            if out.windows(until.len()).any(|w| w == until) {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("no answer");
-    out
-}
+use crate::support::raw::exchange;
+use crate::support::server::{loopback, serve_axum, spawn_serve};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
@@ -109,30 +81,29 @@ async fn the_authorizer_runs_before_anything_is_subscribed_or_replayed() {
         }
     };
     let app = Router::new().layer(SseLayer::new(broker.clone()).authorize(authorize));
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
 
     // Refused with a resume id that would replay all five secrets: 403,
     // no subscription made, not a byte of them sent.
-    let answer = raw(
+    let text = exchange(
         addr,
         b"GET /events?topic=vault&lastEventId=9-0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        b"\r\n\r\n{",
+        Some(b"\r\n\r\n{"),
     )
     .await;
-    let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     assert!(!text.contains("s0"), "{text}");
     assert_eq!(broker.stats().subscribers, 0);
     assert_eq!(broker.stats().resyncs, 0, "the broker never saw the id");
 
     // Granted: the authorizer still ran before the subscription existed.
-    let answer = raw(
+    let answer = exchange(
         addr,
         b"GET /events?topic=vault&lastEventId=9-0 HTTP/1.1\r\nhost: x\r\nx-key: 1\r\n\r\n",
-        b"data: s4",
+        Some(b"data: s4"),
     )
     .await;
-    assert!(String::from_utf8_lossy(&answer).contains("data: s0"));
+    assert!(answer.contains("data: s0"));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(seen_subscribers.load(Ordering::SeqCst), 0);
 }
@@ -141,16 +112,15 @@ async fn the_authorizer_runs_before_anything_is_subscribed_or_replayed() {
 async fn a_client_supplied_id_is_never_echoed_into_the_stream() {
     let broker = Broker::builder().epoch(3).build();
     let app = Router::new().layer(SseLayer::new(broker.clone()));
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     // A decoded query value may hold line breaks; nothing of it may reach
     // the wire, where it would forge fields or events.
-    let answer = raw(
+    let text = exchange(
         addr,
         b"GET /events?lastEventId=3-0%0Adata:%20forged%0A%0Aevent:%20x HTTP/1.1\r\nhost: x\r\n\r\n",
-        b"event: resync",
+        Some(b"event: resync"),
     )
     .await;
-    let text = String::from_utf8_lossy(&answer);
     assert!(text.contains("\"reason\":\"malformed-id\""), "{text}");
     assert!(!text.contains("forged"), "{text}");
     assert!(!text.contains("event: x"), "{text}");
@@ -172,7 +142,7 @@ async fn an_event_type_cannot_forge_fields() {
 async fn an_unbounded_request_head_is_refused_before_it_is_read_whole() {
     let broker = Broker::new();
     let app = Router::new().layer(SseLayer::new(broker.clone()));
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     writer
@@ -256,10 +226,9 @@ fn echo_app() -> Router {
 /// and the connection closes.
 #[tokio::test]
 async fn a_dripped_body_is_cut_off_by_serve_at_its_body_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tower_sse::serve(listener, echo_app()).body_timeout(Duration::from_millis(500));
-    tokio::spawn(async move { server.await });
+    let addr = spawn_serve(
+        tower_sse::serve(loopback().await, echo_app()).body_timeout(Duration::from_millis(500)),
+    );
     let (held, answer) = drip_body(addr).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(held < Duration::from_secs(60), "held for {held:?}");
@@ -274,7 +243,7 @@ async fn a_dripped_body_is_cut_off_under_axum_serve_by_a_timeout_layer() {
         http::StatusCode::REQUEST_TIMEOUT,
         Duration::from_millis(500),
     ));
-    let addr = serve(app).await;
+    let addr = serve_axum(app).await;
     let (held, answer) = drip_body(addr).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(held < Duration::from_secs(60), "held for {held:?}");

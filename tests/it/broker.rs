@@ -1,6 +1,5 @@
 //! The broker contract, case by case (the proptest model in `model.rs`
 //! covers random sequences).
-#![cfg(not(loom))]
 
 use std::time::Duration;
 

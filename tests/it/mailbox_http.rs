@@ -1,4 +1,3 @@
-#![cfg(not(loom))]
 //! The mailbox over real loopback TCP, mounted on an axum app the way an
 //! app would: identity comes from the app's own middleware (here a
 //! test-only `x-user` header put into the request extensions), the events
@@ -6,9 +5,6 @@
 //! read it back. Covers delivery on connect and live, several tabs, what a
 //! cut connection does and does not prove, acknowledgement, the status
 //! route, replies and every refusal, read-only mode and the per-target cap.
-
-#[path = "mailbox_http_support/mod.rs"]
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,19 +19,23 @@ use eventsource_stream::Event as SseEvent;
 use http::request::Parts;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tower_sse::mailbox::{Mailbox, MailboxBuilder, MailboxLayer, Notification, TraceId};
 use tower_sse::mode::ServerMode;
 use tower_sse::{
     Broker, Event, Grant, ManualClock, Rejection, RequireWritableLayer, SseLayer, Topic, Topics,
 };
 
-use support::{
-    call, eventually, post_chunked_stalled, post_chunked_streaming, Answer, Tab, USER_HEADER,
-};
+use crate::support::client::{self, fetch, Reply};
+use crate::support::raw::{post_chunked_stalled, post_chunked_streaming};
+use crate::support::server::serve_axum;
+use crate::support::sse::{seq_of, Client};
+use crate::support::wait::eventually;
 
 const EPOCH: u64 = 42;
 const MARKER: &str = "marker";
+
+/// The header the test app takes identity from.
+const USER_HEADER: &str = "x-user";
 
 /// The app's notion of who is asking, set by its auth middleware.
 #[derive(Clone, Debug)]
@@ -91,11 +91,7 @@ async fn start(configure: impl FnOnce(MailboxBuilder) -> MailboxBuilder) -> Serv
         )
         .layer(middleware::from_fn(authenticate))
         .layer(RequireWritableLayer::new(mode.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("axum::serve");
-    });
+    let addr = serve_axum(app).await;
     Server {
         addr,
         broker,
@@ -119,8 +115,8 @@ impl Server {
         self.mailbox.send(notification).expect("send")
     }
 
-    async fn open(&self, user: &str, resume: Option<&str>) -> Tab {
-        Tab::open(self.addr, user, resume).await
+    async fn open(&self, user: &str, resume: Option<&str>) -> Client {
+        open_tab(self.addr, user, "/events", resume).await
     }
 
     /// Publishes a marker on the public topic, which every tab watches;
@@ -136,22 +132,22 @@ impl Server {
     }
 
     /// Everything `tab` gets before a marker published now.
-    async fn drain(&self, tab: &mut Tab) -> Vec<SseEvent> {
+    async fn drain(&self, tab: &mut Client) -> Vec<SseEvent> {
         let (tag, _) = self.marker();
-        tab.until_marker(MARKER, &tag).await
+        until_marker(tab, &tag).await
     }
 
-    async fn status(&self, user: Option<&str>, trace: &str) -> Answer {
+    async fn status(&self, user: Option<&str>, trace: &str) -> Reply {
         let path = format!("/notifications/{trace}");
         call(self.addr, Method::GET, &path, user, "").await
     }
 
-    async fn reply(&self, user: Option<&str>, trace: &str, body: &str) -> Answer {
+    async fn reply(&self, user: Option<&str>, trace: &str, body: &str) -> Reply {
         let path = format!("/notifications/{trace}/reply");
-        call(self.addr, Method::POST, &path, user, body.to_owned()).await
+        call(self.addr, Method::POST, &path, user, body).await
     }
 
-    async fn ack(&self, user: Option<&str>, trace: &str) -> Answer {
+    async fn ack(&self, user: Option<&str>, trace: &str) -> Reply {
         let path = format!("/notifications/{trace}/ack");
         call(self.addr, Method::POST, &path, user, "").await
     }
@@ -159,7 +155,7 @@ impl Server {
     /// `delivered` of `trace` as its sender sees it on the status route.
     async fn delivered(&self, sender: &str, trace: &TraceId) -> bool {
         let status = self.status(Some(sender), trace.as_str()).await;
-        assert_eq!(status.status, StatusCode::OK, "{}", status.body);
+        assert_eq!(status.status, StatusCode::OK, "{}", status.text());
         status.json()["delivered"]
             .as_bool()
             .expect("delivered is a bool")
@@ -173,6 +169,59 @@ impl Server {
         })
         .await;
     }
+}
+
+/// Opens the events route at `path` as `user`, with `Last-Event-ID: resume`
+/// if given: a browser tab. Fails the test unless it is a 200 event stream;
+/// nothing of the body is read yet. Dropping the tab cuts its connection,
+/// whatever it had or had not read.
+async fn open_tab(addr: SocketAddr, user: &str, path: &str, resume: Option<&str>) -> Client {
+    let mut headers = vec![(USER_HEADER, user)];
+    headers.extend(resume.map(|id| ("last-event-id", id)));
+    let tab = client::get(addr, path, &headers).await;
+    assert_eq!(
+        tab.status,
+        StatusCode::OK,
+        "the events route refused {user}"
+    );
+    assert_eq!(
+        tab.header(http::header::CONTENT_TYPE),
+        Some("text/event-stream")
+    );
+    tab
+}
+
+/// Reads `tab` up to the marker whose data is `tag`; returns every other
+/// event before it, markers left out.
+async fn until_marker(tab: &mut Client, tag: &str) -> Vec<SseEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let event = tab.next_event().await;
+        if event.event == MARKER {
+            if event.data == tag {
+                return seen;
+            }
+            continue;
+        }
+        seen.push(event);
+    }
+}
+
+/// `method path` as `user` (no identity header if `None`) with a JSON
+/// `body`, on a fresh connection; reads the whole answer.
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    user: Option<&str>,
+    body: &str,
+) -> Reply {
+    let mut headers = Vec::new();
+    headers.extend(user.map(|user| (USER_HEADER, user)));
+    if !body.is_empty() {
+        headers.push(("content-type", "application/json"));
+    }
+    fetch(addr, method, path, &headers, body).await
 }
 
 /// The JSON data of a `notification` frame; fails on any other event.
@@ -193,13 +242,6 @@ fn traces(events: &[SseEvent]) -> Vec<String> {
                 .to_owned()
         })
         .collect()
-}
-
-/// The sequence number of an `EPOCH-SEQ` id.
-fn seq(id: &str) -> u64 {
-    id.split_once('-')
-        .and_then(|(_, seq)| seq.parse().ok())
-        .unwrap_or_else(|| panic!("not an EPOCH-SEQ id: {id:?}"))
 }
 
 fn t(trace: &TraceId) -> String {
@@ -239,8 +281,8 @@ async fn pending_notifications_come_first_then_live_ones_on_every_tab_and_to_nob
     // Sent while both tabs are open: each tab gets it live.
     let n3 = server.send("bob", "alice", json!({"text": "now"}), true);
     let (tag, _) = server.marker();
-    let on_tab1 = traces(&tab1.until_marker(MARKER, &tag).await);
-    let live = tab2.until_marker(MARKER, &tag).await;
+    let on_tab1 = traces(&until_marker(&mut tab1, &tag).await);
+    let live = until_marker(&mut tab2, &tag).await;
     assert_eq!(traces(&live), [t(&n3)], "tab 2 after it caught up");
     let frame = notification(&live[0]);
     assert_eq!(frame["from"], json!("alice"));
@@ -259,9 +301,9 @@ async fn pending_notifications_come_first_then_live_ones_on_every_tab_and_to_nob
 
     // Eve gets hers and nothing of Bob's; Alice, the sender, gets nothing.
     let (tag, _) = server.marker();
-    assert_eq!(traces(&eve.until_marker(MARKER, &tag).await), [t(&for_eve)]);
+    assert_eq!(traces(&until_marker(&mut eve, &tag).await), [t(&for_eve)]);
     assert_eq!(
-        traces(&alice.until_marker(MARKER, &tag).await),
+        traces(&until_marker(&mut alice, &tag).await),
         Vec::<String>::new()
     );
 }
@@ -334,7 +376,7 @@ async fn a_notification_counts_as_delivered_only_once_a_later_last_event_id_cove
     drop(tab);
     server.all_offline().await;
     let (_, past) = server.marker();
-    assert!(seq(&last_b) < seq(&past), "{last_b} < {past}");
+    assert!(seq_of(&last_b) < seq_of(&past), "{last_b} < {past}");
     let mut tab = server.open("bob", Some(&past)).await;
     assert!(server.delivered("alice", &b).await, "B is proven");
     assert_eq!(traces(&server.drain(&mut tab).await), Vec::<String>::new());
@@ -395,7 +437,7 @@ async fn a_connection_cut_before_reading_gets_it_again_until_acknowledged() {
     assert!(!server.delivered("alice", &n).await);
 
     let acked = server.ack(Some("bob"), n.as_str()).await;
-    assert_eq!(acked.status, StatusCode::NO_CONTENT, "{}", acked.body);
+    assert_eq!(acked.status, StatusCode::NO_CONTENT, "{}", acked.text());
     assert!(acked.body.is_empty());
     assert!(server.delivered("alice", &n).await);
     // Acknowledging twice is harmless.
@@ -418,7 +460,7 @@ async fn the_status_route_answers_sender_and_target_and_the_same_404_to_anyone_e
 
     for user in ["alice", "bob"] {
         let answer = server.status(Some(user), n.as_str()).await;
-        assert_eq!(answer.status, StatusCode::OK, "{user}: {}", answer.body);
+        assert_eq!(answer.status, StatusCode::OK, "{user}: {}", answer.text());
         assert_eq!(answer.header("content-type"), Some("application/json"));
         let status = answer.json();
         assert_eq!(status["trace"], json!(t(&n)));
@@ -474,7 +516,7 @@ async fn the_status_route_answers_sender_and_target_and_the_same_404_to_anyone_e
 
     // Other paths go on to the app.
     let app = call(server.addr, Method::GET, "/", None, "").await;
-    assert_eq!((app.status, app.body.as_str()), (StatusCode::OK, "the app"));
+    assert_eq!((app.status, app.text()), (StatusCode::OK, "the app"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +528,7 @@ async fn a_reply_shows_in_the_status_and_reaches_the_senders_stream_live() {
     let replied = server
         .reply(Some("bob"), n.as_str(), r#"{"answer":"yes"}"#)
         .await;
-    assert_eq!(replied.status, StatusCode::OK, "{}", replied.body);
+    assert_eq!(replied.status, StatusCode::OK, "{}", replied.text());
     let body = replied.json();
     assert_eq!(body["trace"], json!(t(&n)));
     assert_eq!(body["replied"], json!(true));
@@ -548,7 +590,7 @@ async fn every_refused_reply_has_its_own_answer_and_changes_nothing() {
         not_json.status,
         StatusCode::BAD_REQUEST,
         "{}",
-        not_json.body
+        not_json.text()
     );
     let big = format!("\"{}\"", "x".repeat(100));
     let too_large = server.reply(Some("bob"), n.as_str(), &big).await;
@@ -556,7 +598,7 @@ async fn every_refused_reply_has_its_own_answer_and_changes_nothing() {
         too_large.status,
         StatusCode::PAYLOAD_TOO_LARGE,
         "{}",
-        too_large.body
+        too_large.text()
     );
 
     // None of that touched it.
@@ -566,9 +608,9 @@ async fn every_refused_reply_has_its_own_answer_and_changes_nothing() {
 
     // The one reply, then a second: 409.
     let ok = server.reply(Some("bob"), n.as_str(), r#""first""#).await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     let twice = server.reply(Some("bob"), n.as_str(), r#""second""#).await;
-    assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.body);
+    assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.text());
     let status = server.status(Some("alice"), n.as_str()).await.json();
     assert_eq!(status["reply"], json!("first"), "the first reply stands");
 
@@ -579,7 +621,7 @@ async fn every_refused_reply_has_its_own_answer_and_changes_nothing() {
         unexpected.status,
         StatusCode::CONFLICT,
         "{}",
-        unexpected.body
+        unexpected.text()
     );
     assert_ne!(unexpected.error(), twice.error());
     let status = server.status(Some("alice"), fyi.as_str()).await.json();
@@ -610,10 +652,10 @@ async fn a_reply_after_expiry_is_gone_and_not_found_once_purged() {
     server.clock.advance(Duration::from_secs(61));
     // Nothing may look at it in between: every use of the mailbox purges.
     let gone = server.reply(Some("bob"), n.as_str(), r#""late""#).await;
-    assert_eq!(gone.status, StatusCode::GONE, "{}", gone.body);
+    assert_eq!(gone.status, StatusCode::GONE, "{}", gone.text());
     assert_eq!(server.mailbox.purge_expired(), 1);
     let purged = server.reply(Some("bob"), n.as_str(), r#""late""#).await;
-    assert_eq!(purged.status, StatusCode::NOT_FOUND, "{}", purged.body);
+    assert_eq!(purged.status, StatusCode::NOT_FOUND, "{}", purged.text());
     assert_eq!(purged.body, not_found.body);
     let status = server.status(Some("alice"), n.as_str()).await;
     assert_eq!(status.status, StatusCode::NOT_FOUND);
@@ -622,7 +664,7 @@ async fn a_reply_after_expiry_is_gone_and_not_found_once_purged() {
     let m = server.send("bob", "alice", json!("also stale"), true);
     server.clock.advance(Duration::from_secs(61));
     let gone_again = server.reply(Some("bob"), m.as_str(), r#""late""#).await;
-    assert_eq!(gone_again.status, StatusCode::GONE, "{}", gone_again.body);
+    assert_eq!(gone_again.status, StatusCode::GONE, "{}", gone_again.text());
     assert_ne!(gone_again.error(), not_found.error());
     let janitor = server.mailbox.spawn_janitor(Duration::from_millis(5));
     eventually("the janitor to purge", || {
@@ -631,7 +673,7 @@ async fn a_reply_after_expiry_is_gone_and_not_found_once_purged() {
     .await;
     janitor.stop().await;
     let purged = server.reply(Some("bob"), m.as_str(), r#""late""#).await;
-    assert_eq!(purged.status, StatusCode::NOT_FOUND, "{}", purged.body);
+    assert_eq!(purged.status, StatusCode::NOT_FOUND, "{}", purged.text());
     assert_eq!(server.mailbox.stats().held, 0);
 }
 
@@ -643,22 +685,24 @@ async fn an_oversized_reply_body_is_refused_without_being_read_whole() {
 
     // A chunked body that never ends: the answer cannot wait for its end.
     let first = vec![b' '; 1024];
-    let stalled = post_chunked_stalled(server.addr, &path, "bob", &first).await;
+    let bob = [(USER_HEADER, "bob"), ("content-type", "application/json")];
+    let stalled = post_chunked_stalled(server.addr, &path, &bob, &first).await;
     assert_eq!(stalled, StatusCode::PAYLOAD_TOO_LARGE);
     // Nor for a non-target, refused before a byte of the body is read.
-    let outsider = post_chunked_stalled(server.addr, &path, "eve", &first).await;
+    let eve = [(USER_HEADER, "eve"), ("content-type", "application/json")];
+    let outsider = post_chunked_stalled(server.addr, &path, &eve, &first).await;
     assert_eq!(outsider, StatusCode::NOT_FOUND);
 
     // 10 MB streamed in chunks: answered while the client is still
     // sending (its writer is stopped only once the answer is in).
-    let huge = post_chunked_streaming(server.addr, &path, "bob", 10 * 1024 * 1024, 64 * 1024).await;
+    let huge = post_chunked_streaming(server.addr, &path, &bob, 10 * 1024 * 1024, 64 * 1024).await;
     assert_eq!(huge, StatusCode::PAYLOAD_TOO_LARGE);
 
     // Nothing changed, and the server still takes a proper reply.
     let status = server.status(Some("alice"), n.as_str()).await.json();
     assert_eq!(status["replied"], json!(false), "{status}");
     let ok = server.reply(Some("bob"), n.as_str(), r#""fits""#).await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
 }
 
 // 4. Read-only mode.
@@ -675,7 +719,7 @@ async fn read_only_refuses_replies_with_503_and_leaves_the_mailbox_unchanged() {
         refused.status,
         StatusCode::SERVICE_UNAVAILABLE,
         "{}",
-        refused.body
+        refused.text()
     );
     assert!(refused.header("retry-after").is_some());
     assert_eq!(refused.json()["mode"], json!("read-only"));
@@ -698,7 +742,7 @@ async fn read_only_refuses_replies_with_503_and_leaves_the_mailbox_unchanged() {
     // Writable again: the same reply goes through.
     server.mode.clear_read_only();
     let ok = server.reply(Some("bob"), n.as_str(), r#""answer""#).await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     assert_eq!(alice.next_event().await.event, "notification.reply");
 }
 
@@ -750,7 +794,7 @@ async fn only_an_honoured_last_event_id_header_proves_receipt() {
     // A `lastEventId` query parameter positions the stream but proves
     // nothing: a page may have been handed that id with its HTML.
     let path = format!("/events?lastEventId={}", a_frame.id);
-    let mut tab = Tab::open_at(server.addr, "bob", &path, None).await;
+    let mut tab = open_tab(server.addr, "bob", &path, None).await;
     assert!(
         !server.delivered("alice", &a).await,
         "a query id is no proof"
@@ -778,12 +822,11 @@ async fn only_an_honoured_last_event_id_header_proves_receipt() {
 
     // Resuming from before A's latest frame: notifications are not kept in
     // the replay log, so A comes again, once, in a new frame.
-    let seq = |id: &str| id.split('-').nth(1).unwrap().parse::<u64>().unwrap();
-    let before = format!("{EPOCH}-{}", seq(&a_frame.id) - 1);
+    let before = format!("{EPOCH}-{}", seq_of(&a_frame.id) - 1);
     let newest = server.broker.last_event_id().seq();
     let mut tab = server.open("bob", Some(&before)).await;
     let again = server.drain(&mut tab).await;
     assert_eq!(traces(&again), [t(&a)], "{again:?}");
-    assert!(seq(&again[0].id) > newest, "{again:?}");
+    assert!(seq_of(&again[0].id) > newest, "{again:?}");
     assert!(!server.delivered("alice", &a).await);
 }

@@ -1,7 +1,7 @@
 //! The sequential model of the broker and the runner that holds a real
 //! [`Broker`] against it, operation by operation. Shared by the proptest in
-//! `tests/model.rs` and the `broker_ops` fuzz target (`fuzz/`), which both
-//! include this file with `#[path]`; each only generates the operations.
+//! `model.rs` and the `broker_ops` fuzz target (`fuzz/`, which includes this
+//! file with `#[path]`); each only generates the operations.
 //!
 //! The operations: publish (topic, size), publish a system event,
 //! subscribe (topics, kind of resume id), poll, drop, clock advance, close.

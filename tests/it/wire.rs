@@ -1,12 +1,8 @@
-#![cfg(not(loom))]
 //! The wire format, checked end to end: events go through a real
 //! [`Broker`], come back out of a [`Subscription`](tower_sse::Subscription)
 //! as frames, and are read by two parsers that share nothing with the crate:
 //! `support/sse_parser.rs`, written from the WHATWG spec, and the
 //! `eventsource-stream` crate. What they dispatch must be what was published.
-
-#[path = "support/sse_parser.rs"]
-mod sse_parser;
 
 use std::convert::Infallible;
 
@@ -18,7 +14,7 @@ use proptest::sample::Index;
 use serde_json::{json, Value};
 use tower_sse::{Broker, Event, EventId, Message, PublishError, ResyncReason, Topics};
 
-use sse_parser::{parse, parse_chunks, Dispatched, Parsed};
+use crate::support::sse_parser::{parse, parse_chunks, Dispatched, Parsed};
 
 // ---------------------------------------------------------------------------
 // Helpers

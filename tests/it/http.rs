@@ -1,11 +1,7 @@
-#![cfg(not(loom))]
 //! The events route over real loopback TCP: resume, lag, disconnects, bad
 //! ids, headers, keep-alives, refusals, topics, mounting on axum and on
 //! plain hyper, and fan-out to many clients. The client side parses the
 //! stream with `eventsource-stream`, independently of the crate's encoder.
-
-#[path = "http_support/mod.rs"]
-mod support;
 
 use std::time::Duration;
 
@@ -15,10 +11,12 @@ use tower::Layer;
 use tower_sse::sse::any_topic;
 use tower_sse::{Broker, Event, EventId, PublishError, SseLayer};
 
-use support::{
-    assert_every_block_has_data, echo_inner, eventually, get, json_of, listener_with_send_buffer,
-    request, seq_of, serve_axum, serve_hyper, serve_hyper_on, within, without_comments, RawClient,
-};
+use crate::support::client::{get, send};
+use crate::support::inner::echo_inner;
+use crate::support::raw::RawClient;
+use crate::support::server::{listener_with_send_buffer, serve_axum, serve_hyper, serve_hyper_on};
+use crate::support::sse::{assert_every_block_has_data, json_of, seq_of, without_comments};
+use crate::support::wait::{eventually, within};
 
 /// Publishes `data` as an event of type `event_type` on the default topic
 /// and returns its id as the wire shows it.
@@ -133,7 +131,7 @@ async fn a_client_that_stops_reading_slows_neither_the_publisher_nor_other_clien
     const RETAINED: usize = 32;
     let broker = Broker::builder().epoch(9).retain_events(RETAINED).build();
     // Whole events in every body frame (a stream cut in the middle of a
-    // sliced one is another test's subject, `tests/stalled_reader.rs`).
+    // sliced one is another test's subject, `stalled_reader`).
     let layer = SseLayer::new(broker.clone()).max_batch_bytes(256 * 1024);
     // Small socket buffers on both ends, so that the stalled connection
     // fills up after a few events whatever the host's TCP tuning.
@@ -142,7 +140,7 @@ async fn a_client_that_stops_reading_slows_neither_the_publisher_nor_other_clien
 
     let mut fast = get(addr, "/events", &[]).await;
     assert_eq!(fast.status, StatusCode::OK);
-    let slow = RawClient::get(addr, "/events", 16 * 1024).await;
+    let slow = RawClient::get(addr, "/events", &[], 16 * 1024).await;
     assert!(slow.head.starts_with("HTTP/1.1 200 "), "{}", slow.head);
     assert_eq!(broker.stats().subscribers, 2);
 
@@ -554,17 +552,17 @@ async fn other_methods_on_the_events_path_are_405_and_head_is_headers_only() {
     let addr = serve_layer(&layer).await;
 
     for method in [Method::POST, Method::PUT, Method::DELETE] {
-        let client = request(addr, method.clone(), "/events", &[], "body").await;
+        let client = send(addr, method.clone(), "/events", &[], "body").await;
         assert_eq!(client.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
         assert_eq!(client.header("allow"), Some("GET, HEAD"));
         let body: serde_json::Value = serde_json::from_str(&client.text().await).expect("JSON");
         assert!(body["error"].is_string(), "{body}");
     }
 
-    let mut head = request(addr, Method::HEAD, "/events", &[], "").await;
+    let mut head = send(addr, Method::HEAD, "/events", &[], "").await;
     assert_eq!(head.status, StatusCode::OK);
     assert_eq!(head.header("content-type"), Some("text/event-stream"));
-    assert!(head.read_to_end().await.is_empty());
+    assert!(head.events_to_end().await.is_empty());
     assert_eq!(head.raw(), "");
     assert_eq!(broker.stats().subscribers, 0);
 }
@@ -586,7 +584,7 @@ async fn other_paths_reach_the_inner_service_unchanged() {
         (Method::POST, "/eventsx", "inner POST /eventsx x-probe=p1"),
     ];
     for (method, target, expected) in cases {
-        let client = request(addr, method, target, &[("x-probe", "p1")], "payload").await;
+        let client = send(addr, method, target, &[("x-probe", "p1")], "payload").await;
         assert_eq!(client.status, StatusCode::OK, "{target}");
         assert_eq!(client.header("x-inner"), Some("yes"), "{target}");
         assert_eq!(client.text().await, expected);
@@ -654,7 +652,7 @@ async fn close_with_retry_drains_open_streams_then_ends_them() {
     // The remaining events, then the final frame: `retry: 5000` and an
     // `event: shutdown` naming the delay, without an id of its own (the
     // parser reports the last id it saw, as an `EventSource` does).
-    let events = open.read_to_end().await;
+    let events = open.events_to_end().await;
     let mut expected: Vec<_> = (0..3)
         .map(|i| triple(&ids[i], "t", &format!("last {}", i + 1)))
         .collect();
@@ -718,11 +716,11 @@ async fn a_topic_client_never_sees_another_topic_live_or_on_resume() {
         triple(&b2, "t", "b2"),
         triple(&b3, "t", "b3"),
     ];
-    assert_eq!(triples(&on_a.read_to_end().await), a_all);
-    assert_eq!(triples(&on_b.read_to_end().await), b_all);
-    assert_eq!(triples(&from_a1.read_to_end().await), a_all[1..]);
-    assert_eq!(triples(&from_b1.read_to_end().await), a_all[1..]);
-    assert_eq!(triples(&b_from_query.read_to_end().await), b_all);
+    assert_eq!(triples(&on_a.events_to_end().await), a_all);
+    assert_eq!(triples(&on_b.events_to_end().await), b_all);
+    assert_eq!(triples(&from_a1.events_to_end().await), a_all[1..]);
+    assert_eq!(triples(&from_b1.events_to_end().await), a_all[1..]);
+    assert_eq!(triples(&b_from_query.events_to_end().await), b_all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,7 +752,7 @@ async fn a_client_of_two_topics_sees_strictly_increasing_ids() {
     }
     broker.close();
 
-    let got = both.read_to_end().await;
+    let got = both.events_to_end().await;
     assert_eq!(got.len(), 2 * PER_TOPIC);
     let seqs: Vec<u64> = got.iter().map(|e| seq_of(&e.id)).collect();
     assert!(
@@ -774,7 +772,7 @@ async fn a_client_of_two_topics_sees_strictly_increasing_ids() {
         assert_eq!(published[topic][index].0, event.id, "{event:?}");
     }
 
-    let got_a = triples(&only_a.read_to_end().await);
+    let got_a = triples(&only_a.events_to_end().await);
     let expected_a: Vec<_> = published[0]
         .iter()
         .map(|(id, i)| triple(id, "t", &format!("a{i}")))
@@ -806,15 +804,15 @@ async fn system_events_reach_clients_of_every_topic() {
 
     let system_event = triple(&system, "maintenance", r#"{"at":"noon"}"#);
     assert_eq!(
-        triples(&on_a.read_to_end().await),
+        triples(&on_a.events_to_end().await),
         [triple(&a, "t", "for a"), system_event.clone()]
     );
     assert_eq!(
-        triples(&on_b.read_to_end().await),
+        triples(&on_b.events_to_end().await),
         [triple(&b, "t", "for b"), system_event.clone()]
     );
     assert_eq!(
-        triples(&default.read_to_end().await),
+        triples(&default.events_to_end().await),
         [system_event, triple(&public, "t", "for public")]
     );
 }
@@ -901,7 +899,7 @@ async fn events_router_merges_into_a_router_and_handlers_extract_the_broker() {
     assert_eq!(events.status, StatusCode::OK);
     assert_eq!(events.header("content-type"), Some("text/event-stream"));
 
-    let created = request(addr, Method::POST, "/notes", &[], "hello notes").await;
+    let created = send(addr, Method::POST, "/notes", &[], "hello notes").await;
     assert_eq!(created.status, StatusCode::CREATED);
     let id = created.text().await;
     assert_eq!(id, broker.last_event_id().to_string());
@@ -910,7 +908,7 @@ async fn events_router_merges_into_a_router_and_handlers_extract_the_broker() {
         [triple(&id, "note", "hello notes")]
     );
 
-    let post_events = request(addr, Method::POST, "/events", &[], "").await;
+    let post_events = send(addr, Method::POST, "/events", &[], "").await;
     assert_eq!(post_events.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(post_events.header("allow"), Some("GET, HEAD"));
 }

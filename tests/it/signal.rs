@@ -1,6 +1,8 @@
 //! `SIGUSR1` toggles operator read-only: sent to this very test process.
-//! Alone in its own test binary, since signals are process-wide.
-#![cfg(all(feature = "signal", unix, not(loom)))]
+//! Signals are process-wide, and every test shares this process: no other
+//! test installs a signal handler or signals this process, and this one
+//! installs its handler before it sends (unhandled, `SIGUSR1` would end
+//! the process).
 
 use std::time::Duration;
 

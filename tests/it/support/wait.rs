@@ -1,5 +1,5 @@
-//! Bounded waits shared by the loopback test helpers: every wait turns a
-//! hang into a failure after [`PATIENCE`], and none judges speed.
+//! Bounded waits: every wait turns a hang into a failure after
+//! [`PATIENCE`], and none judges speed.
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,7 +29,6 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// Like [`eventually`], for a condition that needs to await (an HTTP call).
-#[allow(dead_code)] // not every test crate polls over HTTP
 pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,

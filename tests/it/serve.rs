@@ -1,12 +1,7 @@
-#![cfg(all(feature = "serve", not(loom)))]
 //! `tower_sse::serve` over loopback: which requests it drives itself and
 //! which it hands to hyper, what either answers (read back with hyper's own
 //! client and `eventsource-stream`), resume, refusals, clients that leave,
 //! stall or misbehave, bad heads, and a graceful shutdown with streams open.
-
-#[allow(dead_code)]
-#[path = "http_support/mod.rs"]
-mod support;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -20,12 +15,16 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower_sse::serve::PeerAddr;
 use tower_sse::sse::Rejection;
 use tower_sse::{Broker, Event, Shutdown, SseLayer};
 
-use support::{eventually, get, request, seq_of, within, RawClient};
+use crate::support::client::{get, send};
+use crate::support::raw::{exchange, RawClient};
+use crate::support::server::{loopback, spawn_serve};
+use crate::support::sse::seq_of;
+use crate::support::wait::{eventually, within};
 
 const STREAM: &[(&str, &str)] = &[("accept", "text/event-stream")];
 
@@ -47,16 +46,6 @@ fn app(broker: &Broker) -> Router {
         .layer(SseLayer::new(broker.clone()))
 }
 
-async fn start(serve: tower_sse::serve::Serve<Router>) -> SocketAddr {
-    let addr = serve.local_addr().expect("local addr");
-    tokio::spawn(async move { serve.await.expect("serve") });
-    addr
-}
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind")
-}
-
 fn publish(broker: &Broker, data: &str) -> String {
     broker
         .publish(Event::message().data(data.to_owned()))
@@ -64,19 +53,10 @@ fn publish(broker: &Broker, data: &str) -> String {
         .to_string()
 }
 
-/// Reads a raw response until the connection closes.
-async fn read_all(tcp: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    within("the connection to close", tcp.read_to_end(&mut out))
-        .await
-        .expect("read");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn an_event_source_request_is_streamed_and_resumes() {
     let broker = Broker::new();
-    let addr = start(tower_sse::serve(listener().await, app(&broker))).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)));
     let first = publish(&broker, "one");
     publish(&broker, "two");
 
@@ -103,8 +83,8 @@ async fn an_event_source_request_is_streamed_and_resumes() {
 #[tokio::test]
 async fn a_stream_path_is_streamed_without_accept() {
     let broker = Broker::new();
-    let addr = start(tower_sse::serve(listener().await, app(&broker)).stream_path("/events")).await;
-    let raw = RawClient::get(addr, "/events", 64 * 1024).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)).stream_path("/events"));
+    let raw = RawClient::get(addr, "/events", &[], 64 * 1024).await;
     let head = raw.head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");
@@ -116,7 +96,7 @@ async fn a_stream_path_is_streamed_without_accept() {
 #[tokio::test]
 async fn other_requests_go_to_hyper_and_keep_their_connection() {
     let broker = Broker::new();
-    let addr = start(tower_sse::serve(listener().await, app(&broker))).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)));
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -157,10 +137,13 @@ async fn other_requests_go_to_hyper_and_keep_their_connection() {
     let _ = conn.await;
 }
 
+// `ConnectInfo` is in a request's extensions only with the crate's `axum`
+// feature.
+#[cfg(feature = "axum")]
 #[tokio::test]
 async fn both_paths_carry_the_peer_address() {
     let broker = Broker::new();
-    let addr = start(tower_sse::serve(listener().await, app(&broker))).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)));
     for (path, headers) in [("hyper", &[][..]), ("lean", STREAM)] {
         let client = get(addr, "/peer", headers).await;
         assert_eq!(client.status, StatusCode::OK, "{path}");
@@ -182,11 +165,10 @@ async fn a_refusal_on_the_lean_path_is_a_whole_response() {
     let layer = SseLayer::new(broker.clone()).authorize(|_: &http::request::Parts| {
         Err::<tower_sse::Grant, _>(Rejection::forbidden("not for you"))
     });
-    let addr = start(tower_sse::serve(
-        listener().await,
+    let addr = spawn_serve(tower_sse::serve(
+        loopback().await,
         Router::new().layer(layer),
-    ))
-    .await;
+    ));
     let client = get(addr, "/events", STREAM).await;
     assert_eq!(client.status, StatusCode::FORBIDDEN);
     assert_eq!(client.header("connection"), Some("close"));
@@ -203,7 +185,7 @@ async fn a_refusal_on_the_lean_path_is_a_whole_response() {
 #[tokio::test]
 async fn a_client_that_leaves_unsubscribes() {
     let broker = Broker::new();
-    let addr = start(tower_sse::serve(listener().await, app(&broker))).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)));
     let mut client = get(addr, "/events", STREAM).await;
     publish(&broker, "x");
     client.next_event().await;
@@ -215,7 +197,7 @@ async fn a_client_that_leaves_unsubscribes() {
 #[tokio::test]
 async fn a_client_that_sends_after_its_request_is_dropped() {
     let broker = Broker::new();
-    let addr = start(tower_sse::serve(listener().await, app(&broker))).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)));
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     let head = format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     tcp.write_all(head.as_bytes()).await.expect("send");
@@ -248,28 +230,23 @@ async fn a_client_that_sends_after_its_request_is_dropped() {
 async fn a_head_that_never_ends_is_closed_after_the_timeout() {
     let broker = Broker::new();
     let serve =
-        tower_sse::serve(listener().await, app(&broker)).head_timeout(Duration::from_millis(200));
-    let addr = start(serve).await;
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .expect("send");
-    assert_eq!(read_all(&mut tcp).await, "");
+        tower_sse::serve(loopback().await, app(&broker)).head_timeout(Duration::from_millis(200));
+    let addr = spawn_serve(serve);
+    let partial = b"GET /events HTTP/1.1\r\nHost: x\r\n";
+    assert_eq!(exchange(addr, partial, None).await, "");
 }
 
 #[tokio::test]
 async fn bad_heads_get_hyper_answers_never_a_500() {
     let broker = Broker::new();
-    let addr = start(tower_sse::serve(listener().await, app(&broker))).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)));
     for head in [
         "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nBad Header: 1\r\n\r\n",
         "GET /ev ents HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
         "BLAH\r\n\r\n",
         "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nContent-Length: nope\r\n\r\n",
     ] {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(head.as_bytes()).await.expect("send");
-        let answer = read_all(&mut tcp).await;
+        let answer = exchange(addr, head.as_bytes(), None).await;
         let status: u16 = answer
             .split(' ')
             .nth(1)
@@ -283,8 +260,8 @@ async fn bad_heads_get_hyper_answers_never_a_500() {
 #[tokio::test]
 async fn an_oversized_head_is_left_to_hyper() {
     let broker = Broker::new();
-    let serve = tower_sse::serve(listener().await, app(&broker)).max_head_bytes(1024);
-    let addr = start(serve).await;
+    let serve = tower_sse::serve(loopback().await, app(&broker)).max_head_bytes(1024);
+    let addr = spawn_serve(serve);
     let big = "a".repeat(4000);
     let client = get(addr, "/events", &[STREAM[0], ("x-big", &big)]).await;
     // Served all the same, by hyper this time.
@@ -295,9 +272,9 @@ async fn an_oversized_head_is_left_to_hyper() {
 #[tokio::test]
 async fn a_stalled_reader_is_held_back_in_the_log_not_in_memory() {
     let broker = Broker::builder().retain_events(100).build();
-    let addr = start(tower_sse::serve(listener().await, app(&broker)).stream_path("/events")).await;
+    let addr = spawn_serve(tower_sse::serve(loopback().await, app(&broker)).stream_path("/events"));
     // A 4 KiB receive window that is not read while 4 MiB are published.
-    let raw = RawClient::get(addr, "/events", 4096).await;
+    let raw = RawClient::get(addr, "/events", &[], 4096).await;
     eventually("the subscription", || broker.stats().subscribers == 1).await;
     let payload = "y".repeat(1024);
     for _ in 0..4096 {
@@ -334,7 +311,7 @@ async fn a_stalled_reader_is_held_back_in_the_log_not_in_memory() {
 async fn graceful_shutdown_ends_streams_and_returns() {
     let broker = Broker::new();
     let shutdown = Shutdown::new().broker(&broker).drain(Duration::ZERO);
-    let serve = tower_sse::serve(listener().await, app(&broker));
+    let serve = tower_sse::serve(loopback().await, app(&broker));
     let addr = serve.local_addr().expect("addr");
     let server = tokio::spawn(serve.with_graceful_shutdown(shutdown.wait()).into_future());
 
@@ -345,13 +322,13 @@ async fn graceful_shutdown_ends_streams_and_returns() {
     // One connection that never sends a request, and one kept alive by
     // hyper between requests.
     let silent = TcpStream::connect(addr).await.expect("connect");
-    let kept = request(addr, Method::GET, "/stats", &[], "").await;
+    let kept = send(addr, Method::GET, "/stats", &[], "").await;
     assert_eq!(kept.status, StatusCode::OK);
     eventually("every stream", || broker.stats().subscribers == 20).await;
 
     shutdown.trigger();
     for mut stream in streams {
-        stream.read_to_end().await;
+        stream.events_to_end().await;
         assert!(stream.raw().contains("event: shutdown"), "{}", stream.raw());
     }
     within("the server to finish", server)
@@ -389,7 +366,7 @@ async fn a_client_that_leaves_before_its_answer_ends_the_call() {
     };
     let app = Router::new().route("/events", slow);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = tower_sse::serve(listener().await, app);
+    let serve = tower_sse::serve(loopback().await, app);
     let addr = serve.local_addr().expect("addr");
     let server = tokio::spawn(
         serve
@@ -417,7 +394,7 @@ async fn a_client_that_leaves_before_its_answer_ends_the_call() {
 #[tokio::test]
 async fn dropping_the_server_leaves_its_connections_running() {
     let broker = Broker::new();
-    let serve = tower_sse::serve(listener().await, app(&broker));
+    let serve = tower_sse::serve(loopback().await, app(&broker));
     let addr = serve.local_addr().expect("addr");
     let server = tokio::spawn(serve.into_future());
     let mut stream = get(addr, "/events", STREAM).await;

@@ -1,0 +1,28 @@
+//! The integration tests: one binary, one module per subject, and
+//! [`support`], what they share. A module that needs a feature (or a
+//! platform) builds only with it; under `--cfg loom` nothing here builds,
+//! the loom models being the `loom` test target.
+#![cfg(not(loom))]
+
+mod broker;
+mod health;
+mod http;
+mod mailbox;
+mod mailbox_http;
+mod mode;
+mod model;
+mod probe;
+mod require_writable;
+mod security;
+#[cfg(feature = "serve")]
+mod serve;
+mod shutdown;
+#[cfg(all(feature = "signal", unix))]
+mod signal;
+mod soak;
+#[cfg(feature = "tcp")]
+mod stalled_reader;
+mod support;
+#[cfg(all(feature = "tcp", target_os = "linux"))]
+mod vanished_peer;
+mod wire;
