@@ -28,21 +28,17 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::mode::{Mode, ServerMode};
-pub use crate::response::ResponseBody;
 use crate::response::{json, method_not_allowed};
+pub use crate::response::{ResponseBody, ResponseFuture};
 use crate::Broker;
 
 /// Layer serving the health and readiness routes; see the
@@ -216,64 +212,5 @@ where
             *response.body_mut() = Bytes::new();
         }
         ResponseFuture::answer(response)
-    }
-}
-
-pin_project! {
-    /// Response future of [`Health`]: the inner service's future, or its own answer on the health and readiness paths,
-    /// ready at once.
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B> {
-        Future { #[pin] future: F },
-        Answer { response: Option<Response<Bytes>>, _body: PhantomData<fn() -> B> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Future { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
-            KindProj::Answer { response, .. } => Poll::Ready(Ok(response
-                .take()
-                .expect("polled after completion")
-                .map(ResponseBody::answer))),
-        }
-    }
-}
-
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B> ResponseFuture<F, B> {
-    fn future(future: F) -> Self {
-        Self {
-            kind: Kind::Future { future },
-        }
-    }
-
-    fn answer(response: Response<Bytes>) -> Self {
-        Self {
-            kind: Kind::Answer {
-                response: Some(response),
-                _body: PhantomData,
-            },
-        }
     }
 }

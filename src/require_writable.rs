@@ -24,9 +24,6 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,13 +31,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::mode::{ModeState, ServerMode};
-pub use crate::response::ResponseBody;
 use crate::response::{json, with_retry_after};
+pub use crate::response::{ResponseBody, ResponseFuture};
 
 /// Default `Retry-After` on a refused write.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -171,7 +167,7 @@ where
         {
             return ResponseFuture::future(self.inner.call(Request::from_parts(parts, body)));
         }
-        ResponseFuture::refused(refusal(&state, self.layer.retry_after))
+        ResponseFuture::answer(refusal(&state, self.layer.retry_after))
     }
 }
 
@@ -191,63 +187,4 @@ fn refusal(state: &ModeState, retry_after: Duration) -> Response<Bytes> {
         "shutting_down": state.shutting_down,
     });
     with_retry_after(json(StatusCode::SERVICE_UNAVAILABLE, &body), retry_after)
-}
-
-pin_project! {
-    /// Response future of [`RequireWritable`]: the inner service's future, or its refusal,
-    /// ready at once.
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B> {
-        Future { #[pin] future: F },
-        Refused { response: Option<Response<Bytes>>, _body: PhantomData<fn() -> B> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Future { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
-            KindProj::Refused { response, .. } => Poll::Ready(Ok(response
-                .take()
-                .expect("polled after completion")
-                .map(ResponseBody::answer))),
-        }
-    }
-}
-
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B> ResponseFuture<F, B> {
-    fn future(future: F) -> Self {
-        Self {
-            kind: Kind::Future { future },
-        }
-    }
-
-    fn refused(response: Response<Bytes>) -> Self {
-        Self {
-            kind: Kind::Refused {
-                response: Some(response),
-                _body: PhantomData,
-            },
-        }
-    }
 }

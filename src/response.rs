@@ -4,6 +4,8 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -128,6 +130,84 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// Response future of the layers that answer some requests themselves
+    /// ([`Health`](crate::health::Health),
+    /// [`RequireWritable`](crate::require_writable::RequireWritable),
+    /// [`MailboxRoutes`](crate::mailbox::MailboxRoutes)): the inner service's
+    /// future, or that answer, ready at once or, for a mailbox reply, once
+    /// the request body is read.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Future { #[pin] future: F },
+        Answer { response: Option<Response<Bytes>>, _body: PhantomData<fn() -> B> },
+        Later { answer: Later },
+    }
+}
+
+/// An answer that waits on something (a request body); boxed, off the hot
+/// path.
+pub(crate) type Later = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Future { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
+            KindProj::Answer { response, .. } => Poll::Ready(Ok(response
+                .take()
+                .expect("polled after completion")
+                .map(ResponseBody::answer))),
+            KindProj::Later { answer } => answer
+                .as_mut()
+                .poll(cx)
+                .map(|response| Ok(response.map(ResponseBody::answer))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn future(future: F) -> Self {
+        Self {
+            kind: Kind::Future { future },
+        }
+    }
+
+    pub(crate) fn answer(response: Response<Bytes>) -> Self {
+        Self {
+            kind: Kind::Answer {
+                response: Some(response),
+                _body: PhantomData,
+            },
+        }
+    }
+
+    pub(crate) fn later(answer: Later) -> Self {
+        Self {
+            kind: Kind::Later { answer },
+        }
     }
 }
 

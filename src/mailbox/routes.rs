@@ -1,8 +1,6 @@
 //! HTTP routes for notification status, replies and acknowledgements.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,13 +8,12 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Mailbox, ReplyError, TraceId};
-pub use crate::response::ResponseBody;
 use crate::response::{json, json_error as error, method_not_allowed, with_retry_after};
+pub use crate::response::{ResponseBody, ResponseFuture};
 
 type Identify = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
@@ -197,7 +194,7 @@ where
             Action::Reply => {
                 let mailbox = mailbox.clone();
                 let limit = mailbox.shared.limits.max_payload;
-                ResponseFuture::reply(Box::pin(reply(mailbox, trace, client, body, limit)))
+                ResponseFuture::later(Box::pin(reply(mailbox, trace, client, body, limit)))
             }
         }
     }
@@ -258,79 +255,5 @@ where
             retry_after,
         ),
         Err(e @ ReplyError::Payload(_)) => error(StatusCode::BAD_REQUEST, e),
-    }
-}
-
-pin_project! {
-    /// Response future of [`MailboxRoutes`]: the inner service's future, or
-    /// a route's own answer, ready at once or, for a reply, once its body
-    /// is read.
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-/// A reply being read and taken; boxed, off the hot path.
-type Reply = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B> {
-        Future { #[pin] future: F },
-        Answer { response: Option<Response<Bytes>>, _body: std::marker::PhantomData<fn() -> B> },
-        Reply { reply: Reply },
-    }
-}
-
-impl<F, B> ResponseFuture<F, B> {
-    fn future(future: F) -> Self {
-        Self {
-            kind: Kind::Future { future },
-        }
-    }
-
-    fn answer(response: Response<Bytes>) -> Self {
-        Self {
-            kind: Kind::Answer {
-                response: Some(response),
-                _body: std::marker::PhantomData,
-            },
-        }
-    }
-
-    fn reply(reply: Reply) -> Self {
-        Self {
-            kind: Kind::Reply { reply },
-        }
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Future { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
-            KindProj::Answer { response, .. } => Poll::Ready(Ok(response
-                .take()
-                .expect("polled after completion")
-                .map(ResponseBody::answer))),
-            KindProj::Reply { reply } => reply
-                .as_mut()
-                .poll(cx)
-                .map(|response| Ok(response.map(ResponseBody::answer))),
-        }
-    }
-}
-
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
