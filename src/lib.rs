@@ -62,6 +62,8 @@
 // A loom build compiles the broker without the HTTP layer that uses parts of it.
 #![cfg_attr(loom, allow(dead_code, unused_imports, unreachable_pub))]
 
+#[cfg(all(feature = "redis", not(loom)))]
+pub mod backplane;
 pub mod broker;
 mod clock;
 #[cfg(not(loom))]

@@ -24,6 +24,7 @@
 
 mod coalesce;
 mod event;
+mod mirror;
 mod prepared;
 mod state;
 mod subscription;
@@ -38,12 +39,14 @@ pub use self::event::{Event, InvalidTopic, Topic, Topics, DEFAULT_TOPIC, MAX_TOP
 pub use self::subscription::{Recv, Subscription};
 
 use self::prepared::{Origin, Prepared};
-use self::state::{Entry, Greeting, Limits, State};
+use self::state::{Entry, Greeting, Limits, Mirror, State};
 use crate::clock::{Clock, SystemClock};
 use crate::sync::{lock, Arc, Mutex};
 use crate::wire;
 pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_TYPES};
 
+pub(crate) use self::mirror::local_seq;
+pub use self::mirror::{MirrorOutcome, Mirrored};
 pub(crate) use self::subscription::Frames;
 
 /// Default bound on retained events.
@@ -59,8 +62,10 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) limits: Limits,
     pub(crate) clock: Box<dyn Clock>,
-    pub(crate) epoch: u64,
     max_event_bytes: usize,
+    /// The log mirrors a shared stream: the app publishes through the
+    /// backplane, not here.
+    pub(crate) mirrored: bool,
 }
 
 /// A publish/subscribe hub with a replay log. Cheap to clone: clones share
@@ -93,6 +98,7 @@ pub struct BrokerBuilder {
     max_event_bytes: usize,
     clock: Box<dyn Clock>,
     epoch: Option<u64>,
+    mirrored: bool,
 }
 
 impl BrokerBuilder {
@@ -144,6 +150,18 @@ impl BrokerBuilder {
         self
     }
 
+    /// Makes a broker whose log mirrors a stream shared by several replicas
+    /// (a backplane's): the app publishes through the backplane, which gives
+    /// each event its place in the stream, and the backplane's reader feeds
+    /// the log with [`Broker::mirror`], so that every replica delivers the
+    /// same events in the same order under the same ids. `publish` is then
+    /// refused ([`PublishError::Mirrored`]); the crate's own frames
+    /// (`server.state`, notifications) still go out, on this replica only.
+    pub fn mirrored(mut self) -> Self {
+        self.mirrored = true;
+        self
+    }
+
     /// Builds the broker.
     pub fn build(self) -> Broker {
         let epoch = self.epoch.unwrap_or_else(|| {
@@ -152,17 +170,21 @@ impl BrokerBuilder {
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
                 .unwrap_or(0)
         });
+        let mut state = State::new(epoch);
+        if self.mirrored {
+            state.mirror = Some(Mirror::default());
+        }
         Broker {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new()),
+                state: Mutex::new(state),
                 limits: Limits {
                     max_events: self.max_events,
                     max_bytes: self.max_bytes,
                     max_age: self.max_age,
                 },
                 clock: self.clock,
-                epoch,
                 max_event_bytes: self.max_event_bytes,
+                mirrored: self.mirrored,
             }),
         }
     }
@@ -201,12 +223,15 @@ impl Broker {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             clock: Box::new(SystemClock::new()),
             epoch: None,
+            mirrored: false,
         }
     }
 
-    /// This broker's epoch, the first half of every id it assigns.
+    /// This broker's epoch, the first half of every id it assigns. It is
+    /// fixed, but for a broker that mirrors a shared log, whose epoch is the
+    /// log's.
     pub fn epoch(&self) -> u64 {
-        self.shared.epoch
+        lock(&self.shared.state).epoch
     }
 
     /// Publishes `event` to its topic and returns its id.
@@ -217,6 +242,9 @@ impl Broker {
     /// that is not UTF-8 or is too large, and any publish after
     /// [`close`](Broker::close).
     pub fn publish(&self, event: Event) -> Result<EventId, PublishError> {
+        if self.shared.mirrored {
+            return Err(PublishError::Mirrored);
+        }
         let topic = Topic::new(&event.topic).map_err(|_| PublishError::InvalidTopic)?;
         let prepared = self.prepare(event, Origin::App)?;
         self.commit(topic, prepared, false)
@@ -229,6 +257,9 @@ impl Broker {
     /// that every client must see. The crate's own event types are refused
     /// here as in [`publish`](Broker::publish).
     pub fn publish_system(&self, event: Event) -> Result<EventId, PublishError> {
+        if self.shared.mirrored {
+            return Err(PublishError::Mirrored);
+        }
         let prepared = self.prepare(event, Origin::App)?;
         self.commit(Topic::system(), prepared, false)
     }
@@ -244,6 +275,18 @@ impl Broker {
     pub(crate) fn publish_system_greeting(&self, event: Event) -> Result<EventId, PublishError> {
         let prepared = self.prepare(event, Origin::Crate)?;
         self.commit(Topic::system(), prepared, true)
+    }
+
+    /// Whether `publish` would take `event`, short of the broker being
+    /// closed: for a backplane, before it sends the event anywhere.
+    pub(crate) fn check(&self, event: &Event) -> Result<(), PublishError> {
+        Topic::new(&event.topic).map_err(|_| PublishError::InvalidTopic)?;
+        self.prepare(event.clone(), Origin::App).map(drop)
+    }
+
+    /// The bound on retained events it was built with.
+    pub(crate) fn retained_events_limit(&self) -> usize {
+        self.shared.limits.max_events
     }
 
     /// Validates and encodes `event`, outside the lock.
@@ -271,11 +314,10 @@ impl Broker {
                 return Err(PublishError::Closed);
             }
             let now = self.shared.clock.now();
-            let seq = state.next_seq;
-            state.next_seq += 1;
+            let seq = state.take_seq().ok_or(PublishError::Mirrored)?;
             let topic_key = state.topic_key(&topic);
             state.take_topic_wakers(topic_key, &mut wakers);
-            let entry = Arc::new(prepared.stamp(self.shared.epoch, seq, now, topic_key, topic));
+            let entry = Arc::new(prepared.stamp(state.epoch, seq, now, topic_key, topic));
             if greeting {
                 state.greeting = Some(Greeting {
                     seq,
@@ -283,7 +325,7 @@ impl Broker {
                 });
             }
             state.append(entry, &self.shared.limits, now);
-            EventId::new(self.shared.epoch, seq)
+            EventId::new(state.epoch, seq)
         };
         wakers.into_iter().for_each(Waker::wake);
         Ok(id)
@@ -323,14 +365,14 @@ impl Broker {
             if watchers.is_empty() {
                 return Ok(None);
             }
-            let entry = self.direct_entry(&mut state, topic_key, topic.clone(), prepared);
+            let entry = self.direct_entry(&mut state, topic_key, topic.clone(), prepared)?;
             for sub in watchers {
                 state.push_direct(sub, key, &entry, &mut wakers);
             }
-            entry.seq
+            EventId::new(state.epoch, entry.seq)
         };
         wakers.into_iter().for_each(Waker::wake);
-        Ok(Some(EventId::new(self.shared.epoch, id)))
+        Ok(Some(id))
     }
 
     /// Sends `event` as a direct message (see
@@ -354,12 +396,12 @@ impl Broker {
             let Some(&topic_key) = state.topic_index.get(topic) else {
                 return Err(PublishError::InvalidTopic);
             };
-            let entry = self.direct_entry(&mut state, topic_key, topic.clone(), prepared);
+            let entry = self.direct_entry(&mut state, topic_key, topic.clone(), prepared)?;
             state.push_direct(sub.key(), key, &entry, &mut wakers);
-            entry.seq
+            EventId::new(state.epoch, entry.seq)
         };
         wakers.into_iter().for_each(Waker::wake);
-        Ok(EventId::new(self.shared.epoch, seq))
+        Ok(seq)
     }
 
     /// Takes back the unread direct messages named `key` from the
@@ -379,12 +421,12 @@ impl Broker {
         topic_key: usize,
         topic: Topic,
         prepared: Prepared,
-    ) -> Arc<Entry> {
-        let seq = state.next_seq;
-        state.next_seq += 1;
+    ) -> Result<Arc<Entry>, PublishError> {
+        let seq = state.take_seq().ok_or(PublishError::Mirrored)?;
         state.counters.direct += 1;
         let now = self.shared.clock.now();
-        Arc::new(prepared.stamp(self.shared.epoch, seq, now, topic_key, topic))
+        let entry = prepared.stamp(state.epoch, seq, now, topic_key, topic);
+        Ok(Arc::new(entry))
     }
 
     /// Subscribes to `topics` (plus the system events every subscription
@@ -426,7 +468,7 @@ impl Broker {
     /// it as `lastEventId` then loses nothing published in between.
     pub fn last_event_id(&self) -> EventId {
         let state = lock(&self.shared.state);
-        EventId::new(self.shared.epoch, state.next_seq - 1)
+        EventId::new(state.epoch, state.next_seq - 1)
     }
 
     /// The bound on retained bytes it was built with.
@@ -551,6 +593,7 @@ impl Broker {
             resyncs: state.counters.resyncs,
             topics: state.topics.len(),
             direct: state.counters.direct,
+            mirror_skipped: state.mirror.map_or(0, |mirror| mirror.skipped),
             direct_bytes: state.direct_bytes,
             cut: state.counters.cut,
         }
@@ -589,7 +632,7 @@ impl WeakBroker {
 impl fmt::Debug for Broker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Broker")
-            .field("epoch", &self.shared.epoch)
+            .field("epoch", &self.epoch())
             .field("stats", &self.stats())
             .finish()
     }
@@ -624,6 +667,9 @@ pub struct BrokerStats {
     /// Bytes of direct messages waiting in inboxes to be read, each copy
     /// counted.
     pub direct_bytes: usize,
+    /// Entries of a mirrored stream skipped: not events the broker takes
+    /// (see [`Broker::mirror`]).
+    pub mirror_skipped: u64,
     /// Streams ended in the middle of a frame too large for one body frame,
     /// because the event was evicted before its last slice was written
     /// (counted in `lag_reports` too).
@@ -730,6 +776,11 @@ pub enum PublishError {
     /// ([`RESERVED_EVENT_TYPES`]): clients act on those, so only the crate
     /// may send them.
     ReservedEventType,
+    /// The broker mirrors a log shared by several replicas: publish through
+    /// the backplane, which gives the event its place in that log. (Also
+    /// for a mirror's own frames, past a million of them between two of the
+    /// log's events.)
+    Mirrored,
     /// The topic name breaks the rules of [`Topic`].
     InvalidTopic,
     /// The payload is not UTF-8; the SSE stream is.
@@ -752,6 +803,9 @@ impl fmt::Display for PublishError {
             PublishError::Closed => f.write_str("the broker is closed"),
             PublishError::EmptyEventType => f.write_str("the event type is empty"),
             PublishError::InvalidEventType => f.write_str("the event type contains CR or LF"),
+            PublishError::Mirrored => {
+                f.write_str("this broker mirrors a shared log: publish through its backplane")
+            }
             PublishError::ReservedEventType => write!(
                 f,
                 "the event type is reserved for the server's own events ({})",

@@ -109,6 +109,8 @@ pub(crate) struct Limits {
 
 #[derive(Debug)]
 pub(crate) struct State {
+    /// The first half of every id; fixed, unless a mirror resets it.
+    pub(crate) epoch: u64,
     pub(crate) next_seq: u64,
     pub(crate) log: VecDeque<Arc<Entry>>,
     pub(crate) retained_bytes: usize,
@@ -125,7 +127,38 @@ pub(crate) struct State {
     pub(crate) greeting: Option<Greeting>,
     /// Bytes of direct messages waiting in inboxes (each copy counted).
     pub(crate) direct_bytes: usize,
+    /// A broker whose log mirrors a shared stream (see `mirror.rs`).
+    pub(crate) mirror: Option<Mirror>,
+    /// Lost stretches of the log, for readers made before them.
+    pub(crate) breaks: Breaks,
     pub(crate) counters: Counters,
+}
+
+/// Where a mirrored log stands in its stream.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Mirror {
+    /// The seq, in the stream, of the last entry mirrored (0: none yet).
+    pub(crate) stream_seq: u64,
+    /// Stream entries that could not be taken (they did not parse).
+    pub(crate) skipped: u64,
+}
+
+/// What readers made before them cannot see in the log: the stretches of
+/// a mirror that were lost (its reader fell behind what the stream trimmed)
+/// and the resets to a new epoch (the stream lost its data). Both count
+/// up; a reader remembers where they stood when it was made.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Breaks {
+    /// Resets to a new epoch so far.
+    pub(crate) resets: u64,
+    /// Lost stretches so far, and the entries they held in all.
+    pub(crate) gaps: u64,
+    pub(crate) gap_missed: u64,
+    /// The seq the last lost stretch ends at.
+    pub(crate) gap_end: u64,
+    /// The seq a reader resumes after when it resyncs for the last reset:
+    /// the end of the backfill the new epoch started with.
+    pub(crate) reset_seq: u64,
 }
 
 /// The latest system event that greets new streams: its frame without the
@@ -160,8 +193,9 @@ impl SubSlot {
 }
 
 impl State {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(epoch: u64) -> Self {
         Self {
+            epoch,
             next_seq: 1,
             log: VecDeque::new(),
             retained_bytes: 0,
@@ -174,8 +208,21 @@ impl State {
             close_frame: None,
             greeting: None,
             direct_bytes: 0,
+            mirror: None,
+            breaks: Breaks::default(),
             counters: Counters::default(),
         }
+    }
+
+    /// The next seq for an event of this broker's own, if it has one left:
+    /// a mirror's own frames take the seqs between two of the stream's.
+    pub(crate) fn take_seq(&mut self) -> Option<u64> {
+        let seq = self.next_seq;
+        if self.mirror.is_some() && seq & super::mirror::LOCAL_MASK == super::mirror::LOCAL_MASK {
+            return None;
+        }
+        self.next_seq += 1;
+        Some(seq)
     }
 
     /// The key of `topic`'s log, creating it if needed.
@@ -236,16 +283,81 @@ impl State {
             if !over {
                 break;
             }
-            let entry = self.log.pop_front().expect("front exists");
-            self.retained_bytes -= entry.cost;
-            self.counters.evicted += 1;
-            let key = entry.topic_key;
-            let topic = &mut self.topics[key];
-            let popped = topic.entries.pop_front();
-            debug_assert!(popped.is_some_and(|p| p.seq == entry.seq));
-            topic.evicted += 1;
-            topic.last_evicted_seq = entry.seq;
-            self.prune_topic(key);
+            self.evict_front();
+        }
+    }
+
+    /// Evicts the oldest entry.
+    fn evict_front(&mut self) {
+        let Some(entry) = self.log.pop_front() else {
+            return;
+        };
+        self.retained_bytes -= entry.cost;
+        self.counters.evicted += 1;
+        let key = entry.topic_key;
+        let topic = &mut self.topics[key];
+        let popped = topic.entries.pop_front();
+        debug_assert!(popped.is_some_and(|p| p.seq == entry.seq));
+        topic.evicted += 1;
+        topic.last_evicted_seq = entry.seq;
+        self.prune_topic(key);
+    }
+
+    /// A stretch of a mirrored log was lost (its reader fell behind what
+    /// the stream trimmed): `missed` entries, up to seq `through`.
+    /// Everything retained before it is evicted too, so that a reader lags
+    /// past all of it at once, ids increasing; no id before it is honoured
+    /// any more; and every reader made before it is told (see `Breaks`).
+    pub(crate) fn lose_stretch(&mut self, through: u64, missed: u64, out: &mut Vec<Waker>) {
+        while !self.log.is_empty() {
+            self.evict_front();
+        }
+        for (_, topic) in self.topics.iter_mut() {
+            if !topic.name.is_direct_only() {
+                topic.last_evicted_seq = topic.last_evicted_seq.max(through);
+            }
+        }
+        self.pruned_evicted_seq = self.pruned_evicted_seq.max(through);
+        self.breaks.gaps += 1;
+        self.breaks.gap_missed += missed;
+        self.breaks.gap_end = through;
+        self.take_all_wakers(out);
+    }
+
+    /// A mirrored log starts again under a new epoch: everything goes,
+    /// and every reader made before resyncs (see `Breaks`).
+    pub(crate) fn reset(&mut self, epoch: u64, out: &mut Vec<Waker>) {
+        while !self.log.is_empty() {
+            self.evict_front();
+        }
+        for (_, topic) in self.topics.iter_mut() {
+            topic.last_evicted_seq = 0;
+        }
+        self.pruned_evicted_seq = 0;
+        self.epoch = epoch;
+        self.next_seq = 1;
+        if let Some(greeting) = &mut self.greeting {
+            // Its event is gone with the old epoch; it still says the state.
+            greeting.seq = 0;
+        }
+        let mut freed = 0;
+        for (_, slot) in self.subs.iter_mut() {
+            // A frame being sliced stays marked: its stream is cut.
+            freed += slot
+                .inbox
+                .drain(..)
+                .map(|d| d.entry.frame.len())
+                .sum::<usize>();
+        }
+        self.direct_bytes -= freed;
+        self.breaks.resets += 1;
+        self.take_all_wakers(out);
+    }
+
+    /// A stream entry a mirror could not take.
+    pub(crate) fn skip_mirrored(&mut self) {
+        if let Some(mirror) = &mut self.mirror {
+            mirror.skipped += 1;
         }
     }
 

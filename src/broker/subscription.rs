@@ -21,7 +21,8 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
 use super::event::Topic;
-use super::state::{Entry, Greeting, State, SubSlot};
+use super::mirror::{stream_seq, AHEAD};
+use super::state::{Breaks, Entry, Greeting, State, SubSlot};
 use super::{Message, ReceivedEvent, Shared};
 use crate::sync::{lock, Arc};
 use crate::wire::{self, EventId, ResyncReason};
@@ -79,6 +80,12 @@ struct Reader {
     /// are replay, later ones live.
     seam: u64,
     finished: bool,
+    /// The log's breaks (lost stretches, resets) when it was made or last
+    /// told of them.
+    breaks: Breaks,
+    /// A mirror's reader resumed from an id its mirror has not reached
+    /// yet: entries up to here are skipped as they arrive.
+    skip_through: u64,
 }
 
 /// What a reader reads next, decided under the lock by [`Reader::peek`]
@@ -87,6 +94,8 @@ struct Reader {
 enum Next {
     /// The resync decided at subscribe time.
     Resync,
+    /// The mirrored log started again under a new epoch.
+    Reset,
     /// `missed` events of its topics were evicted unread; it continues
     /// after `to`.
     Lag { missed: u64, to: u64 },
@@ -140,7 +149,7 @@ impl Subscription {
         }
         let newest = state.next_seq - 1;
         let mut sub = Reader {
-            epoch: shared.epoch,
+            epoch: state.epoch,
             key,
             cursors: cursors.into_boxed_slice(),
             pos: newest,
@@ -148,6 +157,8 @@ impl Subscription {
             greeting: state.greeting.clone(),
             seam: newest,
             finished: false,
+            breaks: state.breaks,
+            skip_through: 0,
         };
         if let Some(resume) = resume {
             if let Err(reason) = sub.seek(state, resume) {
@@ -174,7 +185,16 @@ impl Reader {
         }
         let seq = id.seq();
         if seq >= state.next_seq {
-            return Err(ResyncReason::Future);
+            // Another replica's reader may be a little ahead of this one's.
+            let ahead = state
+                .mirror
+                .is_some_and(|mirror| stream_seq(seq) <= mirror.stream_seq + AHEAD);
+            if !ahead {
+                return Err(ResyncReason::Future);
+            }
+            self.pos = seq;
+            self.skip_through = seq;
+            return Ok(());
         }
         if self
             .cursors
@@ -202,9 +222,17 @@ impl Reader {
         if self.pending.is_some() {
             return Some(Next::Resync);
         }
+        if state.breaks.resets != self.breaks.resets {
+            return Some(Next::Reset);
+        }
         let direct = state.subs[self.key].inbox.front().map(|d| d.entry.seq);
         let mut missed = 0;
         let mut to = self.pos;
+        if state.breaks.gaps != self.breaks.gaps {
+            // A lost stretch of a mirrored log: nothing before it is left.
+            missed += state.breaks.gap_missed - self.breaks.gap_missed;
+            to = to.max(state.breaks.gap_end);
+        }
         for cursor in self.cursors.iter() {
             let log = &state.topics[cursor.topic_key];
             if log.evicted > cursor.next {
@@ -240,7 +268,7 @@ impl Reader {
                 log.entries.get((cursor.next - log.evicted) as usize)
             }
             Next::Direct => state.subs[self.key].inbox.front().map(|d| &d.entry),
-            Next::Resync | Next::Lag { .. } => None,
+            Next::Resync | Next::Reset | Next::Lag { .. } => None,
         }
     }
 
@@ -248,12 +276,35 @@ impl Reader {
     fn take(&mut self, state: &mut State, next: Next) -> Message {
         match next {
             Next::Resync => self.pending.take().expect("peeked"),
+            Next::Reset => {
+                // Just after the backfill the new epoch started with; what
+                // came after it is news.
+                let from = state.breaks.reset_seq;
+                for cursor in self.cursors.iter_mut() {
+                    let log = &state.topics[cursor.topic_key];
+                    cursor.next =
+                        log.evicted + log.entries.partition_point(|e| e.seq <= from) as u64;
+                }
+                self.epoch = state.epoch;
+                self.breaks = state.breaks;
+                self.skip_through = 0;
+                self.pos = from.max(state.log.front().map_or(state.next_seq, |e| e.seq) - 1);
+                self.seam = self.pos;
+                self.greeting = None;
+                state.counters.resyncs += 1;
+                Message::Resync {
+                    reason: ResyncReason::UnknownEpoch,
+                    resume_from: EventId::new(self.epoch, self.pos),
+                }
+            }
             Next::Lag { missed, to } => {
                 for cursor in self.cursors.iter_mut() {
                     let log = &state.topics[cursor.topic_key];
                     cursor.next = cursor.next.max(log.evicted);
                 }
                 self.pos = to;
+                self.breaks.gaps = state.breaks.gaps;
+                self.breaks.gap_missed = state.breaks.gap_missed;
                 state.counters.lagged_events += missed;
                 state.counters.lag_reports += 1;
                 Message::Lagged {
@@ -284,8 +335,34 @@ impl Reader {
         })
     }
 
+    /// Passes over the entries a client resuming ahead of this mirror has
+    /// seen already, as they arrive.
+    fn skip_seen(&mut self, state: &State) {
+        if self.skip_through == 0 {
+            return;
+        }
+        for cursor in self.cursors.iter_mut() {
+            let log = &state.topics[cursor.topic_key];
+            if cursor.next < log.evicted {
+                // Evicted unread: that is a lag, reported as such.
+                continue;
+            }
+            while log
+                .entries
+                .get((cursor.next - log.evicted) as usize)
+                .is_some_and(|entry| entry.seq <= self.skip_through)
+            {
+                cursor.next += 1;
+            }
+        }
+        if state.next_seq > self.skip_through {
+            self.skip_through = 0;
+        }
+    }
+
     /// The next message, if one is available now, with the lock held.
     fn next_locked(&mut self, state: &mut State) -> Option<Message> {
+        self.skip_seen(state);
         let next = self.peek(state)?;
         Some(self.take(state, next))
     }
@@ -326,6 +403,7 @@ impl Reader {
     /// of an event evicted since. Returns false when the stream must be
     /// cut: the event it was slicing is gone.
     fn fill(&mut self, state: &mut State, batch: &mut Batch, max_bytes: usize) -> bool {
+        self.skip_seen(state);
         loop {
             let room = max_bytes.saturating_sub(batch.len());
             if room == 0 {

@@ -150,6 +150,12 @@ impl ProbeHandle {
 
 static NEXT_PROBE: AtomicU64 = AtomicU64::new(0);
 
+/// A fresh id for a cause that comes and goes like a probe's (one probe, or
+/// the backplane's reader).
+pub(crate) fn next_probe_id() -> u64 {
+    NEXT_PROBE.fetch_add(1, Ordering::Relaxed)
+}
+
 impl ServerMode {
     /// Runs `probe` on the current tokio runtime until stopped. Several
     /// probes can run; the server is degraded while any of them is.
@@ -158,7 +164,7 @@ impl ServerMode {
     ///
     /// Outside a tokio runtime, like `tokio::spawn`.
     pub fn spawn_probe(&self, probe: Probe) -> ProbeHandle {
-        let id = NEXT_PROBE.fetch_add(1, Ordering::Relaxed);
+        let id = next_probe_id();
         let weak = Arc::downgrade(&self.inner);
         let task = tokio::spawn(run(probe, id, weak.clone()));
         ProbeHandle {

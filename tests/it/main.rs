@@ -4,6 +4,8 @@
 //! the loom models being the `loom` test target.
 #![cfg(not(loom))]
 
+#[cfg(feature = "redis")]
+mod backplane;
 mod broker;
 mod health;
 mod http;

@@ -11,6 +11,8 @@ pub mod client;
 pub mod inner;
 pub mod process;
 pub mod raw;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod rng;
 pub mod server;
 pub mod sse;

@@ -1,0 +1,291 @@
+//! The replica's reader: one task, on a connection of its own, that keeps
+//! the broker's log a mirror of the stream.
+//!
+//! Each session connects, puts the mirror in step with the stream's epoch
+//! and seq (a new epoch resets the mirror; a seq behind the mirror's starts
+//! the stream afresh under a new epoch, since its ids can no longer be
+//! trusted), takes the retained tail if the mirror is empty, then reads
+//! with `XREAD BLOCK` from where the mirror stands, looking at the epoch
+//! and seq again whenever a read comes back empty. Any error ends the
+//! session; the next starts after a back-off, from where the mirror stands:
+//! nothing is read twice or skipped.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, RedisResult};
+
+use super::stream::{self, entry_seq, parse_entry};
+use super::Shared;
+use crate::broker::{Broker, Mirrored, WeakBroker};
+use crate::mode::{self, ServerMode};
+
+/// First wait before reconnecting; it doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Marks `mode` failing for a reader about to start, so that the app is
+/// degraded from its first request until the reader is in step.
+pub(super) fn probe(mode: Option<ServerMode>) -> Option<(ServerMode, u64)> {
+    mode.map(|mode| {
+        let id = mode::next_probe_id();
+        mode.probe_failing(id, "redis", "not in step with the stream yet".into());
+        (mode, id)
+    })
+}
+
+pub(super) struct Reader {
+    pub(super) client: redis::Client,
+    pub(super) broker: WeakBroker,
+    pub(super) shared: Arc<Shared>,
+    /// The mode to report in, with this reader's probe id; already marked
+    /// failing when the reader starts.
+    pub(super) probe: Option<(ServerMode, u64)>,
+    pub(super) block: Duration,
+    pub(super) batch: usize,
+}
+
+/// Where the mirror stands against the stream.
+enum Step {
+    /// In the stream's epoch: read after this stream seq.
+    After(u64),
+    /// The stream is in another epoch: join it.
+    Join(u64),
+}
+
+/// How a session ended.
+enum Ended {
+    /// The broker is gone or closed: the reader is done.
+    Closed,
+    /// Redis failed; try again.
+    Failed(String),
+}
+
+impl Reader {
+    pub(super) async fn run(self) {
+        let probe = self.probe.clone();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.session(&probe).await {
+                Ended::Closed => break,
+                Ended::Failed(error) => {
+                    tracing::warn!(%error, "backplane reader lost Redis; reconnecting");
+                    let health = &self.shared.health;
+                    if health.up.swap(false, Ordering::AcqRel) {
+                        // It had been in step: a new outage, a new back-off.
+                        health.reconnects.fetch_add(1, Ordering::Relaxed);
+                        backoff = MIN_BACKOFF;
+                    }
+                    *health.error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("redis: {error}"));
+                    if let Some((mode, id)) = &probe {
+                        mode.probe_failing(*id, "redis", error);
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if self.broker().is_none() {
+                break;
+            }
+        }
+        if let Some((mode, id)) = probe {
+            mode.probe_passing(id);
+        }
+    }
+
+    /// The broker, while it is open.
+    fn broker(&self) -> Option<Broker> {
+        self.broker.upgrade().filter(|broker| !broker.is_closed())
+    }
+
+    async fn session(&self, probe: &Option<(ServerMode, u64)>) -> Ended {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(self.block + Duration::from_secs(2)));
+        let mut conn = match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(error) => return Ended::Failed(error.to_string()),
+        };
+        let mut read_from: Option<String> = None;
+        loop {
+            let Some(broker) = self.broker() else {
+                return Ended::Closed;
+            };
+            // In step with the stream's epoch and seq.
+            let from = match self.step(&mut conn, &broker).await {
+                Ok(from) => from,
+                Err(error) => return Ended::Failed(error.to_string()),
+            };
+            let from = match from {
+                Step::After(seq) => match read_from.take() {
+                    Some(id) if entry_seq(&id).is_none_or(|read| read >= seq) => id,
+                    _ => format!("{seq}-0"),
+                },
+                // A new epoch starts from the stream's tail.
+                Step::Join(epoch) => match self.join(&mut conn, &broker, epoch).await {
+                    Ok(id) => id,
+                    Err(error) => return Ended::Failed(error.to_string()),
+                },
+            };
+            self.in_step(probe);
+            drop(broker);
+            match self.read(&mut conn, from).await {
+                Ok(Some(id)) => read_from = Some(id),
+                Ok(None) => return Ended::Closed,
+                Err(error) => return Ended::Failed(error.to_string()),
+            }
+        }
+    }
+
+    /// Puts the mirror in step with the stream's epoch and seq.
+    async fn step(&self, conn: &mut MultiplexedConnection, broker: &Broker) -> RedisResult<Step> {
+        let scripts = &self.shared.scripts;
+        let (epoch, top): (String, u64) = scripts
+            .ensure_epoch
+            .key(&self.shared.stream)
+            .key(&self.shared.meta)
+            .arg(stream::new_epoch().to_string())
+            .invoke_async(conn)
+            .await?;
+        let mut epoch = parse_epoch(&epoch)?;
+        let mut top = top;
+        let (mirror_epoch, mirrored) = broker.mirror_position().unwrap_or_default();
+        if epoch == mirror_epoch && top < mirrored {
+            // The stream went back: writes this mirror saw are gone from it.
+            tracing::warn!(
+                top,
+                mirrored,
+                "the Redis stream went back; starting a new epoch"
+            );
+            let (new, new_top): (String, u64) = scripts
+                .restart
+                .key(&self.shared.stream)
+                .key(&self.shared.meta)
+                .arg(epoch.to_string())
+                .arg(stream::new_epoch().to_string())
+                .invoke_async(conn)
+                .await?;
+            (epoch, top) = (parse_epoch(&new)?, new_top);
+        }
+        self.shared.health.top.store(top, Ordering::Relaxed);
+        if epoch != mirror_epoch {
+            return Ok(Step::Join(epoch));
+        }
+        Ok(Step::After(mirrored))
+    }
+
+    /// Starts the mirror afresh under `epoch` with the retained tail of the
+    /// stream (at most the broker's retained count); returns the id to read
+    /// after.
+    async fn join(
+        &self,
+        conn: &mut MultiplexedConnection,
+        broker: &Broker,
+        epoch: u64,
+    ) -> RedisResult<String> {
+        let tail: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&self.shared.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(broker.retained_events_limit())
+            .query_async(conn)
+            .await?;
+        let newest = tail
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone());
+        let entries = self.parse(broker, epoch, tail.ids.iter().rev());
+        broker.mirror_reset(epoch, entries);
+        Ok(newest)
+    }
+
+    /// Reads from after `from` until a read comes back empty; returns the
+    /// id to read after next, `None` once the broker is gone.
+    async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        mut from: String,
+    ) -> RedisResult<Option<String>> {
+        loop {
+            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(self.batch)
+                .arg("BLOCK")
+                .arg(u64::try_from(self.block.as_millis()).unwrap_or(u64::MAX))
+                .arg("STREAMS")
+                .arg(&self.shared.stream)
+                .arg(&from)
+                .query_async(conn)
+                .await?;
+            let Some(broker) = self.broker() else {
+                return Ok(None);
+            };
+            let ids: Vec<_> = reply
+                .into_iter()
+                .flat_map(|reply| reply.keys)
+                .flat_map(|key| key.ids)
+                .collect();
+            let Some(last) = ids.last() else {
+                return Ok(Some(from));
+            };
+            from = last.id.clone();
+            let entries = self.parse(&broker, broker.epoch(), ids.iter());
+            broker.mirror(entries);
+            if let Some(seq) = entry_seq(&from) {
+                self.shared.health.top.fetch_max(seq, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The entries this backplane wrote in the mirror's epoch; the rest are
+    /// counted as skipped.
+    fn parse<'a>(
+        &self,
+        broker: &Broker,
+        epoch: u64,
+        ids: impl Iterator<Item = &'a redis::streams::StreamId>,
+    ) -> Vec<Mirrored> {
+        let now = stream::now_millis();
+        let mut entries = Vec::new();
+        for entry in ids {
+            match parse_entry(&entry.id, &entry.map, epoch, now) {
+                Some(entry) => entries.push(entry),
+                None => {
+                    tracing::debug!(id = %entry.id, "skipping a stream entry this backplane did not write");
+                    broker.count_skipped_mirror_entry();
+                }
+            }
+        }
+        entries
+    }
+
+    /// The reader is in step with the stream.
+    fn in_step(&self, probe: &Option<(ServerMode, u64)>) {
+        let health = &self.shared.health;
+        if !health.up.swap(true, Ordering::AcqRel) {
+            *health.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if let Some((mode, id)) = probe {
+                mode.probe_passing(*id);
+            }
+            tracing::info!("backplane reader in step with Redis");
+        }
+    }
+}
+
+fn parse_epoch(epoch: &str) -> RedisResult<u64> {
+    epoch.parse().map_err(|_| {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "the stream's epoch is not a number",
+        ))
+    })
+}

@@ -1,0 +1,196 @@
+//! What the backplane keeps in Redis, and the scripts that change it, each
+//! one atomic step:
+//!
+//! - `KEY` is a stream: one entry per event, with the explicit id `SEQ-0`
+//!   and the fields `epoch`, `topic`, `type` (empty for `message`), `data`
+//!   `at` (publish time, milliseconds since the Unix epoch) and `tok`
+//!   (the publishing replica's token for it, so that a retried publish
+//!   finds itself instead of appending twice);
+//! - `KEY:meta` is a hash: `epoch`, the epoch of the stream's ids, and
+//!   `seq`, the last seq given.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::{Script, Value};
+
+use crate::broker::Mirrored;
+
+/// Appends one event: the epoch (created if the stream has none, the
+/// stream then started afresh), the next seq, the entry, trimmed to about
+/// the retention. Returns `{epoch, seq}`.
+///
+/// A publish whose connection broke may have been appended or not; it is
+/// sent again with the same token and `retry` set to the stream's seq as
+/// the replica knew it before the first attempt, and then first looks for
+/// its token among the (at most [`RETRY_WINDOW`]) entries after that seq,
+/// returning that entry's seq instead of appending twice.
+///
+/// KEYS: stream, meta. ARGV: epoch if none, retention, topic, type, data,
+/// publish time, token, retry (a seq, or empty on a first attempt), retry
+/// window.
+pub(super) const PUBLISH: &str = r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
+elseif ARGV[8] ~= '' then
+  local after = redis.call('XRANGE', KEYS[1], '(' .. ARGV[8] .. '-0', '+', 'COUNT', ARGV[9])
+  for _, entry in ipairs(after) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'tok' and fields[i + 1] == ARGV[7] then
+        return {epoch, tonumber(string.match(entry[1], '^(%d+)-'))}
+      end
+    end
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0',
+  'epoch', epoch, 'topic', ARGV[3], 'type', ARGV[4], 'data', ARGV[5], 'at', ARGV[6],
+  'tok', ARGV[7])
+return {epoch, seq}
+";
+
+/// Most entries a retried publish looks through for its own: the
+/// publishes of every replica between the seq the replica last knew and
+/// the retry, a moment later.
+pub(super) const RETRY_WINDOW: usize = 1024;
+
+/// Makes sure the stream has an epoch, creating one (and dropping any
+/// stream left without it) if not. Returns `{epoch, seq}`.
+///
+/// KEYS: stream, meta. ARGV: epoch if none.
+pub(super) const ENSURE_EPOCH: &str = r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
+end
+return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0)}
+";
+
+/// Starts the stream afresh under a new epoch, unless another replica did
+/// already: for a stream whose seq went backwards (a promoted replica that
+/// had not received every write), where ids of the old epoch can no longer
+/// be trusted. Returns `{epoch, seq}`.
+///
+/// KEYS: stream, meta. ARGV: the epoch found wanting, the new epoch.
+pub(super) const RESTART: &str = r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if epoch == ARGV[1] or not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
+end
+return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0)}
+";
+
+/// The scripts, loaded once.
+pub(super) struct Scripts {
+    pub(super) publish: Script,
+    pub(super) ensure_epoch: Script,
+    pub(super) restart: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            publish: Script::new(PUBLISH),
+            ensure_epoch: Script::new(ENSURE_EPOCH),
+            restart: Script::new(RESTART),
+        }
+    }
+}
+
+/// A fresh epoch: the time in nanoseconds, as the in-memory broker's.
+pub(super) fn new_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(super) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The stream seq of an entry id this backplane wrote (`SEQ-0`).
+pub(super) fn entry_seq(id: &str) -> Option<u64> {
+    let (seq, zero) = id.split_once('-')?;
+    (zero == "0").then(|| seq.parse().ok()).flatten()
+}
+
+/// An entry of the stream as the broker mirrors it, if it is one this
+/// backplane wrote in `epoch`; anything else (written by something else,
+/// from another epoch, missing a field) is `None`, to be skipped.
+pub(super) fn parse_entry(
+    id: &str,
+    fields: &HashMap<String, Value>,
+    epoch: u64,
+    now_millis: u64,
+) -> Option<Mirrored> {
+    let stream_seq = entry_seq(id)?;
+    let text = |name: &str| -> Option<String> {
+        redis::from_redis_value_ref::<String>(fields.get(name)?).ok()
+    };
+    if text("epoch")?.parse::<u64>().ok()? != epoch {
+        return None;
+    }
+    let data: Vec<u8> = redis::from_redis_value_ref(fields.get("data")?).ok()?;
+    let at: u64 = text("at")?.parse().ok()?;
+    let event_type = text("type")?;
+    Some(Mirrored {
+        stream_seq,
+        age: Duration::from_millis(now_millis.saturating_sub(at)),
+        topic: text("topic")?,
+        event_type: (!event_type.is_empty()).then_some(event_type),
+        data: data.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::BulkString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn only_entries_of_this_backplane_and_epoch_parse() {
+        let good = fields(&[
+            ("epoch", "7"),
+            ("topic", "a"),
+            ("type", ""),
+            ("data", "hi"),
+            ("at", "1000"),
+        ]);
+        let entry = parse_entry("12-0", &good, 7, 1500).expect("parses");
+        assert_eq!(entry.stream_seq, 12);
+        assert_eq!(entry.age, Duration::from_millis(500));
+        assert_eq!(entry.event_type, None);
+        assert_eq!(&entry.data[..], b"hi");
+        // Another epoch, another writer's id, a missing field: skipped.
+        assert!(parse_entry("12-0", &good, 8, 1500).is_none());
+        assert!(parse_entry("1712345678901-3", &good, 7, 1500).is_none());
+        assert!(parse_entry("x-0", &good, 7, 1500).is_none());
+        let mut partial = good.clone();
+        partial.remove("data");
+        assert!(parse_entry("12-0", &partial, 7, 1500).is_none());
+        // A publish time in the future counts as now.
+        assert_eq!(
+            parse_entry("12-0", &good, 7, 10).unwrap().age,
+            Duration::ZERO
+        );
+    }
+}

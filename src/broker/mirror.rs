@@ -1,0 +1,229 @@
+//! A broker whose log mirrors a stream shared by several replicas (the
+//! Redis backplane): the stream gives every event its place, the same on
+//! every replica, and each replica's reader feeds its own log from it, in
+//! stream order, with [`Broker::mirror`].
+//!
+//! Ids stay one increasing sequence on every connection. A stream entry
+//! of seq `S` is `EPOCH-(S << LOCAL_BITS)` here, on every replica alike;
+//! the seqs in between are this replica's own frames (its `server.state`
+//! events, notifications), which never reach the stream.
+//!
+//! What can go wrong is never silent:
+//! - entries missing from the stream (the reader fell behind what the
+//!   stream trimmed) are a lost stretch: every reader positioned before it
+//!   is told it lagged, with the count ([`Broker::mirror`] finds them);
+//! - a stream that lost its data gets a new epoch: every reader resyncs,
+//!   and no id of the old epoch is honoured ([`Broker::mirror_reset`],
+//!   also how a mirror first joins the stream, with its retained tail);
+//! - an entry this broker refuses (it did not parse, or breaks the rules
+//!   of an event) is skipped and counted.
+
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::event::{Event, Topic};
+use super::prepared::{Origin, Prepared};
+use super::state::State;
+use super::Broker;
+use crate::sync::{lock, Arc};
+use crate::wire::EventId;
+
+/// Bits of a mirrored broker's seq left for its own frames between two
+/// stream entries.
+pub(crate) const LOCAL_BITS: u32 = 20;
+/// The low bits of a seq: which of this replica's own frames it is.
+pub(crate) const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
+
+/// How far ahead of this replica's mirror a client's id may be and still be
+/// honoured: another replica's reader may be a little ahead of this one's.
+/// The stream entries up to it are skipped when they arrive.
+pub(crate) const AHEAD: u64 = 1 << 16;
+
+/// The seq here of the stream entry of seq `stream_seq`.
+pub(crate) fn local_seq(stream_seq: u64) -> u64 {
+    stream_seq.saturating_mul(1 << LOCAL_BITS)
+}
+
+/// The stream seq a seq here falls at or after.
+pub(crate) fn stream_seq(seq: u64) -> u64 {
+    seq >> LOCAL_BITS
+}
+
+/// One entry of the shared stream, as a backplane's reader read it, for
+/// [`Broker::mirror`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirrored {
+    /// Its seq in the stream, from 1.
+    pub stream_seq: u64,
+    /// How long ago it was published (the age bound of retention counts
+    /// from then, on every replica alike).
+    pub age: Duration,
+    /// Its topic, as the stream holds it (checked here).
+    pub topic: String,
+    /// Its type, `None` for the default `message`.
+    pub event_type: Option<String>,
+    /// Its payload.
+    pub data: Bytes,
+}
+
+/// What [`Broker::mirror`] made of a batch of stream entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MirrorOutcome {
+    /// Entries appended to the log.
+    pub appended: usize,
+    /// Entries skipped: seen before, or refused (see `skipped`).
+    pub duplicates: usize,
+    /// Entries refused: not an event this broker takes.
+    pub skipped: usize,
+    /// Stream entries missing before an entry (a lost stretch).
+    pub missed: u64,
+}
+
+impl Broker {
+    /// Appends entries of the shared stream, in stream order, to a mirrored
+    /// log ([`BrokerBuilder::mirrored`](super::BrokerBuilder::mirrored)),
+    /// under one lock. An entry already mirrored is ignored; one after a
+    /// hole first records the hole as lost (every reader positioned before
+    /// it lags past it); one that is not a valid event is skipped and
+    /// counted. A broker that is not a mirror takes nothing.
+    ///
+    /// This is what a backplane's reader calls; the `redis` feature's
+    /// `RedisBackplane` is one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::broker::Mirrored;
+    /// use tower_sse::{Broker, Message, Topics};
+    ///
+    /// let broker = Broker::builder().epoch(7).mirrored().build();
+    /// let mut sub = broker.subscribe(&Topics::parse(["a"]).unwrap(), None).unwrap();
+    /// let entry = |seq: u64| Mirrored {
+    ///     stream_seq: seq,
+    ///     age: Duration::ZERO,
+    ///     topic: "a".into(),
+    ///     event_type: None,
+    ///     data: format!("{seq}").into(),
+    /// };
+    /// broker.mirror([entry(1), entry(2)]);
+    /// let Some(Message::Event(first)) = sub.try_next() else { panic!() };
+    /// assert_eq!(first.id(), broker.mirrored_id(1));
+    /// ```
+    pub fn mirror(&self, entries: impl IntoIterator<Item = Mirrored>) -> MirrorOutcome {
+        self.mirror_with(None, entries)
+    }
+
+    /// The shared stream lost its data, or this mirror joins a stream for
+    /// the first time (or its place in it can no longer be trusted): the
+    /// log starts again under `epoch` with `backfill`, the retained tail of
+    /// the stream, in stream order. Every reader made before resyncs to just
+    /// after the backfill (it gets what is mirrored later), and no id of
+    /// the old epoch is honoured from now on. All under one lock, so that
+    /// no reader takes the backfill for news.
+    pub fn mirror_reset(
+        &self,
+        epoch: u64,
+        backfill: impl IntoIterator<Item = Mirrored>,
+    ) -> MirrorOutcome {
+        self.mirror_with(Some(epoch), backfill)
+    }
+
+    fn mirror_with(
+        &self,
+        reset: Option<u64>,
+        entries: impl IntoIterator<Item = Mirrored>,
+    ) -> MirrorOutcome {
+        let mut outcome = MirrorOutcome::default();
+        let mut wakers = Vec::new();
+        {
+            let mut state = lock(&self.shared.state);
+            if state.closed || state.mirror.is_none() {
+                return outcome;
+            }
+            if let Some(epoch) = reset {
+                state.reset(epoch, &mut wakers);
+                state.mirror = Some(Default::default());
+            }
+            let now = self.shared.clock.now();
+            for entry in entries {
+                self.mirror_one(&mut state, entry, now, &mut outcome, &mut wakers);
+            }
+            if reset.is_some() {
+                state.breaks.reset_seq = state.next_seq - 1;
+            }
+        }
+        wakers.into_iter().for_each(Waker::wake);
+        outcome
+    }
+
+    fn mirror_one(
+        &self,
+        state: &mut State,
+        entry: Mirrored,
+        now: Duration,
+        outcome: &mut MirrorOutcome,
+        wakers: &mut Vec<Waker>,
+    ) {
+        let Some(mirror) = state.mirror else {
+            return;
+        };
+        if entry.stream_seq <= mirror.stream_seq {
+            outcome.duplicates += 1;
+            return;
+        }
+        // A fresh mirror starts wherever the stream's tail does.
+        if entry.stream_seq > mirror.stream_seq + 1 && mirror.stream_seq > 0 {
+            let missed = entry.stream_seq - mirror.stream_seq - 1;
+            state.lose_stretch(local_seq(entry.stream_seq) - 1, missed, wakers);
+            outcome.missed += missed;
+        }
+        let seq = local_seq(entry.stream_seq);
+        state.next_seq = seq + 1;
+        if let Some(mirror) = &mut state.mirror {
+            mirror.stream_seq = entry.stream_seq;
+        }
+        let Ok(topic) = Topic::new(&entry.topic) else {
+            state.skip_mirrored();
+            outcome.skipped += 1;
+            return;
+        };
+        let event = Event {
+            event_type: entry.event_type,
+            topic: entry.topic,
+            data: entry.data,
+        };
+        let limits = &self.shared.limits;
+        let Ok(prepared) = Prepared::new(event, Origin::Crate, usize::MAX, limits.max_bytes) else {
+            state.skip_mirrored();
+            outcome.skipped += 1;
+            return;
+        };
+        let at = now.saturating_sub(entry.age);
+        let topic_key = state.topic_key(&topic);
+        state.take_topic_wakers(topic_key, wakers);
+        let entry = prepared.stamp(state.epoch, seq, at, topic_key, topic);
+        state.append(Arc::new(entry), limits, now);
+        outcome.appended += 1;
+    }
+
+    /// Counts a stream entry its reader skipped before it reached the
+    /// broker (one it could not read as an entry at all).
+    pub(crate) fn count_skipped_mirror_entry(&self) {
+        lock(&self.shared.state).skip_mirrored();
+    }
+
+    /// The epoch and the stream seq the mirror stands at (0: nothing
+    /// mirrored yet), `None` for a broker that publishes itself.
+    pub fn mirror_position(&self) -> Option<(u64, u64)> {
+        let state = lock(&self.shared.state);
+        state.mirror.map(|mirror| (state.epoch, mirror.stream_seq))
+    }
+
+    /// The id, on every replica, of the stream entry of seq `stream_seq` in
+    /// the current epoch.
+    pub fn mirrored_id(&self, stream_seq: u64) -> EventId {
+        EventId::new(self.epoch(), local_seq(stream_seq))
+    }
+}

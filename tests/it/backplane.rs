@@ -1,0 +1,380 @@
+//! Replicas on a real Redis (feature `redis`): two replicas in one process
+//! on one `redis-server` the test starts, publishing on either and reading
+//! on both, resuming on one from the other's ids, and every fault of the
+//! design: Redis down at start, killed and restarted with and without its
+//! data, a replica cut off while the stream trims past it, and entries
+//! written by something else.
+
+use std::time::Duration;
+
+use tower_sse::backplane::{BackplaneError, RedisBackplane, Replica};
+use tower_sse::mode::{Mode, ServerMode};
+use tower_sse::{
+    Broker, Event, EventId, Message, PublishError, ResyncReason, Subscription, Topics,
+};
+
+use crate::support::redis::{Proxy, RedisServer};
+use crate::support::wait::{eventually, within};
+
+fn replica_on(url: &str, mode: Option<&ServerMode>, builder: tower_sse::BrokerBuilder) -> Replica {
+    let mut backplane = RedisBackplane::new(url)
+        .expect("URL")
+        .stream("test:events")
+        .block(Duration::from_millis(100))
+        .publish_timeout(Duration::from_millis(500));
+    if let Some(mode) = mode {
+        backplane = backplane.mode(mode);
+    }
+    backplane.start(builder)
+}
+
+fn replica(url: &str) -> Replica {
+    replica_on(url, None, Broker::builder())
+}
+
+async fn in_step(replica: &Replica) {
+    eventually("the replica to be in step with Redis", || {
+        replica.stats().connected
+    })
+    .await;
+}
+
+fn topics(names: &[&str]) -> Topics {
+    Topics::parse(names).unwrap()
+}
+
+fn event(topic: &str, data: &str) -> Event {
+    Event::new("t").topic(topic).data(data.to_owned())
+}
+
+/// The next `n` messages of `sub`, waiting for each.
+async fn take(sub: &mut Subscription, n: usize) -> Vec<Message> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let message = within("a message", sub.recv()).await.expect("stream open");
+        got.push(message);
+    }
+    got
+}
+
+/// `(id, data)` of each event; panics on anything else.
+fn events(messages: &[Message]) -> Vec<(EventId, String)> {
+    messages
+        .iter()
+        .map(|m| match m {
+            Message::Event(e) => (e.id(), e.data().to_owned()),
+            other => panic!("expected an event, got {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_one_replica_reaches_the_other_with_the_same_id() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (replica(&redis.url()), replica(&redis.url()));
+    in_step(&a).await;
+    in_step(&b).await;
+    let mut on_a = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    let mut on_b = b.broker().subscribe(&topics(&["x"]), None).unwrap();
+
+    let first = a.publish(event("x", "from a")).await.unwrap();
+    let second = b.publish(event("x", "from b")).await.unwrap();
+    assert!(second > first);
+    let expected = vec![(first, "from a".to_owned()), (second, "from b".to_owned())];
+    assert_eq!(events(&take(&mut on_a, 2).await), expected);
+    assert_eq!(events(&take(&mut on_b, 2).await), expected);
+    // The broker itself refuses: publishing goes through the backplane.
+    assert_eq!(
+        a.broker().publish(event("x", "local")),
+        Err(PublishError::Mirrored)
+    );
+    assert_eq!(a.stats().lag, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_replica_from_an_id_the_first_gave_it() {
+    let redis = RedisServer::start().await;
+    let a = replica(&redis.url());
+    in_step(&a).await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let topic = if n % 2 == 0 { "x" } else { "y" };
+        ids.push(a.publish(event(topic, &format!("{n}"))).await.unwrap());
+    }
+    // A replica started afterwards takes the stream's retained tail.
+    let b = replica(&redis.url());
+    in_step(&b).await;
+    eventually("b to mirror everything", || {
+        b.stats().mirrored == a.stats().mirrored
+    })
+    .await;
+    // Seen up to the second event on A: the rest of `x`, once, in order.
+    let mut resumed = b
+        .broker()
+        .subscribe(&topics(&["x"]), Some(&ids[1].to_string()))
+        .unwrap();
+    let replayed = events(&take(&mut resumed, 2).await);
+    assert_eq!(
+        replayed,
+        vec![(ids[2], "2".to_owned()), (ids[4], "4".to_owned())]
+    );
+    // Then live, across the seam.
+    let live = a.publish(event("x", "live")).await.unwrap();
+    assert_eq!(
+        events(&take(&mut resumed, 1).await),
+        vec![(live, "live".to_owned())]
+    );
+    assert!(resumed.try_next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_on_both_replicas_make_one_order_that_both_deliver() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (replica(&redis.url()), replica(&redis.url()));
+    in_step(&a).await;
+    in_step(&b).await;
+    let mut on_a = a.broker().subscribe(&topics(&["x", "y"]), None).unwrap();
+    let mut on_b = b.broker().subscribe(&topics(&["x", "y"]), None).unwrap();
+    let mut publishers = Vec::new();
+    for (replica, topic) in [(&a, "x"), (&b, "y"), (&a, "y"), (&b, "x")] {
+        let replica = replica.clone();
+        publishers.push(tokio::spawn(async move {
+            for n in 0..25 {
+                replica
+                    .publish(event(topic, &format!("{topic}{n}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let seen_a = events(&take(&mut on_a, 100).await);
+    let seen_b = events(&take(&mut on_b, 100).await);
+    assert_eq!(seen_a, seen_b, "the replicas disagree on the order");
+    assert!(seen_a.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_degrades_the_mode_until_it_comes_up() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(redis.addr()).await;
+    proxy.cut();
+    let mode = ServerMode::new();
+    let a = replica_on(&proxy.url(), Some(&mode), Broker::builder());
+    let degraded = mode.current();
+    assert_eq!(degraded.mode, Mode::Degraded);
+    assert!(degraded.reason.unwrap().starts_with("redis"));
+    // Publishing fails at once, with a reason, never hangs.
+    let refused = within("a refusal", a.publish(event("x", "no"))).await;
+    assert!(
+        matches!(refused, Err(BackplaneError::Unavailable(_))),
+        "{refused:?}"
+    );
+    // Streams open meanwhile, and stay open.
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+
+    proxy.mend();
+    in_step(&a).await;
+    eventually("the mode to recover", || {
+        mode.current().mode == Mode::Normal
+    })
+    .await;
+    let id = a.publish(event("x", "yes")).await.unwrap();
+    // A stream opened before the replica joined the stream is told it
+    // joined (its ids so far were no replica's), then gets what follows.
+    let got = take(&mut sub, 2).await;
+    assert!(
+        matches!(&got[0], Message::Resync { reason: ResyncReason::UnknownEpoch, resume_from } if resume_from.epoch() == id.epoch()),
+        "{got:?}"
+    );
+    assert_eq!(events(&got[1..]), vec![(id, "yes".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_repeats_nothing() {
+    let mut redis = RedisServer::start_persistent().await;
+    let mode = ServerMode::new();
+    let a = replica_on(&redis.url(), Some(&mode), Broker::builder());
+    in_step(&a).await;
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    let mut published = Vec::new();
+    for n in 0..5 {
+        published.push((
+            a.publish(event("x", &format!("{n}"))).await.unwrap(),
+            format!("{n}"),
+        ));
+    }
+    redis.kill();
+    eventually("the reader to notice", || !a.stats().connected).await;
+    assert_eq!(mode.current().mode, Mode::Degraded);
+    assert!(a.publish(event("x", "lost")).await.is_err());
+    redis.restart().await;
+    in_step(&a).await;
+    for n in 5..10 {
+        published.push((
+            a.publish(event("x", &format!("{n}"))).await.unwrap(),
+            format!("{n}"),
+        ));
+    }
+    assert_eq!(events(&take(&mut sub, 10).await), published);
+    assert!(sub.try_next().is_none(), "an event came twice");
+    assert!(a.stats().reconnects >= 1);
+    // The epoch survived with the data: old ids are honoured.
+    let mut resumed = a
+        .broker()
+        .subscribe(&topics(&["x"]), Some(&published[7].0.to_string()))
+        .unwrap();
+    assert_eq!(
+        events(&take(&mut resumed, 2).await),
+        published[8..].to_vec()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_without_its_data_starts_a_new_epoch_and_everyone_resyncs() {
+    let mut redis = RedisServer::start().await;
+    let a = replica(&redis.url());
+    in_step(&a).await;
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    let old = a.publish(event("x", "old")).await.unwrap();
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(old, "old".to_owned())]
+    );
+
+    redis.restart().await;
+    // The reader notices the stream lost its data: a new epoch, a resync.
+    match within("the resync", sub.recv()).await {
+        Some(Message::Resync {
+            reason,
+            resume_from,
+        }) => {
+            assert_eq!(reason, ResyncReason::UnknownEpoch);
+            assert_ne!(resume_from.epoch(), old.epoch());
+        }
+        other => panic!("{other:?}"),
+    }
+    in_step(&a).await;
+    let new = a.publish(event("x", "new")).await.unwrap();
+    assert_ne!(new.epoch(), old.epoch());
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(new, "new".to_owned())]
+    );
+    // An id of the old epoch is not honoured against the new stream.
+    let mut stale = a
+        .broker()
+        .subscribe(&topics(&["x"]), Some(&old.to_string()))
+        .unwrap();
+    assert!(matches!(
+        stale.try_next(),
+        Some(Message::Resync {
+            reason: ResyncReason::UnknownEpoch,
+            ..
+        })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_while_the_stream_trims_past_it_reports_the_lag() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(redis.addr()).await;
+    // The stream keeps about 8 events.
+    let a = replica_on(&redis.url(), None, Broker::builder().retain_events(8));
+    let b = replica_on(&proxy.url(), None, Broker::builder().retain_events(8));
+    in_step(&a).await;
+    in_step(&b).await;
+    let mut sub = b.broker().subscribe(&topics(&["x"]), None).unwrap();
+    let before = a.publish(event("x", "before")).await.unwrap();
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(before, "before".to_owned())]
+    );
+
+    proxy.cut();
+    eventually("b to lose Redis", || !b.stats().connected).await;
+    let mut last = before;
+    for n in 0..40 {
+        last = a.publish(event("x", &format!("{n}"))).await.unwrap();
+    }
+    let length: usize = redis.query(redis::cmd("XLEN").arg("test:events")).await;
+    assert!(length < 40, "the stream was not trimmed: {length}");
+    proxy.mend();
+    // The hole is reported with the count of entries lost, then what the
+    // stream still has follows, up to the last.
+    match within("the lag report", sub.recv()).await {
+        Some(Message::Lagged { missed, .. }) => assert!(missed >= 40 - length as u64, "{missed}"),
+        other => panic!("{other:?}"),
+    }
+    let mut tail = Vec::new();
+    while tail.last().is_none_or(|(id, _)| *id < last) {
+        tail.extend(events(&take(&mut sub, 1).await));
+    }
+    assert!(tail.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_written_by_something_else_are_skipped_and_counted() {
+    let redis = RedisServer::start().await;
+    let a = replica(&redis.url());
+    in_step(&a).await;
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    let first = a.publish(event("x", "1")).await.unwrap();
+    // Another program's entries: its own id scheme, its own fields.
+    let _: String = redis
+        .query(
+            redis::cmd("XADD")
+                .arg("test:events")
+                .arg("*")
+                .arg("foo")
+                .arg("bar"),
+        )
+        .await;
+    let _: String = redis
+        .query(
+            redis::cmd("XADD")
+                .arg("test:events")
+                .arg("*")
+                .arg("epoch")
+                .arg("1")
+                .arg("topic")
+                .arg("x"),
+        )
+        .await;
+    eventually("the foreign entries to be skipped", || {
+        a.stats().skipped == 2
+    })
+    .await;
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(first, "1".to_owned())]
+    );
+    assert!(sub.try_next().is_none());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_clear_error() {
+    assert!(matches!(
+        RedisBackplane::new("http://not-redis"),
+        Err(BackplaneError::InvalidUrl(_))
+    ));
+    let redis = RedisServer::start().await;
+    let a = replica_on(&redis.url(), None, Broker::builder().max_event_bytes(16));
+    in_step(&a).await;
+    for (event, error) in [
+        (Event::new("t").topic("x").data("x".repeat(17)), "TooLarge"),
+        (Event::new("resync").topic("x"), "ReservedEventType"),
+        (Event::new("t").topic("bad topic"), "InvalidTopic"),
+        (Event::new("t").topic("x").data(vec![0xff]), "NotUtf8"),
+    ] {
+        let refused = a.publish(event).await;
+        assert!(
+            matches!(&refused, Err(BackplaneError::Publish(e)) if format!("{e:?}").starts_with(error)),
+            "{refused:?}"
+        );
+    }
+    let length: usize = redis.query(redis::cmd("XLEN").arg("test:events")).await;
+    assert_eq!(length, 0, "a refused event reached Redis");
+}
