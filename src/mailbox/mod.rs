@@ -599,9 +599,9 @@ impl Mailbox {
                 continue;
             }
             let sent = record.sent;
-            if sent.last.is_some() && sent.last <= seen {
+            if sent.proven_by(seen) {
                 state.mark_delivered(&shared.broker, &trace);
-            } else if sent.to_all <= Some(subscribed) {
+            } else if !sent.reached(subscribed) {
                 shared.send_notification(&mut state, &trace, Some(subscription));
             }
         }
@@ -613,11 +613,11 @@ impl Mailbox {
                 continue;
             };
             let sent = record.reply_sent;
-            if sent.last.is_some() && sent.last <= seen {
+            if sent.proven_by(seen) {
                 state.mark_reply_seen(&shared.broker, &trace);
                 continue;
             }
-            if sent.to_all <= Some(subscribed) {
+            if !sent.reached(subscribed) {
                 shared.send_reply(&mut state, &trace, Some(subscription));
             }
             unseen.push(trace);

@@ -146,10 +146,35 @@ pub(crate) struct Sent {
 impl Sent {
     /// Counts a frame with id `id`, sent to every open stream or to one.
     pub(crate) fn record(&mut self, id: EventId, to_all: bool) {
-        self.last = self.last.max(Some(id));
+        self.last = Some(newest(self.last, id));
         if to_all {
-            self.to_all = self.to_all.max(Some(id));
+            self.to_all = Some(newest(self.to_all, id));
         }
+    }
+
+    /// Whether a stream that resumes after `seen` had a copy. An id of
+    /// another epoch proves nothing: a mirrored broker's epoch changes
+    /// when its stream starts again, and the seqs with it.
+    pub(crate) fn proven_by(&self, seen: Option<EventId>) -> bool {
+        matches!((self.last, seen), (Some(last), Some(seen))
+            if last.epoch() == seen.epoch() && last.seq() <= seen.seq())
+    }
+
+    /// Whether a stream whose subscription begins after `subscribed` has a
+    /// copy already: one was sent to every stream after it subscribed.
+    pub(crate) fn reached(&self, subscribed: EventId) -> bool {
+        matches!(self.to_all, Some(to_all)
+            if to_all.epoch() == subscribed.epoch() && to_all.seq() > subscribed.seq())
+    }
+}
+
+/// The newer of a frame id and `id`, which is newer still if it is of
+/// another epoch (the broker's epoch only changes forwards in time, even
+/// where clocks disagree on which is larger).
+fn newest(old: Option<EventId>, id: EventId) -> EventId {
+    match old {
+        Some(old) if old.epoch() == id.epoch() => old.max(id),
+        _ => id,
     }
 }
 

@@ -857,6 +857,35 @@ fn a_confirmed_notification_is_not_sent_again() {
 }
 
 #[test]
+fn an_id_of_a_newer_epoch_proves_nothing_about_a_copy_sent_in_an_older_one() {
+    // A mirrored broker's epoch changes when its stream starts again, and
+    // its seqs start again too: the new ids soon run past the old ones.
+    let broker = Broker::builder().epoch(1).mirrored().build();
+    let mailbox = Mailbox::new(broker.clone());
+    let trace = mailbox
+        .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+        .unwrap();
+    let (mut sub, connection) = mailbox.subscribe("bob", None).unwrap();
+    assert!(matches!(sub.try_next(), Some(Message::Event(_))));
+    drop((sub, connection));
+    let entry = |seq: u64| tower_sse::broker::Mirrored {
+        stream_seq: seq,
+        age: Duration::ZERO,
+        topic: "news".into(),
+        event_type: None,
+        data: "x".into(),
+    };
+    broker.mirror_reset(2, (1..=3).map(entry));
+    let seen = broker.mirrored_id(3).to_string();
+    let (mut sub, _connection) = mailbox.subscribe("bob", Some(&seen)).unwrap();
+    let Some(Message::Event(again)) = sub.try_next() else {
+        panic!("the notification was not sent again")
+    };
+    assert_eq!(again.event_type(), "notification");
+    assert!(!mailbox.status(&trace).unwrap().delivered);
+}
+
+#[test]
 fn a_stream_that_lags_still_gets_its_notifications_in_id_order() {
     let broker = Broker::builder().epoch(EPOCH).retain_events(2).build();
     let mailbox = Mailbox::new(broker.clone());
