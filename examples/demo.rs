@@ -10,6 +10,20 @@
 //! PORT=8080 cargo run --example demo
 //! ```
 //!
+//! Two replicas of one service, sharing their events on Redis (any
+//! `redis-server`; `REDIS_URL` works too):
+//!
+//! ```text
+//! cargo run --example demo -- --addr 127.0.0.1:3000 --redis redis://127.0.0.1:6379
+//! cargo run --example demo -- --addr 127.0.0.1:3001 --redis redis://127.0.0.1:6379
+//! ```
+//!
+//! An event published on either reaches the streams of both, with the same
+//! id, and a stream cut from one resumes on the other with nothing missed.
+//! Each replica's mode is degraded (and `/ready` 503) while it is not in
+//! step with Redis; publishing then answers 503. Notifications stay with
+//! the replica they were sent on.
+//!
 //! Then open <http://127.0.0.1:3000> in two tabs, or try it from a shell:
 //!
 //! ```text
@@ -83,7 +97,8 @@
 //!   without `as`, 404 for a trace that is unknown or not NAME's, 409 for a
 //!   second reply or a reply nobody asked for, 410 once expired. Replies
 //!   and acks are writes: 503 while the server is not writable.
-//! - `GET /stats`: the broker's counters, and the mailbox's under `"mailbox"`.
+//! - `GET /stats`: the broker's counters, the mailbox's under `"mailbox"`
+//!   and, with `--redis`, the backplane's under `"backplane"`.
 //! - `GET /health` (always 200, what an operator reads) and `GET /ready`
 //!   (503 when degraded or shutting down, what a load balancer polls),
 //!   served by [`HealthLayer`].
@@ -141,6 +156,7 @@ mod demo {
     use axum::{Json, Router};
     use serde::Deserialize;
     use serde_json::{json, Value};
+    use tower_sse::backplane::{BackplaneError, RedisBackplane, Replica};
     use tower_sse::mailbox::{Mailbox, MailboxLayer, Notification, SendError};
     use tower_sse::mode::ServerMode;
     use tower_sse::tcp::TcpTuning;
@@ -167,6 +183,8 @@ mod demo {
     const JANITOR_INTERVAL: Duration = Duration::from_secs(30);
     /// The longest `ttl_secs` a notification may ask for: a week.
     const MAX_TTL_SECS: u64 = 7 * 24 * 60 * 60;
+    /// The Redis stream the replicas of the demo share.
+    const REDIS_STREAM: &str = "tower-sse-demo:events";
     /// The reasons given when a request or signal names none.
     const READ_ONLY_REASON: &str = "operator (POST /admin/read-only)";
     const DEGRADED_REASON: &str = "simulated failure (POST /admin/degraded)";
@@ -174,14 +192,16 @@ mod demo {
 
     #[tokio::main]
     pub(super) async fn main() -> ExitCode {
-        let addr = match listen_addr(DEFAULT_ADDR) {
-            Ok(addr) => addr,
+        let options = match Options::parse(DEFAULT_ADDR) {
+            Ok(options) => options,
             Err(message) => {
-                eprintln!("{message}\nusage: demo [--addr HOST:PORT]  (or PORT=NNNN)");
+                eprintln!(
+                    "{message}\nusage: demo [--addr HOST:PORT] [--redis URL]  (or PORT=NNNN, REDIS_URL=URL)"
+                );
                 return ExitCode::from(2);
             }
         };
-        match run(&addr).await {
+        match run(options).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -193,13 +213,35 @@ mod demo {
     #[derive(Clone)]
     struct AppState {
         broker: Broker,
+        /// With `--redis`: where events are published, for every replica.
+        replica: Option<Replica>,
         mode: ServerMode,
         mailbox: Mailbox,
     }
 
-    async fn run(addr: &str) -> std::io::Result<()> {
-        let broker = Broker::new();
+    async fn run(options: Options) -> std::io::Result<()> {
+        let addr = options.addr.as_str();
         let mode = ServerMode::new();
+        // With Redis, the broker mirrors the stream every replica shares:
+        // its reader runs until the broker closes, and degrades the mode
+        // while it is not in step.
+        let replica = match &options.redis {
+            Some(url) => {
+                let backplane = RedisBackplane::new(url)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Some(
+                    backplane
+                        .stream(REDIS_STREAM)
+                        .mode(&mode)
+                        .start(Broker::builder()),
+                )
+            }
+            None => None,
+        };
+        let broker = match &replica {
+            Some(replica) => replica.broker().clone(),
+            None => Broker::new(),
+        };
         // Every change of the mode becomes a `server.state` event on every
         // stream, and each new stream starts with the current one.
         broker.follow_mode(&mode);
@@ -243,6 +285,7 @@ mod demo {
             .route("/admin/degraded", post(admin_degraded))
             .with_state(AppState {
                 broker: broker.clone(),
+                replica,
                 mode: mode.clone(),
                 mailbox,
             })
@@ -257,6 +300,9 @@ mod demo {
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let pid = std::process::id();
         println!("listening on http://{} (pid {pid})", listener.local_addr()?);
+        if let Some(url) = &options.redis {
+            println!("events shared on Redis: {url}, stream {REDIS_STREAM}");
+        }
         println!("kill -USR1 {pid} toggles read-only; Ctrl-C or kill {pid} stops");
 
         toggle_read_only_on_sigusr1(&mode);
@@ -430,18 +476,30 @@ mod demo {
             Ok(event) => event,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot encode data: {e}")),
         };
-        match app.broker.publish(event) {
+        let published = match &app.replica {
+            Some(replica) => replica.publish(event).await,
+            None => app.broker.publish(event).map_err(BackplaneError::Publish),
+        };
+        match published {
             Ok(id) => Json(json!({ "id": id.to_string() })).into_response(),
             // Shutting down: the request was fine, the server is going.
-            Err(e @ PublishError::Closed) => error(
+            Err(BackplaneError::Publish(e @ PublishError::Closed)) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("publish refused: {e}"),
             ),
-            Err(e @ PublishError::TooLarge { .. }) => error(
+            Err(BackplaneError::Publish(e @ PublishError::TooLarge { .. })) => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("publish refused: {e}"),
             ),
-            Err(e) => error(StatusCode::BAD_REQUEST, format!("publish refused: {e}")),
+            // Redis is away: the request was fine; try again shortly.
+            Err(e @ BackplaneError::Unavailable(_)) => {
+                let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
 
@@ -556,6 +614,7 @@ mod demo {
             "resyncs": s.resyncs,
             "topics": s.topics,
             "mailbox": app.mailbox.stats(),
+            "backplane": app.replica.as_ref().map(Replica::stats),
         }))
     }
 
@@ -739,29 +798,52 @@ mod demo {
         shutdown.trigger();
     }
 
-    /// `--addr HOST:PORT` (or `--addr=HOST:PORT`), else `127.0.0.1:$PORT`,
-    /// else `default`.
-    fn listen_addr(default: &str) -> Result<String, String> {
-        let mut args = std::env::args().skip(1);
-        let mut addr = None;
-        while let Some(arg) = args.next() {
-            if arg == "--addr" {
-                addr = Some(args.next().ok_or("--addr needs a value, HOST:PORT")?);
-            } else if let Some(value) = arg.strip_prefix("--addr=") {
-                addr = Some(value.to_owned());
-            } else {
-                return Err(format!("unknown argument {arg:?}"));
+    /// The command line, and the environment where it is silent.
+    struct Options {
+        addr: String,
+        redis: Option<String>,
+    }
+
+    impl Options {
+        /// `--addr HOST:PORT` (or `--addr=HOST:PORT`), else
+        /// `127.0.0.1:$PORT`, else `default`; `--redis URL` (or
+        /// `--redis=URL`), else `$REDIS_URL`, else none: in memory.
+        fn parse(default: &str) -> Result<Self, String> {
+            let mut args = std::env::args().skip(1);
+            let mut addr = None;
+            let mut redis = None;
+            while let Some(arg) = args.next() {
+                if arg == "--addr" {
+                    addr = Some(args.next().ok_or("--addr needs a value, HOST:PORT")?);
+                } else if let Some(value) = arg.strip_prefix("--addr=") {
+                    addr = Some(value.to_owned());
+                } else if arg == "--redis" {
+                    redis = Some(
+                        args.next()
+                            .ok_or("--redis needs a value, redis://HOST:PORT")?,
+                    );
+                } else if let Some(value) = arg.strip_prefix("--redis=") {
+                    redis = Some(value.to_owned());
+                } else {
+                    return Err(format!("unknown argument {arg:?}"));
+                }
             }
-        }
-        if let Some(addr) = addr {
-            return Ok(addr);
-        }
-        match std::env::var("PORT") {
-            Ok(port) => match port.parse::<u16>() {
-                Ok(port) => Ok(format!("127.0.0.1:{port}")),
-                Err(_) => Err(format!("PORT={port:?} is not a port number")),
-            },
-            Err(_) => Ok(default.to_owned()),
+            let redis = redis.or_else(|| {
+                std::env::var("REDIS_URL")
+                    .ok()
+                    .filter(|url| !url.is_empty())
+            });
+            let addr = match addr {
+                Some(addr) => addr,
+                None => match std::env::var("PORT") {
+                    Ok(port) => match port.parse::<u16>() {
+                        Ok(port) => format!("127.0.0.1:{port}"),
+                        Err(_) => return Err(format!("PORT={port:?} is not a port number")),
+                    },
+                    Err(_) => default.to_owned(),
+                },
+            };
+            Ok(Self { addr, redis })
         }
     }
 }

@@ -3,7 +3,8 @@
 //! on both, resuming on one from the other's ids, and every fault of the
 //! design: Redis down at start, killed and restarted with and without its
 //! data, a replica cut off while the stream trims past it, and entries
-//! written by something else.
+//! written by something else; and two demo processes on one Redis, as one
+//! service.
 
 use std::time::Duration;
 
@@ -13,8 +14,13 @@ use tower_sse::{
     Broker, Event, EventId, Message, PublishError, ResyncReason, Subscription, Topics,
 };
 
+use eventsource_stream::Event as SseEvent;
+use http::{Method, StatusCode};
+
+use crate::support::client;
+use crate::support::process::Demo;
 use crate::support::redis::{Proxy, RedisServer};
-use crate::support::wait::{eventually, within};
+use crate::support::wait::{eventually, eventually_async, within};
 
 fn replica_on(url: &str, mode: Option<&ServerMode>, builder: tower_sse::BrokerBuilder) -> Replica {
     let mut backplane = RedisBackplane::new(url)
@@ -377,4 +383,137 @@ async fn bad_input_is_refused_with_a_clear_error() {
     }
     let length: usize = redis.query(redis::cmd("XLEN").arg("test:events")).await;
     assert_eq!(length, 0, "a refused event reached Redis");
+}
+
+/// `(id, data)` of the next `n` events of type `message` on `stream`,
+/// passing over `server.state`.
+async fn messages(stream: &mut crate::support::sse::Client, n: usize) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let event = stream.next_event().await;
+        match event.event.as_str() {
+            "message" => got.push((event.id, event.data)),
+            "server.state" => {}
+            other => panic!("unexpected {other:?} event: {event:?}"),
+        }
+    }
+    got
+}
+
+/// Publishes `data` on `topic` through a demo; returns the id it answers.
+async fn publish_on(demo: &Demo, topic: &str, data: u32) -> String {
+    let body = format!(r#"{{"topic": "{topic}", "data": {data}}}"#);
+    let reply = client::fetch(demo.addr(), Method::POST, "/publish", &[], &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()["id"].as_str().expect("an id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_demo_processes_on_one_redis_behave_as_one_service() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    // One told with the flag, the other with the environment.
+    let a = Demo::start(&["--redis", &url], &[]).await;
+    let b = Demo::start(&[], &[("REDIS_URL", &url)]).await;
+    for demo in [&a, &b] {
+        eventually_async("the demo to be ready (in step with Redis)", || async {
+            client::fetch(demo.addr(), Method::GET, "/ready", &[], "")
+                .await
+                .status
+                == StatusCode::OK
+        })
+        .await;
+    }
+    let mut on_a = client::get(a.addr(), "/events?topic=t", &[]).await;
+    let mut on_b = client::get(b.addr(), "/events?topic=t", &[]).await;
+
+    // Published on either, delivered on both, with the same ids.
+    let first = publish_on(&a, "t", 1).await;
+    let second = publish_on(&b, "t", 2).await;
+    let both = vec![(first, "1".to_owned()), (second.clone(), "2".to_owned())];
+    assert_eq!(messages(&mut on_a, 2).await, both);
+    assert_eq!(messages(&mut on_b, 2).await, both);
+
+    // Cut from B after the second; two more while away; resumed on A.
+    drop(on_b);
+    let third = publish_on(&a, "t", 3).await;
+    let fourth = publish_on(&b, "t", 4).await;
+    let mut resumed = client::get(a.addr(), "/events?topic=t", &[("last-event-id", &second)]).await;
+    assert_eq!(
+        messages(&mut resumed, 2).await,
+        vec![(third, "3".to_owned()), (fourth, "4".to_owned())]
+    );
+    // Then live, from the other replica.
+    let fifth = publish_on(&b, "t", 5).await;
+    assert_eq!(
+        messages(&mut resumed, 1).await,
+        vec![(fifth.clone(), "5".to_owned())]
+    );
+    assert_eq!(messages(&mut on_a, 3).await.len(), 3);
+
+    // Both report the backplane.
+    let stats = client::fetch(b.addr(), Method::GET, "/stats", &[], "")
+        .await
+        .json();
+    assert_eq!(stats["backplane"]["connected"], true);
+    assert_eq!(stats["backplane"]["mirrored"], 5);
+
+    // Redis goes away (and comes back empty): the streams stay open and are
+    // told, `/health` says why, publishing answers 503 until it is back.
+    let mut redis = redis;
+    redis.kill();
+    let degraded = next_of_type(&mut on_a, "server.state").await;
+    assert!(
+        degraded.data.contains(r#""mode":"degraded""#),
+        "{degraded:?}"
+    );
+    assert!(degraded.data.contains("redis"), "{degraded:?}");
+    let health = client::fetch(a.addr(), Method::GET, "/health", &[], "")
+        .await
+        .json();
+    assert!(
+        health["reason"].as_str().unwrap().starts_with("redis"),
+        "{health}"
+    );
+    let refused = client::fetch(a.addr(), Method::POST, "/publish", &[], r#"{"data": 0}"#).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    redis.restart().await;
+    // Its data is gone: a new epoch, and a resync rather than a silent gap.
+    let resync = next_of_type(&mut on_a, "resync").await;
+    for demo in [&a, &b] {
+        eventually_async("the demo to be ready again", || async {
+            client::fetch(demo.addr(), Method::GET, "/ready", &[], "")
+                .await
+                .status
+                == StatusCode::OK
+        })
+        .await;
+    }
+    let after = publish_on(&b, "t", 6).await;
+    let epoch = |id: &str| id.split('-').next().unwrap().to_owned();
+    assert_ne!(epoch(&after), epoch(&fifth));
+    assert_eq!(epoch(&resync.id), epoch(&after));
+    assert_eq!(messages(&mut on_a, 1).await, vec![(after, "6".to_owned())]);
+}
+
+/// The next event of type `kind` on `stream`, passing over the others.
+async fn next_of_type(stream: &mut crate::support::sse::Client, kind: &str) -> SseEvent {
+    loop {
+        let event = stream.next_event().await;
+        if event.event == kind {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_refuses_a_redis_url_that_does_not_parse() {
+    let output = tokio::process::Command::new(Demo::binary())
+        .args(["--addr", "127.0.0.1:0", "--redis", "http://not-redis"])
+        .output()
+        .await
+        .expect("run the demo");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a Redis URL"), "{stderr}");
 }
