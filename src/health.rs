@@ -9,7 +9,10 @@
 //!   `subscribers` (every subscription of the broker: open streams and
 //!   in-process subscribers alike) and `dropped` (events subscribers missed
 //!   because they lagged) come from the [`Broker`] given with
-//!   [`HealthLayer::broker`];
+//!   [`HealthLayer::broker`], and so does `mirror` for a broker that
+//!   mirrors a shared stream (a replica of the Redis backplane): its
+//!   place in the stream, `lag` and `reconnects` among them
+//!   ([`MirrorStats`](crate::broker::MirrorStats)), `null` otherwise;
 //!   `uptime` is in seconds, to the millisecond.
 //! - `GET /ready`: `200` when the server should receive traffic, `503` with
 //!   the reason when degraded or shutting down: what a load balancer polls.
@@ -100,6 +103,7 @@ impl HealthLayer {
             "shutting_down": state.shutting_down,
             "subscribers": stats.map(|s| s.subscribers),
             "dropped": stats.map(|s| s.lagged_events),
+            "mirror": stats.and_then(|s| s.mirror),
             // Whole milliseconds, so that the number prints short.
             "uptime": self.mode.uptime().as_millis() as f64 / 1000.0,
             "version": env!("CARGO_PKG_VERSION"),

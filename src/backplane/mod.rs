@@ -75,7 +75,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use self::stream::Scripts;
-use crate::broker::{Broker, BrokerBuilder, EventId, PublishError};
+use crate::broker::{Broker, BrokerBuilder, EventId, MirrorStats, PublishError};
 use crate::mode::ServerMode;
 use crate::Event;
 
@@ -222,9 +222,6 @@ pub(crate) struct Shared {
 struct Health {
     /// The reader is in step with the stream.
     up: AtomicBool,
-    /// The stream's last seq, as last seen.
-    top: AtomicU64,
-    reconnects: AtomicU64,
     /// Why the reader is not in step, when it is not.
     error: Mutex<Option<String>>,
 }
@@ -274,7 +271,7 @@ impl Replica {
         );
         let deadline = tokio::time::Instant::now() + shared.publish_timeout;
         // Where a retry looks for the first attempt: past any seq known now.
-        let known = shared.health.top.load(Ordering::Acquire).to_string();
+        let known = self.broker.mirror_top_seen().to_string();
         let mut attempt = 0;
         let (epoch, seq) = loop {
             let mut call = shared.scripts.publish.key(&shared.stream);
@@ -326,24 +323,17 @@ impl Replica {
         Ok(EventId::new(epoch, crate::broker::local_seq(seq)))
     }
 
-    /// The backplane's counters and health, in one snapshot.
+    /// The backplane's health and the mirror's place in the stream.
     pub fn stats(&self) -> ReplicaStats {
         let health = &self.shared.health;
-        let (epoch, mirrored) = self.broker.mirror_position().unwrap_or_default();
-        let top = health.top.load(Ordering::Relaxed);
         ReplicaStats {
             connected: health.up.load(Ordering::Acquire),
-            epoch,
-            mirrored,
-            top,
-            lag: top.saturating_sub(mirrored),
-            reconnects: health.reconnects.load(Ordering::Relaxed),
-            skipped: self.broker.stats().mirror_skipped,
             error: health
                 .error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            mirror: self.broker.stats().mirror.unwrap_or_default(),
         }
     }
 }
@@ -367,26 +357,18 @@ impl fmt::Debug for Replica {
     }
 }
 
-/// A replica's backplane counters, from [`Replica::stats`].
+/// A replica's backplane health, from [`Replica::stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ReplicaStats {
     /// The reader is in step with the stream.
     pub connected: bool,
-    /// The stream's epoch, as mirrored.
-    pub epoch: u64,
-    /// The stream seq mirrored so far.
-    pub mirrored: u64,
-    /// The stream's last seq, as the reader last saw it.
-    pub top: u64,
-    /// Entries the reader is behind the stream's top.
-    pub lag: u64,
-    /// Times the reader lost its connection.
-    pub reconnects: u64,
-    /// Stream entries skipped: not events this backplane wrote.
-    pub skipped: u64,
     /// Why the reader is not in step, when it is not.
     pub error: Option<String>,
+    /// The mirror's place in the stream: its lag, reconnects and skipped
+    /// entries (also in the broker's [`stats`](Broker::stats)).
+    #[serde(flatten)]
+    pub mirror: MirrorStats,
 }
 
 /// Why the backplane could not do something.

@@ -76,7 +76,9 @@ impl Reader {
                     let health = &self.shared.health;
                     if health.up.swap(false, Ordering::AcqRel) {
                         // It had been in step: a new outage, a new back-off.
-                        health.reconnects.fetch_add(1, Ordering::Relaxed);
+                        if let Some(broker) = self.broker() {
+                            broker.mirror_reconnecting();
+                        }
                         backoff = MIN_BACKOFF;
                     }
                     *health.error.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -175,10 +177,10 @@ impl Reader {
                 .await?;
             (epoch, top) = (parse_epoch(&new)?, new_top);
         }
-        self.shared.health.top.store(top, Ordering::Relaxed);
         if epoch != mirror_epoch {
             return Ok(Step::Join(epoch));
         }
+        broker.mirror_top(top);
         Ok(Step::After(mirrored))
     }
 
@@ -238,10 +240,17 @@ impl Reader {
                 return Ok(Some(from));
             };
             from = last.id.clone();
+            let full = ids.len() >= self.batch;
             let entries = self.parse(&broker, broker.epoch(), ids.iter());
             broker.mirror(entries);
-            if let Some(seq) = entry_seq(&from) {
-                self.shared.health.top.fetch_max(seq, Ordering::Relaxed);
+            if full {
+                // Behind: how far, for the stats (an empty read says 0).
+                let top: Option<u64> = redis::cmd("HGET")
+                    .arg(&self.shared.meta)
+                    .arg("seq")
+                    .query_async(conn)
+                    .await?;
+                broker.mirror_top(top.unwrap_or(0));
             }
         }
     }

@@ -68,6 +68,27 @@ pub struct Mirrored {
     pub data: Bytes,
 }
 
+/// A mirrored broker's place in its stream, in [`BrokerStats`](super::BrokerStats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct MirrorStats {
+    /// The stream's epoch, as mirrored.
+    pub epoch: u64,
+    /// The stream seq mirrored so far.
+    pub mirrored: u64,
+    /// The stream's last seq, as its reader last saw it.
+    pub top: u64,
+    /// Entries the mirror is behind the stream's top.
+    pub lag: u64,
+    /// Times the reader lost the stream and found it again.
+    pub reconnects: u64,
+    /// Stream entries skipped: not events the broker takes.
+    pub skipped: u64,
+    /// Stream entries lost to the mirror: trimmed before its reader read
+    /// them (every stream that crossed them was told it lagged).
+    pub missed: u64,
+}
+
 /// What [`Broker::mirror`] made of a batch of stream entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -144,7 +165,10 @@ impl Broker {
             }
             if let Some(epoch) = reset {
                 state.reset(epoch, &mut wakers);
-                state.mirror = Some(Default::default());
+                if let Some(mirror) = &mut state.mirror {
+                    mirror.stream_seq = 0;
+                    mirror.top = 0;
+                }
             }
             let now = self.shared.clock.now();
             for entry in entries {
@@ -183,6 +207,7 @@ impl Broker {
         state.next_seq = seq + 1;
         if let Some(mirror) = &mut state.mirror {
             mirror.stream_seq = entry.stream_seq;
+            mirror.top = mirror.top.max(entry.stream_seq);
         }
         let Ok(topic) = Topic::new(&entry.topic) else {
             state.skip_mirrored();
@@ -208,6 +233,21 @@ impl Broker {
         outcome.appended += 1;
     }
 
+    /// Records the stream's last seq as the reader saw it, for the lag in
+    /// [`MirrorStats`].
+    pub fn mirror_top(&self, top: u64) {
+        if let Some(mirror) = &mut lock(&self.shared.state).mirror {
+            mirror.top = top;
+        }
+    }
+
+    /// Counts a time the reader lost the stream, for [`MirrorStats`].
+    pub fn mirror_reconnecting(&self) {
+        if let Some(mirror) = &mut lock(&self.shared.state).mirror {
+            mirror.reconnects += 1;
+        }
+    }
+
     /// Counts a stream entry its reader skipped before it reached the
     /// broker (one it could not read as an entry at all).
     pub(crate) fn count_skipped_mirror_entry(&self) {
@@ -219,6 +259,25 @@ impl Broker {
     pub fn mirror_position(&self) -> Option<(u64, u64)> {
         let state = lock(&self.shared.state);
         state.mirror.map(|mirror| (state.epoch, mirror.stream_seq))
+    }
+
+    /// The stream's last seq as the reader last saw it (0 if not a mirror).
+    pub(crate) fn mirror_top_seen(&self) -> u64 {
+        lock(&self.shared.state)
+            .mirror
+            .map_or(0, |mirror| mirror.top)
+    }
+
+    pub(crate) fn mirror_stats(state: &State) -> Option<MirrorStats> {
+        state.mirror.map(|mirror| MirrorStats {
+            epoch: state.epoch,
+            mirrored: mirror.stream_seq,
+            top: mirror.top,
+            lag: mirror.top.saturating_sub(mirror.stream_seq),
+            reconnects: mirror.reconnects,
+            skipped: mirror.skipped,
+            missed: state.breaks.gap_missed,
+        })
     }
 
     /// The id, on every replica, of the stream entry of seq `stream_seq` in

@@ -46,7 +46,7 @@ use crate::wire;
 pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_TYPES};
 
 pub(crate) use self::mirror::local_seq;
-pub use self::mirror::{MirrorOutcome, Mirrored};
+pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored};
 pub(crate) use self::subscription::Frames;
 
 /// Default bound on retained events.
@@ -593,7 +593,7 @@ impl Broker {
             resyncs: state.counters.resyncs,
             topics: state.topics.len(),
             direct: state.counters.direct,
-            mirror_skipped: state.mirror.map_or(0, |mirror| mirror.skipped),
+            mirror: Broker::mirror_stats(&state),
             direct_bytes: state.direct_bytes,
             cut: state.counters.cut,
         }
@@ -667,9 +667,9 @@ pub struct BrokerStats {
     /// Bytes of direct messages waiting in inboxes to be read, each copy
     /// counted.
     pub direct_bytes: usize,
-    /// Entries of a mirrored stream skipped: not events the broker takes
-    /// (see [`Broker::mirror`]).
-    pub mirror_skipped: u64,
+    /// A mirrored broker's place in its stream (see [`Broker::mirror`]);
+    /// `None` for a broker that publishes itself.
+    pub mirror: Option<MirrorStats>,
     /// Streams ended in the middle of a frame too large for one body frame,
     /// because the event was evicted before its last slice was written
     /// (counted in `lag_reports` too).

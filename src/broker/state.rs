@@ -139,8 +139,12 @@ pub(crate) struct State {
 pub(crate) struct Mirror {
     /// The seq, in the stream, of the last entry mirrored (0: none yet).
     pub(crate) stream_seq: u64,
+    /// The stream's last seq, as its reader last saw it.
+    pub(crate) top: u64,
     /// Stream entries that could not be taken (they did not parse).
     pub(crate) skipped: u64,
+    /// Times the reader lost the stream and found it again.
+    pub(crate) reconnects: u64,
 }
 
 /// What readers made before them cannot see in the log: the stretches of

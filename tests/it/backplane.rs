@@ -94,7 +94,7 @@ async fn an_event_published_on_one_replica_reaches_the_other_with_the_same_id() 
         a.broker().publish(event("x", "local")),
         Err(PublishError::Mirrored)
     );
-    assert_eq!(a.stats().lag, 0);
+    assert_eq!(a.stats().mirror.lag, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +111,7 @@ async fn a_client_resumes_on_another_replica_from_an_id_the_first_gave_it() {
     let b = replica(&redis.url());
     in_step(&b).await;
     eventually("b to mirror everything", || {
-        b.stats().mirrored == a.stats().mirrored
+        b.stats().mirror.mirrored == a.stats().mirror.mirrored
     })
     .await;
     // Seen up to the second event on A: the rest of `x`, once, in order.
@@ -226,7 +226,7 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_repeats_noth
     }
     assert_eq!(events(&take(&mut sub, 10).await), published);
     assert!(sub.try_next().is_none(), "an event came twice");
-    assert!(a.stats().reconnects >= 1);
+    assert!(a.stats().mirror.reconnects >= 1);
     // The epoch survived with the data: old ids are honoured.
     let mut resumed = a
         .broker()
@@ -350,7 +350,7 @@ async fn entries_written_by_something_else_are_skipped_and_counted() {
         )
         .await;
     eventually("the foreign entries to be skipped", || {
-        a.stats().skipped == 2
+        a.stats().mirror.skipped == 2
     })
     .await;
     assert_eq!(
@@ -475,6 +475,7 @@ async fn two_demo_processes_on_one_redis_behave_as_one_service() {
         health["reason"].as_str().unwrap().starts_with("redis"),
         "{health}"
     );
+    assert_eq!(health["mirror"]["mirrored"], 5, "{health}");
     let refused = client::fetch(a.addr(), Method::POST, "/publish", &[], r#"{"data": 0}"#).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     redis.restart().await;

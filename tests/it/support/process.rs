@@ -33,7 +33,8 @@ pub async fn alone(name: &str) -> bool {
 }
 
 /// The demo example, running as a process of its own on a free loopback
-/// port: `cargo test` builds the examples beside the test binary.
+/// port: `cargo test` builds the examples beside the test binary (a run of
+/// `--test it` alone does not: `cargo build --example demo` first).
 pub struct Demo {
     child: tokio::process::Child,
     addr: std::net::SocketAddr,
