@@ -181,6 +181,7 @@ impl RedisBackplane {
             probe: reader::probe(self.mode),
             block: self.block,
             batch: self.batch,
+            last: Default::default(),
         };
         let task = tokio::spawn(reader.run());
         Replica {

@@ -46,6 +46,9 @@ pub(super) struct Reader {
     pub(super) probe: Option<(ServerMode, u64)>,
     pub(super) block: Duration,
     pub(super) batch: usize,
+    /// The stream seq and publish token of the last entry mirrored: after
+    /// a reconnect, the entry under that seq must still be the same one.
+    pub(super) last: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 /// Where the mirror stands against the stream.
@@ -160,12 +163,14 @@ impl Reader {
         let mut epoch = parse_epoch(&epoch)?;
         let mut top = top;
         let (mirror_epoch, mirrored) = broker.mirror_position().unwrap_or_default();
-        if epoch == mirror_epoch && top < mirrored {
-            // The stream went back: writes this mirror saw are gone from it.
+        if epoch == mirror_epoch && (top < mirrored || self.rewritten(conn, mirrored).await?) {
+            // The stream went back (writes this mirror saw are gone from
+            // it), or on to other writes under the same seqs: its ids can
+            // no longer be trusted.
             tracing::warn!(
                 top,
                 mirrored,
-                "the Redis stream went back; starting a new epoch"
+                "the Redis stream lost writes this replica saw; starting a new epoch"
             );
             let (new, new_top): (String, u64) = scripts
                 .restart
@@ -182,6 +187,29 @@ impl Reader {
         }
         broker.mirror_top(top);
         Ok(Step::After(mirrored))
+    }
+
+    /// Whether the stream holds another entry under `seq` than the one
+    /// mirrored there: it lost writes (a failover to a replica that missed
+    /// them, a restart from an old file) and others were appended since.
+    async fn rewritten(&self, conn: &mut MultiplexedConnection, seq: u64) -> RedisResult<bool> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((last_seq, token)) = last.filter(|(last_seq, _)| *last_seq == seq && seq > 0)
+        else {
+            return Ok(false);
+        };
+        let id = format!("{last_seq}-0");
+        let now: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.shared.stream)
+            .arg(&id)
+            .arg(&id)
+            .query_async(conn)
+            .await?;
+        // Trimmed since: nothing to compare with.
+        Ok(now
+            .ids
+            .first()
+            .is_some_and(|entry| stream::entry_token(&entry.map) != token))
     }
 
     /// Starts the mirror afresh under `epoch` with the retained tail of the
@@ -265,7 +293,9 @@ impl Reader {
     ) -> Vec<Mirrored> {
         let now = stream::now_millis();
         let mut entries = Vec::new();
+        let mut last = None;
         for entry in ids {
+            last = Some(entry);
             match parse_entry(&entry.id, &entry.map, epoch, now) {
                 Some(entry) => entries.push(entry),
                 None => {
@@ -273,6 +303,11 @@ impl Reader {
                     broker.count_skipped_mirror_entry();
                 }
             }
+        }
+        if let Some(entry) =
+            last.and_then(|e| Some((entry_seq(&e.id)?, stream::entry_token(&e.map))))
+        {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
         }
         entries
     }

@@ -127,6 +127,14 @@ pub(super) fn entry_seq(id: &str) -> Option<u64> {
     (zero == "0").then(|| seq.parse().ok()).flatten()
 }
 
+/// The publish token of an entry (empty if it has none).
+pub(super) fn entry_token(fields: &HashMap<String, Value>) -> String {
+    fields
+        .get("tok")
+        .and_then(|value| redis::from_redis_value_ref::<String>(value).ok())
+        .unwrap_or_default()
+}
+
 /// An entry of the stream as the broker mirrors it, if it is one this
 /// backplane wrote in `epoch`; anything else (written by something else,
 /// from another epoch, missing a field) is `None`, to be skipped.

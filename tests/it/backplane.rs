@@ -322,6 +322,71 @@ async fn a_replica_cut_off_while_the_stream_trims_past_it_reports_the_lag() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_lost_writes_and_took_others_under_their_seqs_starts_a_new_epoch() {
+    // What a failover to a Redis replica that missed the last writes looks
+    // like, once other replicas published again: the same seqs, other
+    // events. The replica that saw the lost writes must not keep them
+    // under ids that now name other events elsewhere.
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(redis.addr()).await;
+    let a = replica_on(&proxy.url(), None, Broker::builder());
+    let b = replica(&redis.url());
+    in_step(&a).await;
+    in_step(&b).await;
+    for n in 0..3 {
+        a.publish(event("x", &format!("{n}"))).await.unwrap();
+    }
+    eventually("a to mirror 3", || a.stats().mirror.mirrored == 3).await;
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    proxy.cut();
+    eventually("a to lose Redis", || !a.stats().connected).await;
+    // The last write is lost: the stream as a Redis that missed it holds
+    // it (a stream keeps its last id past an XDEL, so it is rebuilt). Then
+    // another replica publishes in its place.
+    let kept: redis::streams::StreamRangeReply = redis
+        .query(
+            redis::cmd("XRANGE")
+                .arg("test:events")
+                .arg("1-0")
+                .arg("2-0"),
+        )
+        .await;
+    assert_eq!(kept.ids.len(), 2);
+    let _: u64 = redis.query(redis::cmd("DEL").arg("test:events")).await;
+    for entry in &kept.ids {
+        let mut add = redis::cmd("XADD");
+        add.arg("test:events").arg(&entry.id);
+        for (field, value) in &entry.map {
+            let value: Vec<u8> = redis::from_redis_value_ref(value).expect("a bulk string");
+            add.arg(field).arg(value);
+        }
+        let _: String = redis.query(&add).await;
+    }
+    let _: u64 = redis
+        .query(redis::cmd("HSET").arg("test:events:meta").arg("seq").arg(2))
+        .await;
+    let other = b.publish(event("x", "other")).await.unwrap();
+    assert_eq!(other, b.broker().mirrored_id(3));
+    proxy.mend();
+    match within("a resync", sub.recv()).await {
+        Some(Message::Resync {
+            reason: ResyncReason::UnknownEpoch,
+            resume_from,
+        }) => assert_ne!(resume_from.epoch(), other.epoch()),
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    in_step(&a).await;
+    // Both replicas follow the new epoch, and agree again.
+    let after = a.publish(event("x", "after")).await.unwrap();
+    assert_ne!(after.epoch(), other.epoch());
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(after, "after".to_owned())]
+    );
+    eventually("b to follow", || b.stats().mirror.epoch == after.epoch()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_written_by_something_else_are_skipped_and_counted() {
     let redis = RedisServer::start().await;
     let a = replica(&redis.url());
