@@ -1,5 +1,6 @@
 //! Loom models of the broker's concurrency claims: invariants 1 to 6 of
-//! the design, one named model each.
+//! the design, one named model each, and the same claims for the mirror a
+//! backplane's reader feeds.
 //!
 //! Run with
 //!
@@ -553,5 +554,232 @@ fn opening_a_coalescing_window_wakes_the_parked_releaser() {
         assert!(end_coalescing_windows(&broker));
         clock.advance(Duration::from_millis(20));
         assert!(!end_coalescing_windows(&broker));
+    });
+}
+
+/// A stream entry of topic `topic`, as a backplane's reader hands it to the
+/// mirror; its payload names its epoch and seq.
+fn stream_entry(epoch: u64, seq: u64, topic: &str) -> tower_sse::broker::Mirrored {
+    tower_sse::broker::Mirrored {
+        stream_seq: seq,
+        age: std::time::Duration::ZERO,
+        topic: topic.into(),
+        event_type: None,
+        data: format!("{epoch}/{seq}").into(),
+    }
+}
+
+/// A mirrored broker, already joined to the stream's epoch `epoch` with
+/// `backfill` (epoch 1 being its own until then).
+fn mirror_joined(epoch: u64, backfill: &[(u64, &str)]) -> Broker {
+    let broker = Broker::builder()
+        .epoch(1)
+        .retain_forever()
+        .mirrored()
+        .build();
+    broker.mirror_reset(
+        epoch,
+        backfill
+            .iter()
+            .map(|&(seq, topic)| stream_entry(epoch, seq, topic)),
+    );
+    broker
+}
+
+/// Holds what a subscriber of `topic` that resumed from `resume` received
+/// against the stream (`(epoch, seq, topic)` of every entry, whether or not
+/// it reached the mirror): within an epoch its event ids strictly
+/// increase, each is the stream's entry under `mirrored_id`, and no entry
+/// of its topic is passed over without a `Lagged` (counting at least it)
+/// or a `Resync`; once drained, it is in the mirror's epoch with nothing of
+/// its topic left behind. Returns its event ids.
+fn check_mirrored_delivery(
+    broker: &Broker,
+    got: &[Message],
+    stream: &[(u64, u64, &str)],
+    topic: &str,
+    resume: EventId,
+) -> Vec<EventId> {
+    let spacing = broker.mirrored_id(1).seq();
+    let own_between = |epoch: u64, after: u64, through: u64| {
+        stream
+            .iter()
+            .filter(|&&(e, seq, t)| {
+                e == epoch && t == topic && seq * spacing > after && seq * spacing <= through
+            })
+            .count() as u64
+    };
+    let mut at = resume;
+    let mut events = Vec::new();
+    for message in got {
+        match message {
+            Message::Event(event) => {
+                let id = event.id();
+                assert_eq!(
+                    id.epoch(),
+                    at.epoch(),
+                    "a new epoch without a resync: {got:?}"
+                );
+                assert!(id.seq() > at.seq(), "ids went back or repeated: {got:?}");
+                let seq = id.seq() / spacing;
+                assert_eq!(id.seq(), seq * spacing, "{got:?}");
+                assert!(stream.contains(&(id.epoch(), seq, topic)), "{got:?}");
+                assert_eq!(event.data(), format!("{}/{seq}", id.epoch()));
+                let skipped = own_between(at.epoch(), at.seq(), id.seq() - 1);
+                assert_eq!(skipped, 0, "an entry passed over silently: {got:?}");
+                at = id;
+                events.push(id);
+            }
+            Message::Lagged {
+                missed,
+                resume_from,
+            } => {
+                assert_eq!(resume_from.epoch(), at.epoch(), "{got:?}");
+                assert!(resume_from.seq() >= at.seq(), "{got:?}");
+                let lost = own_between(at.epoch(), at.seq(), resume_from.seq());
+                assert!(*missed > 0 && *missed >= lost, "{got:?}");
+                at = *resume_from;
+            }
+            Message::Resync { resume_from, .. } => at = *resume_from,
+        }
+    }
+    let (epoch, through) = broker.mirror_position().unwrap();
+    assert_eq!(at.epoch(), epoch, "no resync for the new epoch: {got:?}");
+    let behind = own_between(epoch, at.seq(), through * spacing);
+    assert_eq!(behind, 0, "left behind: {got:?}");
+    events
+}
+
+/// Mirror: the reader mirrors an entry, then the stream restarts without
+/// its data and the reader joins its new epoch (`mirror_reset`) and
+/// mirrors on, while a client resumes from the id of the first entry and
+/// reads. Whichever comes first, it gets the old epoch's entries after
+/// its id, each once, then a resync to just after the new epoch's
+/// backfill, then what came after the backfill; or a resync at once.
+/// (Fails if a reset does not reposition its readers, or if the reset
+/// and its backfill are not one critical section.)
+#[test]
+fn a_resume_racing_a_mirror_reset_loses_nothing_silently() {
+    const STREAM: [(u64, u64, &str); 5] = [
+        (10, 1, "a"),
+        (10, 2, "a"),
+        (10, 3, "a"),
+        (11, 1, "a"),
+        (11, 2, "a"),
+    ];
+    model(|| {
+        let broker = mirror_joined(10, &[(1, "a"), (2, "a")]);
+        let resume = broker.mirrored_id(1);
+        let reader = {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                broker.mirror([stream_entry(10, 3, "a")]);
+                broker.mirror_reset(11, [stream_entry(11, 1, "a")]);
+                broker.mirror([stream_entry(11, 2, "a")]);
+            })
+        };
+        let mut sub = broker
+            .subscribe(&topics(&["a"]), Some(&resume.to_string()))
+            .unwrap();
+        let mut got: Vec<Message> = (0..2).filter_map(|_| sub.try_next()).collect();
+        reader.join().unwrap();
+        got.extend(std::iter::from_fn(|| sub.try_next()));
+
+        check_mirrored_delivery(&broker, &got, &STREAM, "a", resume);
+        // A resync into the new epoch puts it after the backfill, never
+        // before: the backfill is not news.
+        for message in &got {
+            if let Message::Resync { resume_from, .. } = message {
+                if resume_from.epoch() == 11 {
+                    assert!(resume_from.seq() >= broker.mirrored_id(1).seq(), "{got:?}");
+                }
+            }
+        }
+        // It ends on the newest entry: received, or where a resync put it.
+        let newest = broker.mirrored_id(2);
+        let ends_on_newest = match got.last() {
+            Some(Message::Event(event)) => event.id() == newest,
+            Some(Message::Resync { resume_from, .. }) => *resume_from == newest,
+            _ => false,
+        };
+        assert!(ends_on_newest, "{got:?}");
+    });
+}
+
+/// Mirror: the stream trimmed entries 3 and 4 (one of them the client's
+/// topic) before the reader read them; the reader mirrors 5 across the
+/// hole while a client resumes from entry 2 and reads. Either it was
+/// positioned before the hole and is told it lagged (at least the one
+/// entry of its topic) and gets entry 5, or its id is refused, the resync
+/// putting it before or after entry 5. (Fails if the hole is not recorded
+/// as a lost stretch.)
+#[test]
+fn a_resume_racing_a_mirror_across_a_hole_is_told_of_the_hole() {
+    const STREAM: [(u64, u64, &str); 5] = [
+        (10, 1, "a"),
+        (10, 2, "a"),
+        (10, 3, "a"),
+        (10, 4, "b"),
+        (10, 5, "a"),
+    ];
+    model(|| {
+        let broker = mirror_joined(10, &[(1, "a"), (2, "a")]);
+        let resume = broker.mirrored_id(2);
+        let reader = {
+            let broker = broker.clone();
+            thread::spawn(move || broker.mirror([stream_entry(10, 5, "a")]))
+        };
+        let mut sub = broker
+            .subscribe(&topics(&["a"]), Some(&resume.to_string()))
+            .unwrap();
+        let mut got: Vec<Message> = sub.try_next().into_iter().collect();
+        let outcome = reader.join().unwrap();
+        got.extend(std::iter::from_fn(|| sub.try_next()));
+
+        assert_eq!(outcome.missed, 2);
+        let fifth = broker.mirrored_id(5);
+        let events = check_mirrored_delivery(&broker, &got, &STREAM, "a", resume);
+        match got.first() {
+            Some(Message::Lagged { missed: 2, .. }) => assert_eq!(events, [fifth], "{got:?}"),
+            Some(Message::Resync {
+                reason: tower_sse::ResyncReason::Expired,
+                resume_from,
+            }) => {
+                let expected: &[EventId] = if *resume_from == fifth { &[] } else { &[fifth] };
+                assert_eq!(events, expected, "{got:?}");
+            }
+            other => panic!("neither a lag nor a resync first: {other:?} in {got:?}"),
+        }
+    });
+}
+
+/// Mirror: a client that saw entries 1 to 3 on a replica whose reader is
+/// ahead resumes here while this reader mirrors 2 and 3, then 4. Whether
+/// its id is ahead of this mirror when it subscribes or not, it gets entry
+/// 4 alone: what it saw is neither sent again nor reported missed. (Fails
+/// if the entries up to an id ahead of the mirror are not skipped.)
+#[test]
+fn a_resume_from_a_replica_ahead_racing_the_mirror_gets_each_entry_once() {
+    const STREAM: [(u64, u64, &str); 4] = [(10, 1, "a"), (10, 2, "a"), (10, 3, "a"), (10, 4, "a")];
+    model(|| {
+        let broker = mirror_joined(10, &[(1, "a")]);
+        let resume = broker.mirrored_id(3);
+        let reader = {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                broker.mirror([stream_entry(10, 2, "a"), stream_entry(10, 3, "a")]);
+                broker.mirror([stream_entry(10, 4, "a")]);
+            })
+        };
+        let mut sub = broker
+            .subscribe(&topics(&["a"]), Some(&resume.to_string()))
+            .unwrap();
+        let mut got: Vec<Message> = sub.try_next().into_iter().collect();
+        reader.join().unwrap();
+        got.extend(std::iter::from_fn(|| sub.try_next()));
+
+        let events = check_mirrored_delivery(&broker, &got, &STREAM, "a", resume);
+        assert_eq!(events, [broker.mirrored_id(4)], "{got:?}");
+        assert_eq!(got.len(), 1, "{got:?}");
     });
 }

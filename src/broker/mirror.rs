@@ -168,13 +168,24 @@ impl Broker {
                 if let Some(mirror) = &mut state.mirror {
                     mirror.stream_seq = 0;
                     mirror.top = 0;
+                    mirror.joined = false;
                 }
             }
             let now = self.shared.clock.now();
+            let mut first = None;
             for entry in entries {
+                first.get_or_insert(entry.stream_seq);
                 self.mirror_one(&mut state, entry, now, &mut outcome, &mut wakers);
             }
             if reset.is_some() {
+                // The backfill is the stream's tail: what came before it
+                // never reached this mirror, so no id before it is honoured.
+                if let Some(first) = first {
+                    state.expire_through(local_seq(first.saturating_sub(1)));
+                }
+                if let Some(mirror) = &mut state.mirror {
+                    mirror.joined = true;
+                }
                 state.breaks.reset_seq = state.next_seq - 1;
             }
         }
@@ -197,8 +208,9 @@ impl Broker {
             outcome.duplicates += 1;
             return;
         }
-        // A fresh mirror starts wherever the stream's tail does.
-        if entry.stream_seq > mirror.stream_seq + 1 && mirror.stream_seq > 0 {
+        // A fresh mirror starts wherever the entries fed to it do; one that
+        // joined its stream knows where it stands, even before its first.
+        if entry.stream_seq > mirror.stream_seq + 1 && (mirror.stream_seq > 0 || mirror.joined) {
             let missed = entry.stream_seq - mirror.stream_seq - 1;
             state.lose_stretch(local_seq(entry.stream_seq) - 1, missed, wakers);
             outcome.missed += missed;

@@ -145,6 +145,12 @@ pub(crate) struct Mirror {
     pub(crate) skipped: u64,
     /// Times the reader lost the stream and found it again.
     pub(crate) reconnects: u64,
+    /// Whether the mirror joined its stream ([`Broker::mirror_reset`]):
+    /// from then on, an entry past the next one is after a hole, even the
+    /// first. Before, a mirror starts wherever the entries fed to it do.
+    ///
+    /// [`Broker::mirror_reset`]: super::Broker::mirror_reset
+    pub(crate) joined: bool,
 }
 
 /// What readers made before them cannot see in the log: the stretches of
@@ -316,16 +322,22 @@ impl State {
         while !self.log.is_empty() {
             self.evict_front();
         }
+        self.expire_through(through);
+        self.breaks.gaps += 1;
+        self.breaks.gap_missed += missed;
+        self.breaks.gap_end = through;
+        self.take_all_wakers(out);
+    }
+
+    /// No id before `through` is honoured any more: what came up to it is
+    /// not in the log (lost, or never mirrored).
+    pub(crate) fn expire_through(&mut self, through: u64) {
         for (_, topic) in self.topics.iter_mut() {
             if !topic.name.is_direct_only() {
                 topic.last_evicted_seq = topic.last_evicted_seq.max(through);
             }
         }
         self.pruned_evicted_seq = self.pruned_evicted_seq.max(through);
-        self.breaks.gaps += 1;
-        self.breaks.gap_missed += missed;
-        self.breaks.gap_end = through;
-        self.take_all_wakers(out);
     }
 
     /// A mirrored log starts again under a new epoch: everything goes,

@@ -341,11 +341,19 @@ impl Reader {
         if self.skip_through == 0 {
             return;
         }
+        let mut lagging = false;
         for cursor in self.cursors.iter_mut() {
             let log = &state.topics[cursor.topic_key];
             if cursor.next < log.evicted {
-                // Evicted unread: that is a lag, reported as such.
-                continue;
+                if log.last_evicted_seq > self.skip_through {
+                    // Evicted unread, and not all seen: that is a lag,
+                    // reported as such; what is retained after it and was
+                    // seen is skipped once the report moved the cursor.
+                    lagging = true;
+                    continue;
+                }
+                // Evicted unread, but the client saw all of it.
+                cursor.next = log.evicted;
             }
             while log
                 .entries
@@ -355,7 +363,7 @@ impl Reader {
                 cursor.next += 1;
             }
         }
-        if state.next_seq > self.skip_through {
+        if !lagging && state.next_seq > self.skip_through {
             self.skip_through = 0;
         }
     }

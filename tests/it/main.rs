@@ -11,6 +11,7 @@ mod health;
 mod http;
 mod mailbox;
 mod mailbox_http;
+mod mirror_model;
 mod mode;
 mod model;
 mod probe;
