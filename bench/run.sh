@@ -3,11 +3,12 @@
 # against the usual tokio broadcast + axum Sse (bench/src/bin/bench_baseline.rs),
 # driven by the load client (bench/src/bin/bench_client.rs), in one run:
 #
-#   bash bench/run.sh            # full run, about 10 minutes on 2 cores
-#   bash bench/run.sh --quick    # smoke test, about 2 minutes
+#   bash bench/run.sh                # full run, about 10 minutes on 2 cores
+#   bash bench/run.sh --quick        # smoke test, about 3 minutes
+#   bash bench/run.sh --only redis   # some scenarios: fixed,sweep,held,redis
 #
 # Server pinned to core 0, client(s) to core 1 (SERVER_CORE / CLIENT_CORE
-# override). Scenarios, each for both servers:
+# override). Scenarios, the first three for both servers:
 #   fixed    1000 connections x 100 events/s: server CPU us per delivery,
 #            p50/p99/p999 latency, loss; also run against the floor
 #            (bench/src/bin/bench_floor.rs: one write(2) per connection per
@@ -17,25 +18,53 @@
 #            lossless rate (every connection got every event, p99 < 100 ms)
 #   held     connections stepped up to 19 000 with keep-alives running:
 #            idle memory per connection at 10 000, most held, idle CPU
-# Writes bench/results.json and bench/sweep.png, logs under bench/out/.
+#   redis    the crate's server as two replicas of one Redis Streams
+#            backplane (redis-server of the run's own, on core 0 with
+#            them; installed if missing), the client's connections split
+#            between them, events published on replica A: p50/p99 latency
+#            at 100 events/s and each side's highest lossless rate, against
+#            one in-memory broker with the same connections and rates
+# Writes bench/results.json and bench/sweep.png (with --only,
+# bench/out/results.json and no chart), logs under bench/out/.
 # Everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=0
-for arg in "$@"; do
-    case $arg in
+ALL_SCENARIOS="fixed sweep held redis"
+SCENARIOS=$ALL_SCENARIOS
+while (($#)); do
+    case $1 in
         --quick) QUICK=1 ;;
+        --only | --only=*)
+            if [[ $1 == --only ]]; then
+                (($# >= 2)) || { echo "--only needs a list, e.g. --only redis,sweep" >&2; exit 2; }
+                shift
+                SCENARIOS=${1//,/ }
+            else
+                SCENARIOS=${1#--only=}
+                SCENARIOS=${SCENARIOS//,/ }
+            fi
+            for scenario in $SCENARIOS; do
+                [[ " $ALL_SCENARIOS " == *" $scenario "* ]] ||
+                    { echo "--only: unknown scenario $scenario (one of: $ALL_SCENARIOS)" >&2; exit 2; }
+            done
+            ;;
         -h | --help)
-            sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "unknown argument $arg (try --help)" >&2
+            echo "unknown argument $1 (try --help)" >&2
             exit 2
             ;;
     esac
+    shift
 done
+ran() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+# A run of some scenarios only leaves the published results alone.
+PARTIAL=0
+[[ $(tr ' ' '\n' <<<"$SCENARIOS" | sort -u | xargs) == "$(tr ' ' '\n' <<<"$ALL_SCENARIOS" | sort -u | xargs)" ]] || PARTIAL=1
 
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
@@ -46,11 +75,18 @@ if ((QUICK)); then
     FIXED_CONNS=200 FIXED_RATE=100 FIXED_SECS=4 FIXED_ROUNDS=1
     SWEEP_CONNS=200 SWEEP_SECS=2 SWEEP_RATES="100 1000 5000" SWEEP_TRIES=1
     HOLD_STEPS="500 1000 2000" IDLE_CONNS=1000 IDLE_CPU_SECS=5
+    REDIS_CONNS=200 REDIS_RATE=100 REDIS_SECS=4 REDIS_ROUNDS=1
+    REDIS_SWEEP_SECS=2 REDIS_SWEEP_RATES="100 1000" REDIS_TRIES=1
 else
     FIXED_CONNS=1000 FIXED_RATE=100 FIXED_SECS=15 FIXED_ROUNDS=3
     SWEEP_CONNS=1000 SWEEP_SECS=5 SWEEP_RATES="20 50 100 200 500 1000 2000 5000" SWEEP_TRIES=2
     HOLD_STEPS="5000 10000 15000 19000" IDLE_CONNS=10000 IDLE_CPU_SECS=20
+    REDIS_CONNS=1000 REDIS_RATE=100 REDIS_SECS=10 REDIS_ROUNDS=3
+    REDIS_SWEEP_SECS=5 REDIS_SWEEP_RATES="100 500 1000 2000 5000" REDIS_TRIES=2
 fi
+# Redis runs on the servers' core: the server side gets one core whether
+# it is one process or two replicas and Redis.
+REDIS_CORE=${REDIS_CORE:-$SERVER_CORE}
 # One client process holds at most this many connections (a process may
 # have at most 20 000 open files here).
 PER_CLIENT=9500
@@ -88,6 +124,24 @@ if ((${#need[@]})); then
         die "missing ${need[*]}: install them (Debian: apt-get install ${need[*]})"
     fi
 fi
+# The Redis row needs a redis-server binary; it starts one of its own. As
+# scripts/test.sh does: install the Debian package (as root, or through
+# sudo) and stop the system-wide server the package starts.
+if ran redis; then
+    if command -v redis-server >/dev/null 2>&1; then
+        log "redis row: using $(command -v redis-server) ($(redis-server --version | grep -o 'v=[0-9.]*'))"
+    else
+        log "redis row: redis-server not found; installing the Debian package redis-server"
+        command -v apt-get >/dev/null || die "redis-server missing and no apt-get: install Redis (or run with --only fixed,sweep,held)"
+        if [[ $(id -u) == 0 ]]; then sudo=""; else sudo="sudo"; fi
+        $sudo apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null ||
+            die "could not install redis-server"
+        $sudo service redis-server stop >/dev/null 2>&1 || true
+        command -v redis-server >/dev/null || die "redis-server still missing after installing it"
+        log "redis row: installed $(command -v redis-server)"
+    fi
+fi
 (($(nproc) >= 2)) || log "warning: fewer than 2 cores: server and client share one"
 
 # Sockets are files: raise the soft limit as far as the hard one goes.
@@ -123,6 +177,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     rm -f "$NAP_FIFO"
+    [[ -z ${REDIS_DIR:-} ]] || rm -rf "$REDIS_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -412,6 +467,288 @@ scenario_held() {
     log "  idle memory: $(jq -c . <<<"${IDLE[$kind]}")"
 }
 
+# --- the Redis backplane row -------------------------------------------------
+
+REDIS_PID= REDIS_URL= REDIS_DIR= REDIS_VERSION=
+# redis_ping PORT: whether a Redis answers PING on 127.0.0.1:PORT (through
+# bash's /dev/tcp: no redis-cli needed).
+redis_ping() {
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf 'PING\r\n' >&3
+        read -r -t 1 reply <&3 || exit 1
+        [[ $reply == +PONG* ]]
+    ) 2>/dev/null
+}
+# start_redis: a redis-server of this run's own on a free loopback port,
+# nothing persisted, its files in a temporary directory; sets REDIS_PID,
+# REDIS_URL. Stopped by stop_redis, or on exit with the rest.
+start_redis() {
+    REDIS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tower-sse-bench-redis.XXXXXX")
+    REDIS_VERSION=$(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-)
+    local try
+    for try in 1 2 3 4 5; do
+        PORT=$((PORT + 1))
+        # Someone else's server there: the next port.
+        redis_ping "$PORT" && continue
+        taskset -c "$REDIS_CORE" redis-server --port "$PORT" --bind 127.0.0.1 --save "" \
+            --appendonly no --dir "$REDIS_DIR" --daemonize no --loglevel warning \
+            >"$OUT/redis.log" 2>&1 &
+        REDIS_PID=$!
+        LIVE[$REDIS_PID]=1
+        for _ in $(seq 100); do
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            if redis_ping "$PORT"; then
+                REDIS_URL=redis://127.0.0.1:$PORT
+                log "redis-server $REDIS_VERSION (pid $REDIS_PID) on 127.0.0.1:$PORT, core $REDIS_CORE, no persistence, dir $REDIS_DIR"
+                return 0
+            fi
+            nap 0.05
+        done
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        reap "$REDIS_PID"
+        log "redis-server did not start on port $PORT (try $try/5): $(tail -n 2 "$OUT/redis.log")"
+    done
+    die "could not start redis-server (see $OUT/redis.log)"
+}
+stop_redis() {
+    [[ -n $REDIS_PID ]] || return 0
+    kill -TERM "$REDIS_PID" 2>/dev/null || true
+    reap "$REDIS_PID"
+    REDIS_PID=
+    rm -rf "$REDIS_DIR"
+    REDIS_DIR=
+}
+
+# launch NAME ARGS...: the crate's server on the server core with ARGS, on
+# the next port, once /stats answers and (with --redis) its replica is in
+# step with the stream and its warm-up publish went through; sets LPID,
+# LADDR, LLOG.
+launch() {
+    local name=$1 stats
+    shift
+    PORT=$((PORT + 1))
+    LADDR=127.0.0.1:$PORT
+    LLOG=$OUT/$name.server.log
+    taskset -c "$SERVER_CORE" "$(bin bench_server)" --addr "$LADDR" --threads 1 \
+        --retain-events "$RETAIN_EVENTS" "$@" >"$LLOG" 2>&1 &
+    LPID=$!
+    LIVE[$LPID]=1
+    for _ in $(seq 200); do
+        if stats=$(curl -sf --max-time 1 "http://$LADDR/stats" 2>/dev/null) &&
+            [[ $(jq -r '(.backplane.connected // true) and (.warm // true)' <<<"$stats") == true ]]; then
+            return 0
+        fi
+        kill -0 "$LPID" 2>/dev/null || { cat "$LLOG" >&2; die "$name: server exited"; }
+        nap 0.05
+    done
+    die "$name: not answering on $LADDR, or its replica never in step with Redis (see $LLOG)"
+}
+now_us() { echo $((${EPOCHREALTIME/./})); }
+
+# backplane_run KIND RATE SECS NAME: one run of the Redis row with
+# REDIS_CONNS connections, RATE events/s for SECS seconds. KIND memory:
+# one server, an in-memory broker. KIND redis: replicas A and B on a
+# stream of the run's own, the connections alternating between them, A
+# publishing through `Replica::publish` (at most 32 publishes awaiting Redis
+# at once, the server's default), B only serving. Publishing starts once
+# the client is connected and every server counts its share; CPU (the
+# servers' and Redis's) is read over [that moment, the last event
+# received]. Sets RUN.
+backplane_run() {
+    local kind=$1 rate=$2 secs=$3 name=$4
+    local count=$(($2 * $3)) go=$OUT/$4.go ready=$OUT/$4.ready done=$OUT/$4.done
+    local -a pids=() addrs=() logs=()
+    case $kind in
+        memory)
+            launch "$name" --rate "$rate" --count "$count" --start-after-conns "$REDIS_CONNS" --start-file "$go"
+            pids+=("$LPID") addrs+=("$LADDR") logs+=("$LLOG")
+            ;;
+        redis)
+            # A fresh stream per run: nothing of an earlier one in the way.
+            local stream=tower-sse-bench:$name
+            launch "$name-a" --redis "$REDIS_URL" --stream "$stream" --rate "$rate" --count "$count" \
+                --start-after-conns $(((REDIS_CONNS + 1) / 2)) --start-file "$go"
+            pids+=("$LPID") addrs+=("$LADDR") logs+=("$LLOG")
+            # B never publishes: it waits for more subscribers than ever come.
+            launch "$name-b" --redis "$REDIS_URL" --stream "$stream" --rate "$rate" --count 0 \
+                --start-after-conns 1000000000
+            pids+=("$LPID") addrs+=("$LADDR") logs+=("$LLOG")
+            ;;
+        *) die "unknown kind $kind" ;;
+    esac
+    local list
+    list=$(IFS=,; echo "${addrs[*]}")
+    taskset -c "$CLIENT_CORE" "$(bin bench_client)" --addr "$list" --conns "$REDIS_CONNS" \
+        --expect "$count" --duration $((secs + 30)) --ready-file "$ready" --done-file "$done" \
+        --linger 30 --label "$name" >"$OUT/$name.client.json" 2>"$OUT/$name.client.log" &
+    local cpid=$!
+    LIVE[$cpid]=1
+    wait_file "$ready" "$cpid" 120 || die "$name: client did not connect (see $OUT/$name.client.log)"
+    local addr subs n deadline=$((SECONDS + 10))
+    while :; do
+        subs=0
+        for addr in "${addrs[@]}"; do
+            n=$(curl -sf --max-time 2 "http://$addr/stats" | jq -r '.subscribers // 0') || n=0
+            subs=$((subs + ${n:-0}))
+        done
+        ((subs >= REDIS_CONNS)) && break
+        ((SECONDS < deadline)) || die "$name: the servers count $subs of $REDIS_CONNS subscribers"
+        nap 0.02
+    done
+    local pid c0=0 c1=0 r0=0 r1=0 t0 t1
+    for pid in "${pids[@]}"; do c0=$((c0 + $(cpu_total "$pid"))); done
+    if [[ $kind == redis ]]; then r0=$(cpu_total "$REDIS_PID"); fi
+    t0=$(now_us)
+    : >"$go"
+    wait_file "$done" "$cpid" $((secs + 30)) || die "$name: client gave no report"
+    t1=$(now_us)
+    for pid in "${pids[@]}"; do c1=$((c1 + $(cpu_total "$pid"))); done
+    if [[ $kind == redis ]]; then r1=$(cpu_total "$REDIS_PID"); fi
+    kill -TERM "$cpid" 2>/dev/null || true
+    reap "$cpid"
+    local stats=() finals=() i
+    for i in "${!pids[@]}"; do
+        stats+=("$(curl -sf --max-time 5 "http://${addrs[$i]}/stats" || echo '{}')")
+        kill -TERM "${pids[$i]}" 2>/dev/null || true
+        reap "${pids[$i]}"
+        finals+=("$(grep '"lagged_skipped"' "${logs[$i]}" | tail -n 1 || true)")
+    done
+    RUN=$(jq -c --arg kind "$kind" --argjson rate "$rate" --argjson tck "$CLK_TCK" \
+        --argjson servers $((c1 - c0)) --argjson redis $((r1 - r0)) --argjson window_us $((t1 - t0)) \
+        --argjson stats "$(printf '%s\n' "${stats[@]}" | jq -s -c .)" \
+        --argjson finals "$(printf '%s\n' "${finals[@]}" | jq -s -c 'map(select(. != null))')" \
+        --argjson p99max "$P99_LIMIT_US" '
+        ($window_us / 1e6) as $w
+        | (($servers + $redis) / $tck) as $cpu_s
+        | . + {
+            kind: $kind, rate: $rate, window_s: (($w * 1000 | round) / 1000),
+            delivered_per_s: (if $w > 0 then (.events / $w | round) else null end),
+            server_cpu_pct: (if $w > 0 then ($cpu_s / $w * 1000 | round) / 10 else null end),
+            redis_cpu_pct: (if $w > 0 then ($redis / $tck / $w * 1000 | round) / 10 else null end),
+            cpu_us_per_delivery: (if .events > 0 then ($cpu_s * 1e6 / .events * 1000 | round) / 1000 else null end),
+            client_cpu_pct: (if .receive_s > 0 then (.cpu_ticks / $tck / .receive_s * 1000 | round) / 10 else null end),
+            server_lagged: ($stats | map(.lagged // 0) | add),
+            publish_errors: ($finals | map(.publish_errors // 0) | add // 0),
+            publish_ack_us: ($stats[0].publish_ack_us // null),
+            backplane: ($stats | map(.backplane // empty) | if length > 0 then . else null end),
+            servers_reported: ($finals | length), servers: ($stats | length)
+          }
+        | .ok = (.lossless and (.p99_us != null) and (.p99_us < $p99max) and .publish_errors == 0)' "$done")
+    # Errors, not numbers: a publish Redis refused, a reader that lost
+    # Redis or met entries it could not read, a server that did not say
+    # goodbye.
+    local trouble
+    trouble=$(jq -r '[
+        (if .publish_errors > 0 then "\(.publish_errors) publish errors" else empty end),
+        (if .servers_reported < .servers then "a server gave no final line" else empty end),
+        (.backplane // [] | to_entries[] | .value as $b | (["A", "B"][.key]) as $r |
+            (if $b.connected != true then "replica \($r) not in step at the end (\($b.error))" else empty end),
+            (if ($b.reconnects // 0) > 0 then "replica \($r) reconnected \($b.reconnects) times" else empty end),
+            (if ($b.skipped // 0) > 0 then "replica \($r) skipped \($b.skipped) entries" else empty end))
+        ] | join("; ")' <<<"$RUN")
+    if [[ -n $trouble ]]; then
+        log "  error in $name: $trouble (logs: ${logs[*]})"
+        BP_ERRORS+=("$name: $trouble")
+    fi
+}
+
+declare -A BP_FIXED_RUNS BP_FIXED BP_SWEEP_POINTS BP_SWEEP BP_SWEEP_FAILS BP_MAXRATE
+BP_ERRORS=()
+BP_KINDS=(memory redis)
+
+bp_show() { # the log line of a run
+    jq -c '{ok, events, missed, resyncs, silent_gaps, p50_us, p99_us, p999_us,
+            by_addr: (.by_addr // null | if . then map({p50_us, p99_us}) else null end),
+            ack_us: (.publish_ack_us // null | if . then {p50, p99, max} else null end),
+            lag_max: (.backplane // null | if . then map(.lag) else null end),
+            cpu_us_per_delivery, server_cpu_pct, redis_cpu_pct, client_cpu_pct}' <<<"$1"
+}
+
+# bp_sweep_point KIND RATE: as sweep_point, for the Redis row.
+bp_sweep_point() {
+    local kind=$1 rate=$2 try point=
+    if ((${BP_SWEEP_FAILS[$kind]:-0} >= 2)); then
+        BP_SWEEP_POINTS[$kind]+="{\"rate\":$rate,\"skipped\":true}"$'\n'
+        return
+    fi
+    for ((try = 1; try <= REDIS_TRIES; try++)); do
+        log "redis row, sweep [$kind]: $REDIS_CONNS connections x $rate events/s for ${REDIS_SWEEP_SECS}s, try $try (CPU pressure $(pressure)%)"
+        backplane_run "$kind" "$rate" "$REDIS_SWEEP_SECS" "redis-sweep-$rate-$kind-$try"
+        point=$(jq -c --argjson attempt "$try" '. + {tries: $attempt}' <<<"$RUN")
+        log "  $(bp_show "$point")"
+        [[ $(jq -r .ok <<<"$point") == true ]] && break
+    done
+    BP_SWEEP_POINTS[$kind]+="$point"$'\n'
+    if [[ $(jq -r .ok <<<"$point") == true ]]; then
+        BP_SWEEP_FAILS[$kind]=0
+    else
+        BP_SWEEP_FAILS[$kind]=$((${BP_SWEEP_FAILS[$kind]:-0} + 1))
+    fi
+}
+
+scenario_redis() {
+    start_redis
+    local round i kind n=${#BP_KINDS[@]} rate
+    # Rounds alternate which side goes first: both meet the same
+    # background load; each metric is then the median over the rounds.
+    for ((round = 1; round <= REDIS_ROUNDS; round++)); do
+        for ((i = 0; i < n; i++)); do
+            kind=${BP_KINDS[(i + round - 1) % n]}
+            log "redis row, fixed [$kind] round $round/$REDIS_ROUNDS: $REDIS_CONNS connections x $REDIS_RATE events/s for ${REDIS_SECS}s (CPU pressure $(pressure)%)"
+            backplane_run "$kind" "$REDIS_RATE" "$REDIS_SECS" "redis-fixed-$kind-$round"
+            BP_FIXED_RUNS[$kind]+="$RUN"$'\n'
+            log "  $(bp_show "$RUN")"
+        done
+    done
+    for kind in "${BP_KINDS[@]}"; do
+        BP_FIXED[$kind]=$(jq -s -c '
+            def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
+            . as $runs
+            | (reduce ("p50_us", "p99_us", "p999_us", "max_us", "cpu_us_per_delivery", "server_cpu_pct",
+                       "redis_cpu_pct", "client_cpu_pct", "delivered_per_s") as $k
+                 ({}; .[$k] = ($runs | map(.[$k]) | map(select(. != null)) | median)))
+            + {
+                rounds: ($runs | length),
+                events: ($runs | map(.events) | add),
+                expected_events: ($runs | map(.expected_events) | add),
+                missed: ($runs | map(.missed) | add),
+                resyncs: ($runs | map(.resyncs) | add),
+                silent_gaps: ($runs | map(.silent_gaps) | add),
+                publish_errors: ($runs | map(.publish_errors) | add),
+                lossless: ($runs | all(.lossless)),
+                by_addr: (if $runs[0].by_addr then
+                    [range(0; $runs[0].by_addr | length) as $i
+                     | {p50_us: ($runs | map(.by_addr[$i].p50_us) | map(select(. != null)) | median),
+                        p99_us: ($runs | map(.by_addr[$i].p99_us) | map(select(. != null)) | median)}]
+                  else null end),
+                publish_ack_us: (if $runs[0].publish_ack_us then
+                    {p50: ($runs | map(.publish_ack_us.p50) | map(select(. != null)) | median),
+                     p99: ($runs | map(.publish_ack_us.p99) | map(select(. != null)) | median),
+                     max: ($runs | map(.publish_ack_us.max) | map(select(. != null)) | max)}
+                  else null end),
+                runs: $runs
+              }' <<<"${BP_FIXED_RUNS[$kind]}")
+    done
+    i=0
+    for rate in $REDIS_SWEEP_RATES; do
+        if ((i++ % 2)); then
+            bp_sweep_point redis "$rate"
+            bp_sweep_point memory "$rate"
+        else
+            bp_sweep_point memory "$rate"
+            bp_sweep_point redis "$rate"
+        fi
+    done
+    for kind in "${BP_KINDS[@]}"; do
+        BP_SWEEP[$kind]=$(jq -s -c . <<<"${BP_SWEEP_POINTS[$kind]}")
+        BP_MAXRATE[$kind]=$(jq '[foreach .[] as $p ({ok: true, best: 0};
+                if .ok and ($p.ok // false) then {ok: true, best: $p.rate} else {ok: false, best: .best} end;
+                .best)] | last // 0' <<<"${BP_SWEEP[$kind]}")
+    done
+    stop_redis
+}
+
 # --- the run -----------------------------------------------------------------
 
 STARTED=$SECONDS
@@ -425,22 +762,56 @@ log "client parser alone (one core)"
 PARSE=$(taskset -c "$CLIENT_CORE" "$(bin bench_client)" --parse-bench 2>"$OUT/parse-bench.log")
 log "  $PARSE"
 
-scenario_fixed
-scenario_sweep
-for kind in crate baseline; do scenario_held "$kind"; done
+ran fixed && scenario_fixed
+ran sweep && scenario_sweep
+if ran held; then for kind in crate baseline; do scenario_held "$kind"; done; fi
+ran redis && scenario_redis
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 PSI_AFTER=$(pressure)
 
 # --- results -------------------------------------------------------------------
 
+# What a scenario left out of the run is null.
 server_json() {
-    jq -n -c --argjson fixed "${FIXED[$1]}" --argjson sweep "${SWEEP[$1]}" \
-        --argjson idle "${IDLE[$1]}" --argjson held "${HELD[$1]}" --argjson best "${MAXRATE[$1]}" \
+    jq -n -c --argjson fixed "${FIXED[$1]:-null}" --argjson sweep "${SWEEP[$1]:-null}" \
+        --argjson idle "${IDLE[$1]:-null}" --argjson held "${HELD[$1]:-null}" --argjson best "${MAXRATE[$1]:-null}" \
         '{fixed: $fixed, sweep: $sweep, max_lossless_rate: $best, idle: $idle, held: $held}'
 }
+redis_json() {
+    ran redis || { echo null; return; }
+    jq -n -c --argjson mf "${BP_FIXED[memory]}" --argjson rf "${BP_FIXED[redis]}" \
+        --argjson ms "${BP_SWEEP[memory]}" --argjson rs "${BP_SWEEP[redis]}" \
+        --argjson mbest "${BP_MAXRATE[memory]}" --argjson rbest "${BP_MAXRATE[redis]}" \
+        --arg version "$REDIS_VERSION" --argjson errors "$(printf '%s\n' "${BP_ERRORS[@]:-}" | jq -R -s -c 'split("\n") | map(select(. != ""))')" '
+        def ratio(a; b): if a == null or b == null or b == 0 then null else ((a / b * 1000 | round) / 1000) end;
+        {
+          config: {
+            conns: '"$REDIS_CONNS"', replicas: 2, conns_per_replica: ('"$REDIS_CONNS"' / 2),
+            publisher: "replica A: Replica::publish started in schedule order, at most 32 awaiting Redis",
+            rate: '"$REDIS_RATE"', secs: '"$REDIS_SECS"', rounds: '"$REDIS_ROUNDS"',
+            sweep_secs: '"$REDIS_SWEEP_SECS"', sweep_tries: '"$REDIS_TRIES"',
+            sweep_rates: ("'"$REDIS_SWEEP_RATES"'" | split(" ") | map(tonumber)),
+            redis_version: $version, redis_core: '"$REDIS_CORE"', redis_persistence: "none (save \"\", appendonly no)",
+            server_threads_per_process: 1
+          },
+          memory: {fixed: $mf, sweep: $ms, max_lossless_rate: $mbest},
+          redis: {fixed: $rf, sweep: $rs, max_lossless_rate: $rbest},
+          errors: $errors,
+          ratios: {
+            p50: ratio($rf.p50_us; $mf.p50_us),
+            p99: ratio($rf.p99_us; $mf.p99_us),
+            p999: ratio($rf.p999_us; $mf.p999_us),
+            cpu_us_per_delivery: ratio($rf.cpu_us_per_delivery; $mf.cpu_us_per_delivery),
+            max_lossless_rate: ratio($rbest; $mbest)
+          }
+        }'
+}
+RESULTS=bench/results.json
+((PARTIAL)) && RESULTS=$OUT/results.json
 jq -n \
     --argjson crate "$(server_json crate)" --argjson baseline "$(server_json baseline)" \
-    --argjson floor1 "{\"fixed\":${FIXED[floor]}}" --argjson floor2 "{\"fixed\":${FIXED[floor2]}}" \
+    --argjson floor1 "{\"fixed\":${FIXED[floor]:-null}}" --argjson floor2 "{\"fixed\":${FIXED[floor2]:-null}}" \
+    --argjson redis "$(redis_json)" --arg scenarios "$SCENARIOS" \
     --argjson parse "$PARSE" --argjson quick "$QUICK" \
     --arg load_before "$LOAD_BEFORE" --arg load_after "$LOAD_AFTER" \
     --arg psi_before "$PSI_BEFORE" --arg psi_after "$PSI_AFTER" \
@@ -450,7 +821,7 @@ jq -n \
     def ratio(a; b): if a == null or b == null or b == 0 then null else ((a / b * 1000 | round) / 1000) end;
     {
       config: {
-        quick: ($quick == 1), cores: {server: '"$SERVER_CORE"', client: '"$CLIENT_CORE"'},
+        quick: ($quick == 1), scenarios: ($scenarios | split(" ") | map(select(. != ""))), cores: {server: '"$SERVER_CORE"', client: '"$CLIENT_CORE"'},
         fixed_conns: '"$FIXED_CONNS"', fixed_rate: '"$FIXED_RATE"', fixed_secs: '"$FIXED_SECS"', fixed_rounds: '"$FIXED_ROUNDS"',
         sweep_conns: '"$SWEEP_CONNS"', sweep_secs: '"$SWEEP_SECS"', sweep_tries: '"$SWEEP_TRIES"',
         sweep_rates: ("'"$SWEEP_RATES"'" | split(" ") | map(tonumber)),
@@ -467,6 +838,7 @@ jq -n \
       client_parse_bench: $parse,
       servers: {crate: $crate, baseline: $baseline},
       floor: {one_write_per_event: $floor1, one_write_per_two_events: $floor2},
+      redis_backplane: $redis,
       ratios: {
         cpu_us_per_delivery: ratio($crate.fixed.cpu_us_per_delivery; $baseline.fixed.cpu_us_per_delivery),
         p50: ratio($crate.fixed.p50_us; $baseline.fixed.p50_us),
@@ -481,22 +853,19 @@ jq -n \
         floor_cpu_us_per_delivery: ratio($floor1.fixed.cpu_us_per_delivery; $baseline.fixed.cpu_us_per_delivery),
         floor2_cpu_us_per_delivery: ratio($floor2.fixed.cpu_us_per_delivery; $baseline.fixed.cpu_us_per_delivery)
       }
-    }' >bench/results.json
+    }' >"$RESULTS"
 
 # --- the table -------------------------------------------------------------------
 
-R=bench/results.json
+R=$RESULTS
 q() { jq -r "$1 // \"-\"" "$R"; }
 row() { printf '%-44s %14s %14s %9s  %s\n' "$@"; }
 top_rate=${SWEEP_RATES##* }
 echo
-echo "tower-sse loopback benchmark$( ((QUICK)) && echo ' (quick)'): server on core $SERVER_CORE (1 tokio worker), client on core $CLIENT_CORE"
+echo "tower-sse loopback benchmark$( ((QUICK)) && echo ' (quick)')$( ((PARTIAL)) && echo " ($SCENARIOS only)"): server on core $SERVER_CORE (1 tokio worker), client on core $CLIENT_CORE"
 echo "crate: retain_events=$RETAIN_EVENTS, keep-alive 15 s | baseline: broadcast capacity $CAPACITY, KeepAlive::default() | TCP_NODELAY on both"
-echo "fixed rate: median of $FIXED_ROUNDS alternating round(s) of ${FIXED_SECS}s per server"
+ran fixed && echo "fixed rate: median of $FIXED_ROUNDS alternating round(s) of ${FIXED_SECS}s per server"
 echo "background: load average $LOAD_BEFORE -> $LOAD_AFTER, CPU pressure (avg10, % of time tasks waited for a CPU) $PSI_BEFORE -> $PSI_AFTER"
-echo
-row "metric" "tower-sse" "baseline" "ratio" "target"
-row "--------------------------------------------" "--------------" "--------------" "---------" "------"
 lossless_rate() {
     local r
     r=$(q ".servers.$1.max_lossless_rate")
@@ -506,6 +875,12 @@ met() { [[ $1 == true ]] && echo "met" || echo "NOT met"; }
 ratio_cpu=$(q .ratios.cpu_us_per_delivery)
 ratio_p99=$(q .ratios.p99)
 ratio_rate=$(q .ratios.max_lossless_rate)
+if ran fixed || ran sweep || ran held; then
+    echo
+    row "metric" "tower-sse" "baseline" "ratio" "target"
+    row "--------------------------------------------" "--------------" "--------------" "---------" "------"
+fi
+if ran fixed; then
 row "CPU us per delivery (${FIXED_CONNS}x${FIXED_RATE}/s)" "$(q .servers.crate.fixed.cpu_us_per_delivery)" "$(q .servers.baseline.fixed.cpu_us_per_delivery)" "$ratio_cpu" \
     "<= 0.6x: $(met "$(jq -r '.ratios.cpu_us_per_delivery != null and .ratios.cpu_us_per_delivery <= 0.6' "$R")")"
 row "server CPU % of a core (fixed rate)" "$(q .servers.crate.fixed.server_cpu_pct)" "$(q .servers.baseline.fixed.server_cpu_pct)" "" ""
@@ -517,8 +892,12 @@ row "p999 latency us (fixed rate)" "$(q .servers.crate.fixed.p999_us)" "$(q .ser
 row "events lost / resyncs / silent gaps (fixed)" \
     "$(jq -r '.servers.crate.fixed | "\(.missed)/\(.resyncs)/\(.silent_gaps)"' "$R")" \
     "$(jq -r '.servers.baseline.fixed | "\(.missed)/\(.resyncs)/\(.silent_gaps)"' "$R")" "" ""
+fi
+if ran sweep; then
 row "highest lossless rate, ev/s x ${SWEEP_CONNS}" "$(lossless_rate crate)" "$(lossless_rate baseline)" "$ratio_rate" \
     ">= 2x: $(met "$(jq -r '(.servers.crate.max_lossless_rate > 0 and .servers.baseline.max_lossless_rate == 0) or (.ratios.max_lossless_rate != null and .ratios.max_lossless_rate >= 2)' "$R")")"
+fi
+if ran held; then
 row "idle memory KB per connection (@${IDLE_CONNS})" "$(q .servers.crate.idle.kb_per_conn)" "$(q .servers.baseline.idle.kb_per_conn)" "$(q .ratios.kb_per_idle_conn)" \
     "<= 8 KB: $(met "$(jq -r '.servers.crate.idle.kb_per_conn != null and .servers.crate.idle.kb_per_conn <= 8' "$R")")"
 row "connections held (steps ${HOLD_STEPS// /,})" "$(q .servers.crate.held.held)" "$(q .servers.baseline.held.held)" "$(q .ratios.held)" \
@@ -526,6 +905,8 @@ row "connections held (steps ${HOLD_STEPS// /,})" "$(q .servers.crate.held.held)
 row "idle CPU % of a core at that level (${IDLE_CPU_SECS}s)" "$(q .servers.crate.held.idle_cpu_pct)" "$(q .servers.baseline.held.idle_cpu_pct)" "$(q .ratios.idle_cpu_pct)" \
     "< 5 %: $(met "$(jq -r '.servers.crate.held.idle_cpu_pct != null and .servers.crate.held.idle_cpu_pct < 5' "$R")")"
 row "keep-alives per held connection" "$(q .servers.crate.held.keepalives_per_conn)" "$(q .servers.baseline.held.keepalives_per_conn)" "" ""
+fi
+if ran fixed; then
 echo
 echo "the floor at the fixed rate (bench/src/bin/bench_floor.rs: each event written to every connection"
 echo "with one write(2) from the publisher, nothing else; ratio = against the baseline in the same run)"
@@ -537,6 +918,8 @@ floor_row "floor, 1 write per event" .floor.one_write_per_event.fixed "$(q .rati
 floor_row "floor, 1 write per 2 events" .floor.one_write_per_two_events.fixed "$(q .ratios.floor2_p99)"
 floor_row "tower-sse" .servers.crate.fixed "$ratio_p99"
 floor_row "baseline" .servers.baseline.fixed "1"
+fi
+if ran sweep; then
 echo
 echo "rate sweep (${SWEEP_CONNS} connections, ${SWEEP_SECS}s per run, a failed rate tried $SWEEP_TRIES time(s); ok = every connection got every event and p99 < 100 ms;"
 echo "highest lossless rate = highest rate passed with every lower rate passed; cpu% = server / client share of a core)"
@@ -549,9 +932,68 @@ for rate in $SWEEP_RATES; do
     }
     printf '%6s | %-50s | %-50s\n' "$rate" "$(cell crate)" "$(cell baseline)"
 done
+fi
+if ran redis; then
+    B=.redis_backplane
+    bq() { jq -r "$B.$1 // \"-\"" "$R"; }
+    bp_rate() { # KIND: its highest lossless rate, as the sweep bounds it
+        local r
+        r=$(bq "$1.max_lossless_rate")
+        if [[ $r == "${REDIS_SWEEP_RATES##* }" ]]; then echo ">=$r"; elif [[ $r == 0 ]]; then echo "<${REDIS_SWEEP_RATES%% *}"; else echo "$r"; fi
+    }
+    echo
+    echo "Redis backplane: two replicas of the crate's server on one Redis stream against one in-memory broker, same run"
+    echo "(${REDIS_CONNS} connections, alternating between replicas A and B; events published on A through Replica::publish,"
+    echo "at most 32 awaiting Redis at once; redis-server $(bq config.redis_version), no persistence; the servers and Redis share core $SERVER_CORE,"
+    echo "1 tokio worker per server; fixed rate: median of $REDIS_ROUNDS alternating round(s) of ${REDIS_SECS}s; CPU = servers + Redis)"
+    echo
+    row "metric" "in-memory" "redis x2" "ratio" ""
+    row "--------------------------------------------" "--------------" "--------------" "---------" ""
+    row "p50 latency us (${REDIS_CONNS}x${REDIS_RATE}/s)" "$(bq memory.fixed.p50_us)" "$(bq redis.fixed.p50_us)" "$(bq ratios.p50)" ""
+    row "p99 latency us (${REDIS_CONNS}x${REDIS_RATE}/s)" "$(bq memory.fixed.p99_us)" "$(bq redis.fixed.p99_us)" "$(bq ratios.p99)" ""
+    row "p999 latency us (${REDIS_CONNS}x${REDIS_RATE}/s)" "$(bq memory.fixed.p999_us)" "$(bq redis.fixed.p999_us)" "$(bq ratios.p999)" ""
+    row "  p50 / p99 us on replica A (publishes)" "" "$(jq -r "$B.redis.fixed.by_addr[0] // {} | \"\(.p50_us)/\(.p99_us)\"" "$R")" "" ""
+    row "  p50 / p99 us on replica B" "" "$(jq -r "$B.redis.fixed.by_addr[1] // {} | \"\(.p50_us)/\(.p99_us)\"" "$R")" "" ""
+    row "  Replica::publish p50 / p99 / max us" "" "$(jq -r "$B.redis.fixed.publish_ack_us // {} | \"\(.p50)/\(.p99)/\(.max)\"" "$R")" "" ""
+    row "CPU us per delivery (same load)" "$(bq memory.fixed.cpu_us_per_delivery)" "$(bq redis.fixed.cpu_us_per_delivery)" "$(bq ratios.cpu_us_per_delivery)" ""
+    row "server-side CPU % of a core (same load)" "$(bq memory.fixed.server_cpu_pct)" "$(bq redis.fixed.server_cpu_pct)" "" ""
+    row "  of which redis-server %" "" "$(bq redis.fixed.redis_cpu_pct)" "" ""
+    row "events lost / resyncs / silent gaps (fixed)" \
+        "$(jq -r "$B.memory.fixed | \"\(.missed)/\(.resyncs)/\(.silent_gaps)\"" "$R")" \
+        "$(jq -r "$B.redis.fixed | \"\(.missed)/\(.resyncs)/\(.silent_gaps)\"" "$R")" "" ""
+    row "highest lossless rate, ev/s x ${REDIS_CONNS}" "$(bp_rate memory)" "$(bp_rate redis)" "$(bq ratios.max_lossless_rate)" ""
+    row "  deliveries/s at that rate" \
+        "$(jq -r "$B.memory as \$k | \$k.sweep | map(select(.rate == \$k.max_lossless_rate))[0].delivered_per_s // \"-\"" "$R")" \
+        "$(jq -r "$B.redis as \$k | \$k.sweep | map(select(.rate == \$k.max_lossless_rate))[0].delivered_per_s // \"-\"" "$R")" "" ""
+    echo
+    echo "sweep (${REDIS_SWEEP_SECS}s per run, a failed rate tried $REDIS_TRIES time(s); ok = every connection got every event, p99 < 100 ms, no publish error)"
+    printf '%6s | %-44s | %-58s\n' "ev/s" "in-memory: ok p50us p99us lost/resync/silent cpu%" "redis x2: ok p50us p99us lost/resync/silent cpu% publish-p99us"
+    for rate in $REDIS_SWEEP_RATES; do
+        bp_cell() {
+            jq -r --argjson r "$rate" --arg k "$1" "$B"'[$k].sweep[] | select(.rate == $r) |
+                if .skipped then "skipped (2 failures below)" else
+                "\(if .ok then "ok  " else "FAIL" end) \(.p50_us) \(.p99_us) \(.missed)/\(.resyncs)/\(.silent_gaps) \(.server_cpu_pct)"
+                + (if .publish_ack_us then " \(.publish_ack_us.p99)" else "" end) end' "$R"
+        }
+        printf '%6s | %-44s | %-58s\n' "$rate" "$(bp_cell memory)" "$(bp_cell redis)"
+    done
+    echo
+    echo "redis x2 against in-memory, ${REDIS_CONNS} connections: p50 x$(bq ratios.p50), p99 x$(bq ratios.p99) at ${REDIS_RATE} ev/s;" \
+        "highest lossless rate $(bp_rate redis) against $(bp_rate memory) ev/s (x$(bq ratios.max_lossless_rate))"
+fi
 echo
-echo "client parser alone: $(jq -r '.client_parse_bench | to_entries | map("\(.key) \(.value.events_per_s / 1e6 * 100 | round / 100) M ev/s") | join(", ")' "$R")"
-echo "results: bench/results.json, logs: $OUT/"
+ran fixed || ran sweep || ran held &&
+    echo "client parser alone: $(jq -r '.client_parse_bench | to_entries | map("\(.key) \(.value.events_per_s / 1e6 * 100 | round / 100) M ev/s") | join(", ")' "$R")"
+echo "results: $RESULTS, logs: $OUT/"
 
-cargo run --release --quiet -p tower-sse-bench --bin bench_chart -- bench/results.json bench/sweep.png >&2 || log "chart failed"
+if ((PARTIAL)); then
+    log "some scenarios only: bench/results.json and bench/sweep.png left as they were"
+else
+    cargo run --release --quiet -p tower-sse-bench --bin bench_chart -- bench/results.json bench/sweep.png >&2 || log "chart failed"
+fi
 log "done in $((SECONDS - STARTED)) s"
+if ((${#BP_ERRORS[@]})); then
+    log "errors in the Redis row:"
+    for error in "${BP_ERRORS[@]}"; do log "  $error"; done
+    exit 1
+fi

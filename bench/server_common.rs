@@ -35,18 +35,24 @@ pub struct Args {
     pub threads: usize,
     /// The one server-specific knob (`--retain-events` / `--capacity`).
     pub extra: Option<usize>,
+    /// The publisher also waits for this file to exist: how `bench/run.sh`
+    /// starts it once the connections are spread over several servers,
+    /// none of which sees them all.
+    pub start_file: Option<String>,
+    /// Server-specific flags that take text (`--redis URL`), as given.
+    pub strings: Vec<(String, String)>,
 }
 
-const USAGE: &str =
-    "usage: --addr HOST:PORT --rate R --count C --start-after-conns N [--threads T]";
+const USAGE: &str = "usage: --addr HOST:PORT --rate R --count C --start-after-conns N \
+    [--start-file PATH] [--threads T]";
 /// Most worker threads accepted: far more than any machine this runs on
 /// has cores, and a bound on what a typo can ask for.
 const MAX_THREADS: u64 = 1024;
 
 impl Args {
-    /// Parses `std::env::args`, accepting `extra_flag NUMBER` besides the
-    /// common flags.
-    pub fn parse(extra_flag: &str) -> Result<Self, String> {
+    /// Parses `std::env::args`, accepting `extra_flag NUMBER` and each of
+    /// `string_flags TEXT` besides the common flags.
+    pub fn parse(extra_flag: &str, string_flags: &[&str]) -> Result<Self, String> {
         let mut args = Args {
             addr: "127.0.0.1:3100".to_owned(),
             rate: 100,
@@ -54,6 +60,8 @@ impl Args {
             start_after_conns: 1,
             threads: 1,
             extra: None,
+            start_file: None,
+            strings: Vec::new(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -80,6 +88,7 @@ impl Args {
                 "--rate" => args.rate = number()?,
                 "--count" => args.count = number()?,
                 "--start-after-conns" => args.start_after_conns = number()?,
+                "--start-file" => args.start_file = Some(value.clone()),
                 "--threads" => {
                     let threads = number()?;
                     if threads > MAX_THREADS {
@@ -88,6 +97,7 @@ impl Args {
                     args.threads = threads.max(1) as usize;
                 }
                 f if f == extra_flag => args.extra = Some(number()? as usize),
+                f if string_flags.contains(&f) => args.strings.push((flag.clone(), value.clone())),
                 _ => {
                     return Err(format!(
                         "unknown argument {flag:?}\n{USAGE} [{extra_flag} N]"
@@ -96,6 +106,16 @@ impl Args {
             }
         }
         Ok(args)
+    }
+
+    /// The last value given to the text flag `flag`.
+    #[allow(dead_code)] // only the crate's server has text flags
+    pub fn string(&self, flag: &str) -> Option<&str> {
+        self.strings
+            .iter()
+            .rev()
+            .find(|(f, _)| f == flag)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -110,8 +130,17 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// What every server does first: parses the command line (with
 /// `extra_flag`) and builds the runtime. On a usage error or a runtime that
 /// cannot start, it says why on stderr and gives the exit code to return.
+#[allow(dead_code)] // the crate's server uses `start_with`
 pub fn start(extra_flag: &str) -> Result<(Args, tokio::runtime::Runtime), std::process::ExitCode> {
-    let args = Args::parse(extra_flag).map_err(|message| {
+    start_with(extra_flag, &[])
+}
+
+/// [`start`], accepting the text flags `string_flags` too.
+pub fn start_with(
+    extra_flag: &str,
+    string_flags: &[&str],
+) -> Result<(Args, tokio::runtime::Runtime), std::process::ExitCode> {
+    let args = Args::parse(extra_flag, string_flags).map_err(|message| {
         eprintln!("{message}");
         std::process::ExitCode::from(2)
     })?;
@@ -188,10 +217,14 @@ pub fn cpu_ticks() -> (u64, u64) {
     (field(14), field(15))
 }
 
-/// Counters both servers report.
+/// Counters every server reports.
 #[derive(Default)]
 pub struct Counters {
+    /// Events the publisher handed over.
     pub published: AtomicU64,
+    /// Of those, publishes that failed (only a publish that can fail, the
+    /// backplane's, counts any).
+    pub publish_errors: AtomicU64,
     pub max_subscribers: AtomicUsize,
 }
 
@@ -227,7 +260,8 @@ pub async fn serve_axum(addr: &str, app: Router) -> std::io::Result<()> {
 }
 
 /// Samples the subscriber count every 10 ms for `max_subscribers`, starts
-/// the publisher once `args.start_after_conns` are connected, then publishes
+/// the publisher once `args.start_after_conns` are connected (and
+/// `args.start_file` exists, if given), then publishes
 /// `args.count` events (0 = for ever) at `args.rate` per second (0 = as
 /// fast as it can), each with the payload `SEQ TS_NS`.
 pub async fn run_publisher(
@@ -242,6 +276,7 @@ pub async fn run_publisher(
         let counters = counters.clone();
         let subscribers = subscribers.clone();
         let wanted = args.start_after_conns;
+        let start_file = args.start_file.clone();
         tokio::spawn(async move {
             let mut started = Some(started_tx);
             let mut timer = tokio::time::interval(SAMPLE_EVERY);
@@ -250,7 +285,11 @@ pub async fn run_publisher(
                 timer.tick().await;
                 let n = subscribers();
                 counters.max_subscribers.fetch_max(n, Ordering::Relaxed);
-                if n as u64 >= wanted {
+                let go = n as u64 >= wanted
+                    && start_file
+                        .as_ref()
+                        .is_none_or(|path| std::path::Path::new(path).exists());
+                if go {
                     if let Some(tx) = started.take() {
                         let _ = tx.send(());
                     }
@@ -318,7 +357,8 @@ pub fn info(line: &serde_json::Value) {
 }
 
 /// Waits for SIGTERM (or Ctrl-C), prints
-/// `{"published","lagged_skipped","max_subscribers"}` to stderr and exits.
+/// `{"published","publish_errors","lagged_skipped","max_subscribers"}` to
+/// stderr and exits.
 pub async fn exit_on_sigterm(counters: Arc<Counters>, lagged_skipped: impl Fn() -> u64) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -328,6 +368,7 @@ pub async fn exit_on_sigterm(counters: Arc<Counters>, lagged_skipped: impl Fn() 
     }
     let line = serde_json::json!({
         "published": counters.published.load(Ordering::Relaxed),
+        "publish_errors": counters.publish_errors.load(Ordering::Relaxed),
         "lagged_skipped": lagged_skipped(),
         "max_subscribers": counters.max_subscribers.load(Ordering::Relaxed),
     });

@@ -11,8 +11,13 @@
 //! ```text
 //! bench_client --addr 127.0.0.1:3100 --conns 1000 --expect 2000 --duration 60 \
 //!     [--connect-concurrency 200] [--ready-file PATH] [--label NAME]
+//! bench_client --addr 127.0.0.1:3100,127.0.0.1:3101 --conns 1000 ...
 //! bench_client --parse-bench      # parser throughput on one core, no network
 //! ```
+//!
+//! Several addresses (replicas of one service) share the connections in
+//! turn, the first to the first address; the report then adds `by_addr`,
+//! each address's `{"addr","conns","events","p50_us","p99_us","max_us"}`.
 //!
 //! One current-thread runtime: one core. A process holds at most as many
 //! connections as its open-file limit allows (20 000 on the development
@@ -77,7 +82,8 @@ mod client {
     // Command line
 
     struct Opts {
-        addr: String,
+        /// One or more servers, given comma-separated.
+        addrs: Vec<String>,
         conns: usize,
         expect: u64,
         duration: Duration,
@@ -97,7 +103,7 @@ mod client {
     impl Opts {
         fn parse() -> Result<Self, String> {
             let mut opts = Opts {
-                addr: "127.0.0.1:3100".to_owned(),
+                addrs: vec!["127.0.0.1:3100".to_owned()],
                 conns: 1,
                 expect: 0,
                 duration: Duration::from_secs(60),
@@ -143,7 +149,16 @@ mod client {
                         .ok_or_else(|| format!("{flag}: {value:?} is not a number of seconds"))
                 };
                 match flag.as_str() {
-                    "--addr" => opts.addr = value.clone(),
+                    "--addr" => {
+                        opts.addrs = value
+                            .split(',')
+                            .filter(|a| !a.is_empty())
+                            .map(str::to_owned)
+                            .collect();
+                        if opts.addrs.is_empty() {
+                            return Err(format!("--addr: no address in {value:?}"));
+                        }
+                    }
                     "--conns" => opts.conns = number()? as usize,
                     "--expect" => opts.expect = number()?,
                     "--duration" => opts.duration = seconds()?,
@@ -166,7 +181,9 @@ mod client {
     /// What every connection task shares (one thread: `RefCell`).
     struct Shared {
         conns: Vec<ConnStats>,
-        hist: Histogram,
+        /// Latency, one histogram per address (connection `id` goes to
+        /// address `id % addrs`).
+        hists: Vec<Histogram>,
         connected: usize,
         failed: usize,
         /// Connections that got their last expected event, ended or failed.
@@ -203,7 +220,7 @@ mod client {
         let started = Instant::now();
         let shared = Rc::new(RefCell::new(Shared {
             conns: vec![ConnStats::default(); opts.conns],
-            hist: Histogram::new(),
+            hists: opts.addrs.iter().map(|_| Histogram::new()).collect(),
             connected: 0,
             failed: 0,
             finished: 0,
@@ -212,21 +229,22 @@ mod client {
         }));
         let progress = Rc::new(Notify::new());
         let permits = Rc::new(Semaphore::new(opts.connect_concurrency));
-        let request = Rc::<[u8]>::from(
-            format!(
-                "GET /events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
-                 Cache-Control: no-cache\r\nUser-Agent: tower-sse-bench\r\n\r\n",
-                opts.addr
-            )
-            .into_bytes(),
-        );
-        let addr = opts.addr.clone();
+        let targets: Vec<(Rc<str>, Rc<[u8]>)> = opts
+            .addrs
+            .iter()
+            .map(|addr| {
+                let request = format!(
+                    "GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
+                     Cache-Control: no-cache\r\nUser-Agent: tower-sse-bench\r\n\r\n"
+                );
+                (Rc::from(addr.as_str()), Rc::from(request.into_bytes()))
+            })
+            .collect();
         for id in 0..opts.conns {
             let shared = shared.clone();
             let progress = progress.clone();
             let permits = permits.clone();
-            let request = request.clone();
-            let addr = addr.clone();
+            let (addr, request) = targets[id % targets.len()].clone();
             let expect = opts.expect;
             let connect_timeout = opts.connect_timeout;
             tokio::task::spawn_local(async move {
@@ -431,7 +449,9 @@ mod client {
                             let now = unix_ns();
                             let mut s = shared.borrow_mut();
                             let s = &mut *s;
-                            parser.feed(&buf[..n], now, &mut s.conns[id], &mut s.hist, expect)
+                            let at = id % s.hists.len();
+                            let hist = &mut s.hists[at];
+                            parser.feed(&buf[..n], now, &mut s.conns[id], hist, expect)
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
                         Err(e) => Err(e),
@@ -463,8 +483,9 @@ mod client {
                         let now = unix_ns();
                         let mut s = shared.borrow_mut();
                         let s = &mut *s;
-                        let done =
-                            parser.feed(&buf[..n], now, &mut s.conns[id], &mut s.hist, expect)?;
+                        let at = id % s.hists.len();
+                        let hist = &mut s.hists[at];
+                        let done = parser.feed(&buf[..n], now, &mut s.conns[id], hist, expect)?;
                         Ok(if done { Step::Done } else { Step::More })
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Step::More),
@@ -545,8 +566,28 @@ mod client {
             && shared.connected == opts.conns
             && clean
             && (opts.expect == 0 || incomplete == 0);
-        let h = &shared.hist;
-        serde_json::json!({
+        let mut h = Histogram::new();
+        for each in &shared.hists {
+            h.merge(each);
+        }
+        let by_addr: Vec<serde_json::Value> = opts
+            .addrs
+            .iter()
+            .zip(&shared.hists)
+            .enumerate()
+            .map(|(i, (addr, hist))| {
+                let mine = shared.conns.iter().skip(i).step_by(opts.addrs.len());
+                serde_json::json!({
+                    "addr": addr,
+                    "conns": mine.clone().count(),
+                    "events": mine.map(|c| c.events).sum::<u64>(),
+                    "p50_us": hist.quantile_us(0.50),
+                    "p99_us": hist.quantile_us(0.99),
+                    "max_us": hist.max_us(),
+                })
+            })
+            .collect();
+        let mut line = serde_json::json!({
             "label": opts.label,
             "stop": stop,
             "conns": opts.conns,
@@ -574,7 +615,11 @@ mod client {
             "connect_s": round3(connect_s),
             "receive_s": round3(receive_s),
             "error": shared.first_error,
-        })
+        });
+        if opts.addrs.len() > 1 {
+            line["by_addr"] = by_addr.into();
+        }
+        line
     }
 
     // ------------------------------------------------------------------
@@ -946,6 +991,14 @@ mod client {
             let shift = (i - 2 * SUB) / SUB + 1;
             let mantissa = (i - 2 * SUB) % SUB + SUB;
             (mantissa << shift) + (1 << (shift - 1))
+        }
+
+        fn merge(&mut self, other: &Histogram) {
+            for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+                *mine += theirs;
+            }
+            self.total += other.total;
+            self.max = self.max.max(other.max);
         }
 
         fn record(&mut self, ns: u64) {
