@@ -30,10 +30,12 @@
 //!   - Entries the reader missed because Redis trimmed them first: every
 //!     stream that crosses the hole gets a `lagged` report with the count
 //!     of missing entries (of any topic).
-//!   - Redis lost its data (restarted without persistence, or a promoted
-//!     replica behind the old primary, so that the seq went backwards): the
-//!     stream starts afresh under a new epoch, every stream gets a
-//!     `resync`, and no id of the old epoch is honoured.
+//!   - Redis lost writes a replica saw (restarted without persistence, or
+//!     a promoted replica behind the old primary): the seq went backwards,
+//!     or another event now stands under a seq the replica mirrored (its
+//!     publish token differs). The stream starts afresh under a new epoch,
+//!     every stream gets a `resync`, and no id of the old epoch is
+//!     honoured.
 //!   - An entry that does not parse (written into the key by something
 //!     else) is skipped and counted.
 //!
