@@ -37,7 +37,10 @@
 //!     every stream gets a `resync`, and no id of the old epoch is
 //!     honoured.
 //!   - An entry that does not parse (written into the key by something
-//!     else) is skipped and counted.
+//!     else) is skipped and counted. One appended past the backplane's
+//!     seq (`XADD KEY *`) leaves no room for the next publish: each fails
+//!     with [`BackplaneError::Unavailable`] saying so, taking no seq, until
+//!     the key is deleted. The key must be the backplane's alone.
 //!
 //! Every replica receives every event; topics and authorization stay
 //! local. What survives a Redis restart is what Redis persisted: with

@@ -53,10 +53,23 @@ pub(super) struct Reader {
 
 /// Where the mirror stands against the stream.
 enum Step {
-    /// In the stream's epoch: read after this stream seq.
-    After(u64),
+    /// In the stream's epoch: read after the mirrored stream seq; the
+    /// stream's top seq.
+    After { mirrored: u64, top: u64 },
     /// The stream is in another epoch: join it.
     Join(u64),
+}
+
+/// Whether the next read goes on after `id`, the last entry read (which
+/// may be another program's), rather than after the mirrored seq: unless
+/// that would pass over entries of the stream's seqs not mirrored yet (the
+/// stream was deleted and started again below `id`, say). Reading on
+/// passes over another program's entries once, instead of at every read.
+fn read_on_from(id: &str, mirrored: u64, top: u64) -> bool {
+    let Some(read) = stream::entry_id(id) else {
+        return false;
+    };
+    read >= (mirrored, 0) && (top <= mirrored || read < (top, 0))
 }
 
 /// How a session ended.
@@ -130,9 +143,9 @@ impl Reader {
                 Err(error) => return Ended::Failed(error.to_string()),
             };
             let from = match from {
-                Step::After(seq) => match read_from.take() {
-                    Some(id) if entry_seq(&id).is_none_or(|read| read >= seq) => id,
-                    _ => format!("{seq}-0"),
+                Step::After { mirrored, top } => match read_from.take() {
+                    Some(id) if read_on_from(&id, mirrored, top) => id,
+                    _ => format!("{mirrored}-0"),
                 },
                 // A new epoch starts from the stream's tail.
                 Step::Join(epoch) => match self.join(&mut conn, &broker, epoch).await {
@@ -186,7 +199,7 @@ impl Reader {
             return Ok(Step::Join(epoch));
         }
         broker.mirror_top(top);
-        Ok(Step::After(mirrored))
+        Ok(Step::After { mirrored, top })
     }
 
     /// Whether the stream holds another entry under `seq` than the one
@@ -332,4 +345,26 @@ fn parse_epoch(epoch: &str) -> RedisResult<u64> {
             "the stream's epoch is not a number",
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_on_from;
+
+    #[test]
+    fn a_read_goes_on_after_the_last_entry_unless_that_passes_over_seqs_not_mirrored() {
+        // After its own entries.
+        assert!(read_on_from("5-0", 5, 5));
+        assert!(read_on_from("5-0", 5, 9));
+        // After another program's entry among them, or past them while
+        // nothing of the stream's seqs is pending.
+        assert!(read_on_from("5-1", 5, 9));
+        assert!(read_on_from("1733500000000-0", 5, 5));
+        // Past seqs not mirrored yet: the stream started again below it.
+        assert!(!read_on_from("1733500000000-0", 5, 6));
+        assert!(!read_on_from("9-0", 5, 9));
+        // Before the mirror (a stale read), or not an id.
+        assert!(!read_on_from("4-0", 5, 5));
+        assert!(!read_on_from("x", 5, 5));
+    }
 }

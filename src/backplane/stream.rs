@@ -26,6 +26,10 @@ use crate::broker::Mirrored;
 /// its token among the (at most [`RETRY_WINDOW`]) entries after that seq,
 /// returning that entry's seq instead of appending twice.
 ///
+/// An entry something else appended with a larger id (`XADD KEY *`, say)
+/// makes the append impossible: the script then gives the seq back and
+/// answers an error that says so, rather than consuming seqs no entry has.
+///
 /// KEYS: stream, meta. ARGV: epoch if none, retention, topic, type, data,
 /// publish time, token, retry (a seq, or empty on a first attempt), retry
 /// window.
@@ -47,9 +51,15 @@ elseif ARGV[8] ~= '' then
   end
 end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0',
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0',
   'epoch', epoch, 'topic', ARGV[3], 'type', ARGV[4], 'data', ARGV[5], 'at', ARGV[6],
   'tok', ARGV[7])
+if type(added) == 'table' and added.err then
+  -- Something else wrote past this seq: the seq is not taken.
+  redis.call('HINCRBY', KEYS[2], 'seq', -1)
+  return redis.error_reply('FOREIGN the stream holds an entry this backplane did not write at or past '
+    .. seq .. '-0: the key must be the backplane\'s alone (delete it to start afresh)')
+end
 return {epoch, seq}
 ";
 
@@ -125,6 +135,12 @@ pub(super) fn now_millis() -> u64 {
 pub(super) fn entry_seq(id: &str) -> Option<u64> {
     let (seq, zero) = id.split_once('-')?;
     (zero == "0").then(|| seq.parse().ok()).flatten()
+}
+
+/// Any entry id, as Redis orders them.
+pub(super) fn entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// The publish token of an entry (empty if it has none).

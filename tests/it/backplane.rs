@@ -423,6 +423,29 @@ async fn entries_written_by_something_else_are_skipped_and_counted() {
         vec![(first, "1".to_owned())]
     );
     assert!(sub.try_next().is_none());
+    // Past the foreign ids, nothing can be appended: a clear error, and
+    // no seq is taken for it.
+    for _ in 0..3 {
+        match a.publish(event("x", "2")).await {
+            Err(BackplaneError::Unavailable(why)) => {
+                assert!(why.contains("did not write"), "{why}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    let seq: u64 = redis
+        .query(redis::cmd("HGET").arg("test:events:meta").arg("seq"))
+        .await;
+    assert_eq!(seq, 1);
+    // The operator deletes the key: publishing goes on, with no hole.
+    let _: u64 = redis.query(redis::cmd("DEL").arg("test:events")).await;
+    let next = a.publish(event("x", "2")).await.unwrap();
+    assert_eq!(next, a.broker().mirrored_id(2));
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(next, "2".to_owned())]
+    );
+    assert_eq!(a.stats().mirror.missed, 0);
 }
 
 #[tokio::test]
