@@ -944,4 +944,57 @@ mod tests {
         broker.close();
         assert_eq!(count.get(), 4);
     }
+
+    #[test]
+    fn a_notification_unread_at_a_mirror_reset_follows_the_resync_under_the_new_epoch() {
+        use crate::broker::{Mirrored, Topic};
+        use crate::{EventId, Message, ResyncReason};
+
+        let entry = |seq: u64| Mirrored {
+            stream_seq: seq,
+            age: std::time::Duration::ZERO,
+            topic: "a".into(),
+            event_type: None,
+            data: format!("{seq}").into(),
+        };
+        let broker = Broker::builder().epoch(1).mirrored().build();
+        broker.mirror_reset(5, [entry(1)]);
+        let private = Topic::reserved("client/x");
+        let topics = Topics::parse(["a"]).unwrap().with(private.clone());
+        let mut sub = broker.subscribe(&topics, None).unwrap();
+        let sent = broker
+            .send_direct(&private, 1, Event::new("notification").data("n"))
+            .unwrap()
+            .expect("a watcher");
+        assert_eq!(sent.epoch(), 5);
+
+        // The stream lost its data: a new epoch, with one entry.
+        broker.mirror_reset(9, [entry(1)]);
+        let held = broker.stats().direct_bytes;
+        let Some(Message::Resync {
+            reason: ResyncReason::UnknownEpoch,
+            resume_from,
+        }) = sub.try_next()
+        else {
+            panic!("expected a resync");
+        };
+        assert_eq!(resume_from, broker.mirrored_id(1));
+        let Some(Message::Event(notification)) = sub.try_next() else {
+            panic!("expected the notification");
+        };
+        assert_eq!(notification.data(), "n");
+        assert_eq!(notification.id(), EventId::new(9, resume_from.seq() + 1));
+        let frame = String::from_utf8(notification.frame().to_vec()).unwrap();
+        assert_eq!(
+            frame,
+            format!(
+                "id: {}\nevent: notification\ndata: n\n\n",
+                notification.id()
+            )
+        );
+        assert!(sub.try_next().is_none());
+        // What it held was counted once, at its new size.
+        assert_eq!(held, frame.len());
+        assert_eq!(broker.stats().direct_bytes, 0);
+    }
 }
