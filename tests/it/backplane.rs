@@ -239,6 +239,69 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_repeats_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_open_streams_stay_open_with_keep_alives_and_carry_on() {
+    let mut redis = RedisServer::start_persistent().await;
+    let mode = ServerMode::new();
+    let a = replica_on(&redis.url(), Some(&mode), Broker::builder());
+    a.broker().follow_mode(&mode);
+    in_step(&a).await;
+    let layer = tower_sse::SseLayer::new(a.broker().clone()).keep_alive(Duration::from_millis(100));
+    let addr = crate::support::server::serve_axum(axum::Router::new().layer(layer)).await;
+    let mut stream = client::get(addr, "/events", &[]).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let next_event = async |stream: &mut crate::support::sse::Client| {
+        let frame = stream.next_non_comment().await.expect("the stream open");
+        (
+            frame.event_type().unwrap_or("message").to_owned(),
+            frame.data().unwrap_or_default(),
+        )
+    };
+    assert_eq!(next_event(&mut stream).await.0, "server.state");
+    let first = a.publish(event("public", "1")).await.unwrap();
+    assert_eq!(
+        next_event(&mut stream).await,
+        ("t".into(), "1".into())
+    );
+
+    redis.kill();
+    let (kind, data) = next_event(&mut stream).await;
+    assert_eq!(kind, "server.state");
+    assert!(
+        data.contains("degraded") && data.contains("redis"),
+        "{data}"
+    );
+    assert!(matches!(
+        a.publish(event("public", "lost")).await,
+        Err(BackplaneError::Unavailable(_))
+    ));
+    // Still open, and kept alive.
+    let seen = stream.raw().len();
+    stream
+        .wait_raw("two keep-alives while Redis is down", |raw| {
+            raw[seen..].lines().filter(|line| *line == ":").count() >= 2
+        })
+        .await;
+    assert!(a.stats().error.is_some_and(|why| why.starts_with("redis")));
+
+    // Back with its data: the same stream carries on, nothing to resync.
+    redis.restart().await;
+    in_step(&a).await;
+    let second = a.publish(event("public", "2")).await.unwrap();
+    assert_eq!(second.epoch(), first.epoch());
+    let mut after = Vec::new();
+    while after.last().is_none_or(|(kind, _)| kind != "t") {
+        after.push(next_event(&mut stream).await);
+    }
+    assert_eq!(after.pop(), Some(("t".into(), "2".into())));
+    assert!(
+        after
+            .iter()
+            .all(|(kind, data)| kind == "server.state" && !data.contains("degraded")),
+        "{after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_without_its_data_starts_a_new_epoch_and_everyone_resyncs() {
     let mut redis = RedisServer::start().await;
     let a = replica(&redis.url());
