@@ -72,6 +72,28 @@ fn read_on_from(id: &str, mirrored: u64, top: u64) -> bool {
     read >= (mirrored, 0) && (top <= mirrored || read < (top, 0))
 }
 
+/// Marks the backplane down if the reader stops before its broker closes.
+struct Stopped {
+    shared: Arc<Shared>,
+    probe: Option<(ServerMode, u64)>,
+    armed: bool,
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let why = "the backplane reader stopped".to_owned();
+        let health = &self.shared.health;
+        health.up.store(false, Ordering::Release);
+        *health.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+        if let Some((mode, id)) = &self.probe {
+            mode.probe_failing(*id, "redis", why);
+        }
+    }
+}
+
 /// How a session ended.
 enum Ended {
     /// The broker is gone or closed: the reader is done.
@@ -83,6 +105,13 @@ enum Ended {
 impl Reader {
     pub(super) async fn run(self) {
         let probe = self.probe.clone();
+        // A reader that stops for any other reason than its broker closing
+        // (a panic, an abort) leaves no one to feed the broker: say so.
+        let mut stopped = Stopped {
+            shared: self.shared.clone(),
+            probe: probe.clone(),
+            armed: true,
+        };
         let mut backoff = MIN_BACKOFF;
         loop {
             match self.session(&probe).await {
@@ -110,6 +139,7 @@ impl Reader {
                 break;
             }
         }
+        stopped.armed = false;
         if let Some((mode, id)) = probe {
             mode.probe_passing(id);
         }

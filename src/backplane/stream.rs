@@ -131,10 +131,12 @@ pub(super) fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// The stream seq of an entry id this backplane wrote (`SEQ-0`).
+/// The stream seq of an entry id this backplane wrote (`SEQ-0`, `SEQ` at
+/// most [`MAX_STREAM_SEQ`](crate::broker::MAX_STREAM_SEQ)).
 pub(super) fn entry_seq(id: &str) -> Option<u64> {
     let (seq, zero) = id.split_once('-')?;
-    (zero == "0").then(|| seq.parse().ok()).flatten()
+    let seq: u64 = (zero == "0").then(|| seq.parse().ok()).flatten()?;
+    (seq <= crate::broker::MAX_STREAM_SEQ).then_some(seq)
 }
 
 /// Any entry id, as Redis orders them.
@@ -216,5 +218,17 @@ mod tests {
             parse_entry("12-0", &good, 7, 10).unwrap().age,
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn only_ids_of_this_backplane_within_the_seq_range_have_a_seq() {
+        assert_eq!(entry_seq("7-0"), Some(7));
+        let max = crate::broker::MAX_STREAM_SEQ;
+        assert_eq!(entry_seq(&format!("{max}-0")), Some(max));
+        assert_eq!(entry_seq(&format!("{}-0", max + 1)), None);
+        assert_eq!(entry_seq(&format!("{}-0", u64::MAX)), None);
+        assert_eq!(entry_seq("7-1"), None);
+        assert_eq!(entry_seq("x-0"), None);
+        assert_eq!(entry_seq("99999999999999999999999-0"), None);
     }
 }

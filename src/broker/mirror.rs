@@ -41,6 +41,11 @@ pub(crate) const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
 /// The stream entries up to it are skipped when they arrive.
 pub(crate) const AHEAD: u64 = 1 << 16;
 
+/// The largest stream seq a mirror takes: its seq here, its own frames
+/// after it and an id [`AHEAD`] of it all fit in a `u64`. An entry past it
+/// is refused like any entry that breaks the rules.
+pub const MAX_STREAM_SEQ: u64 = (u64::MAX >> LOCAL_BITS) - AHEAD - 1;
+
 /// The seq here of the stream entry of seq `stream_seq`.
 pub(crate) fn local_seq(stream_seq: u64) -> u64 {
     stream_seq.saturating_mul(1 << LOCAL_BITS)
@@ -207,6 +212,11 @@ impl Broker {
         };
         if entry.stream_seq <= mirror.stream_seq {
             outcome.duplicates += 1;
+            return;
+        }
+        if entry.stream_seq > MAX_STREAM_SEQ {
+            state.skip_mirrored();
+            outcome.skipped += 1;
             return;
         }
         // A fresh mirror starts wherever the entries fed to it do; one that

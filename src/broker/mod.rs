@@ -46,7 +46,7 @@ use crate::wire;
 pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_TYPES};
 
 pub(crate) use self::mirror::local_seq;
-pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored};
+pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored, MAX_STREAM_SEQ};
 pub(crate) use self::subscription::Frames;
 
 /// Default bound on retained events.

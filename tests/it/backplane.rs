@@ -258,10 +258,7 @@ async fn while_redis_is_down_open_streams_stay_open_with_keep_alives_and_carry_o
     };
     assert_eq!(next_event(&mut stream).await.0, "server.state");
     let first = a.publish(event("public", "1")).await.unwrap();
-    assert_eq!(
-        next_event(&mut stream).await,
-        ("t".into(), "1".into())
-    );
+    assert_eq!(next_event(&mut stream).await, ("t".into(), "1".into()));
 
     redis.kill();
     let (kind, data) = next_event(&mut stream).await;

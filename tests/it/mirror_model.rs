@@ -806,3 +806,25 @@ fn entries_seen_ahead_stay_skipped_when_an_eviction_passes_them() {
         "{got:?}"
     );
 }
+
+/// An entry whose seq leaves no room for its id (a foreign tool's, say) is
+/// refused and counted, never a panic or a wrapped seq.
+#[test]
+fn an_entry_past_the_largest_seq_is_refused() {
+    let broker = Broker::builder().epoch(1).mirrored().build();
+    broker.mirror_reset(3, entries_of_a(3, [1]));
+    let mut sub = sub_of_a(&broker, None);
+    for seq in [tower_sse::broker::MAX_STREAM_SEQ + 1, u64::MAX] {
+        let outcome = broker.mirror([entry(3, seq, 0)]);
+        assert_eq!(outcome.skipped, 1, "{seq}");
+    }
+    assert_eq!(broker.stats().mirror.unwrap().skipped, 2);
+    assert!(drained(&mut sub).is_empty());
+    let outcome = broker.mirror(entries_of_a(3, [2]));
+    assert_eq!(outcome.appended, 1);
+    let got = drained(&mut sub);
+    assert!(
+        matches!(&got[..], [Message::Event(e)] if e.id() == broker.mirrored_id(2)),
+        "{got:?}"
+    );
+}
