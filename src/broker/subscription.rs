@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
 use super::event::Topic;
-use super::mirror::{stream_seq, AHEAD};
+use super::mirror::{stream_seq, AHEAD, LOCAL_MASK};
 use super::state::{Breaks, Entry, Greeting, State, SubSlot};
 use super::{Message, ReceivedEvent, Shared};
 use crate::sync::{lock, Arc};
@@ -183,18 +183,23 @@ impl Reader {
         if id.epoch() != self.epoch {
             return Err(ResyncReason::UnknownEpoch);
         }
-        let seq = id.seq();
+        let mut seq = id.seq();
         if seq >= state.next_seq {
-            // Another replica's reader may be a little ahead of this one's.
-            let ahead = state
-                .mirror
-                .is_some_and(|mirror| stream_seq(seq) <= mirror.stream_seq + AHEAD);
-            if !ahead {
+            let Some(mirror) = state.mirror else {
+                return Err(ResyncReason::Future);
+            };
+            // Another replica's reader may be a little ahead of this one's,
+            // and its own frames (after the stream entry of `seq`) mean
+            // nothing here.
+            seq &= !LOCAL_MASK;
+            if stream_seq(seq) > mirror.stream_seq + AHEAD {
                 return Err(ResyncReason::Future);
             }
-            self.pos = seq;
-            self.skip_through = seq;
-            return Ok(());
+            if seq >= state.next_seq {
+                self.pos = seq;
+                self.skip_through = seq;
+                return Ok(());
+            }
         }
         if self
             .cursors
@@ -328,7 +333,7 @@ impl Reader {
     }
 
     fn event(&mut self, entry: Arc<Entry>) -> Message {
-        self.pos = entry.seq;
+        self.pos = self.pos.max(entry.seq);
         Message::Event(ReceivedEvent {
             epoch: self.epoch,
             entry,
@@ -355,10 +360,12 @@ impl Reader {
                 // Evicted unread, but the client saw all of it.
                 cursor.next = log.evicted;
             }
+            // Only the stream's entries: this replica's own frames are
+            // news to the client (they go out without an id, see `fill`).
             while log
                 .entries
                 .get((cursor.next - log.evicted) as usize)
-                .is_some_and(|entry| entry.seq <= self.skip_through)
+                .is_some_and(|entry| entry.seq <= self.skip_through && entry.seq & LOCAL_MASK == 0)
             {
                 cursor.next += 1;
             }
@@ -446,7 +453,15 @@ impl Reader {
                 Some(_) => return false,
                 None => 0,
             };
-            let len = entry.frame.len();
+            // A frame of this replica's own under a seq the client is past
+            // (it resumed from another replica's id ahead of this one): it
+            // goes without its id, which would send the client back.
+            let frame = if entry.seq <= self.pos {
+                entry.frame.slice(entry.id_line..)
+            } else {
+                entry.frame.clone()
+            };
+            let len = frame.len();
             if offset == 0 && len <= room {
                 if let (Some(greeting), Next::Log(_)) = (&self.greeting, next) {
                     if entry.seq == greeting.seq {
@@ -454,17 +469,15 @@ impl Reader {
                         self.greeting = None;
                     }
                 }
-                let Message::Event(event) = self.take(state, next) else {
-                    unreachable!("an entry is an event")
-                };
-                batch.push(event.entry.frame.clone());
+                self.take(state, next);
+                batch.push(frame);
                 continue;
             }
             if !batch.is_empty() {
                 return true;
             }
             let end = len.min(offset + max_bytes);
-            batch.push_slice(Bytes::copy_from_slice(&entry.frame[offset..end]));
+            batch.push_slice(Bytes::copy_from_slice(&frame[offset..end]));
             if end == len {
                 state.subs[self.key].sending = None;
                 self.take(state, next);
@@ -996,5 +1009,65 @@ mod tests {
         // What it held was counted once, at its new size.
         assert_eq!(held, frame.len());
         assert_eq!(broker.stats().direct_bytes, 0);
+    }
+
+    #[test]
+    fn frames_of_this_replica_reach_a_client_that_resumed_from_another_replicas_id() {
+        use crate::broker::{Mirrored, Topic};
+        use crate::EventId;
+
+        let entry = |seq: u64| Mirrored {
+            stream_seq: seq,
+            age: std::time::Duration::ZERO,
+            topic: "a".into(),
+            event_type: None,
+            data: format!("{seq}").into(),
+        };
+        let state = |s: &str| Event::new("server.state").data(format!("{{\"mode\":\"{s}\"}}"));
+        let broker = Broker::builder().epoch(1).mirrored().build();
+        broker.mirror_reset(5, [entry(1), entry(2)]);
+        let private = Topic::reserved("client/x");
+        let topics = Topics::parse(["a"]).unwrap().with(private.clone());
+
+        // In step with the replica that gave the id, which is one of that
+        // replica's own frames after entry 2: it stands for entry 2.
+        let theirs = EventId::new(5, broker.mirrored_id(2).seq() + 5);
+        let mut in_step = broker
+            .subscribe(&topics, Some(&theirs.to_string()))
+            .unwrap();
+        let change = broker.publish_system_greeting(state("degraded")).unwrap();
+        assert!(change.seq() < theirs.seq());
+        broker.mirror([entry(3)]);
+        assert_eq!(
+            drain_text(&mut in_step, 1 << 16),
+            format!(
+                "id: {change}\nevent: server.state\ndata: {{\"mode\":\"degraded\"}}\n\n\
+                 id: {}\ndata: 3\n\n",
+                broker.mirrored_id(3)
+            )
+        );
+
+        // Behind it: the client saw entry 4 there. After the greeting (the
+        // state when it connected), what this replica says meanwhile
+        // reaches it without an id (which would send it back); entry 4 is
+        // not sent again.
+        let seen = EventId::new(5, broker.mirrored_id(4).seq() + 2);
+        let mut behind = broker.subscribe(&topics, Some(&seen.to_string())).unwrap();
+        broker.publish_system_greeting(state("read-only")).unwrap();
+        broker
+            .send_direct(&private, 1, Event::new("notification").data("n"))
+            .unwrap()
+            .expect("a watcher");
+        broker.mirror([entry(4), entry(5)]);
+        assert_eq!(
+            drain_text(&mut behind, 1 << 16),
+            format!(
+                "event: server.state\ndata: {{\"mode\":\"degraded\"}}\n\n\
+                 event: server.state\ndata: {{\"mode\":\"read-only\"}}\n\n\
+                 event: notification\ndata: n\n\n\
+                 id: {}\ndata: 5\n\n",
+                broker.mirrored_id(5)
+            )
+        );
     }
 }

@@ -459,10 +459,15 @@ impl Run {
                 (First::Resync(ResyncReason::UnknownEpoch), newest, true)
             }
             (_, Some(id)) if id.seq() > newest => {
-                if id.seq() / self.spacing <= self.mirror.through + AHEAD {
-                    (First::Nothing, id.seq(), false)
-                } else {
+                // Another replica's own frames after a stream entry mean
+                // nothing here: the id stands for that entry.
+                let entry = id.seq() / self.spacing * self.spacing;
+                if entry / self.spacing > self.mirror.through + AHEAD {
                     (First::Resync(ResyncReason::Future), newest, true)
+                } else if entry <= newest {
+                    (First::Nothing, newest, true)
+                } else {
+                    (First::Nothing, entry, false)
                 }
             }
             (_, Some(id)) => {
