@@ -155,7 +155,8 @@ impl RedisBackplane {
     }
 
     /// Builds the replica's broker from `builder` (its retention is the
-    /// stream's: the script trims the stream to about its retained count)
+    /// stream's: the script trims the stream to about its retained count,
+    /// at most 2^20 entries)
     /// and starts the reader, on the current tokio runtime. Redis need not
     /// be reachable: the reader keeps trying, and the mode says so.
     ///
@@ -283,7 +284,9 @@ impl Replica {
             let mut call = shared.scripts.publish.key(&shared.stream);
             call.key(&shared.meta)
                 .arg(stream::new_epoch().to_string())
-                .arg(self.broker.retained_events_limit())
+                .arg(stream::stream_retention(
+                    self.broker.retained_events_limit(),
+                ))
                 .arg(&event.topic)
                 .arg(event.event_type.as_deref().unwrap_or(""))
                 .arg(&event.data[..])

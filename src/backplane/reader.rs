@@ -269,7 +269,7 @@ impl Reader {
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(broker.retained_events_limit())
+            .arg(stream::stream_retention(broker.retained_events_limit()))
             .query_async(conn)
             .await?;
         let newest = tail

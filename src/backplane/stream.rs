@@ -23,8 +23,8 @@ use crate::broker::Mirrored;
 /// A publish whose connection broke may have been appended or not; it is
 /// sent again with the same token and `retry` set to the stream's seq as
 /// the replica knew it before the first attempt, and then first looks for
-/// its token among the (at most [`RETRY_WINDOW`]) entries after that seq,
-/// returning that entry's seq instead of appending twice.
+/// its token among the (at most [`RETRY_WINDOW`]) newest entries after
+/// that seq, returning that entry's seq instead of appending twice.
 ///
 /// An entry something else appended with a larger id (`XADD KEY *`, say)
 /// makes the append impossible: the script then gives the seq back and
@@ -40,7 +40,8 @@ if not epoch then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
 elseif ARGV[8] ~= '' then
-  local after = redis.call('XRANGE', KEYS[1], '(' .. ARGV[8] .. '-0', '+', 'COUNT', ARGV[9])
+  -- Newest first: the first attempt was a moment ago.
+  local after = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[8] .. '-0', 'COUNT', ARGV[9])
   for _, entry in ipairs(after) do
     local fields = entry[2]
     for i = 1, #fields, 2 do
@@ -55,13 +56,26 @@ local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0',
   'epoch', epoch, 'topic', ARGV[3], 'type', ARGV[4], 'data', ARGV[5], 'at', ARGV[6],
   'tok', ARGV[7])
 if type(added) == 'table' and added.err then
-  -- Something else wrote past this seq: the seq is not taken.
+  -- Not appended: the seq is not taken.
   redis.call('HINCRBY', KEYS[2], 'seq', -1)
-  return redis.error_reply('FOREIGN the stream holds an entry this backplane did not write at or past '
-    .. seq .. '-0: the key must be the backplane\'s alone (delete it to start afresh)')
+  if string.find(added.err, 'equal or smaller', 1, true) then
+    return redis.error_reply('FOREIGN the stream holds an entry this backplane did not write at or past '
+      .. seq .. '-0: the key must be the backplane\'s alone (delete it to start afresh)')
+  end
+  return added
 end
 return {epoch, seq}
 ";
+
+/// Most entries the stream keeps, whatever the broker's retained count:
+/// Redis takes counts up to `i64::MAX`, and a replica that joins takes the
+/// whole retained tail in one read.
+pub(super) const MAX_STREAM_ENTRIES: usize = 1 << 20;
+
+/// How many entries the stream keeps for a broker that retains `events`.
+pub(super) fn stream_retention(events: usize) -> usize {
+    events.min(MAX_STREAM_ENTRIES)
+}
 
 /// Most entries a retried publish looks through for its own: the
 /// publishes of every replica between the seq the replica last knew and

@@ -447,6 +447,21 @@ async fn a_stream_that_lost_writes_and_took_others_under_their_seqs_starts_a_new
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_retains_any_number_of_events_is_a_replica_like_any_other() {
+    // Bound by bytes only: Redis still gets a count it takes.
+    let redis = RedisServer::start().await;
+    let a = replica_on(
+        &redis.url(),
+        None,
+        Broker::builder().retain_events(usize::MAX),
+    );
+    in_step(&a).await;
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    let id = a.publish(event("x", "1")).await.unwrap();
+    assert_eq!(events(&take(&mut sub, 1).await), vec![(id, "1".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_written_by_something_else_are_skipped_and_counted() {
     let redis = RedisServer::start().await;
     let a = replica(&redis.url());
