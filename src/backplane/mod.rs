@@ -188,6 +188,7 @@ impl RedisBackplane {
             block: self.block,
             batch: self.batch,
             last: Default::default(),
+            clock_offset: Default::default(),
         };
         let task = tokio::spawn(reader.run());
         Replica {
@@ -290,7 +291,6 @@ impl Replica {
                 .arg(&event.topic)
                 .arg(event.event_type.as_deref().unwrap_or(""))
                 .arg(&event.data[..])
-                .arg(stream::now_millis())
                 .arg(&token)
                 .arg(if attempt > 0 { known.as_str() } else { "" })
                 .arg(stream::RETRY_WINDOW);

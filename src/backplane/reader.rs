@@ -49,6 +49,8 @@ pub(super) struct Reader {
     /// The stream seq and publish token of the last entry mirrored: after
     /// a reconnect, the entry under that seq must still be the same one.
     pub(super) last: std::sync::Mutex<Option<(u64, String)>>,
+    /// Redis's clock less this machine's, in milliseconds, as last seen.
+    pub(super) clock_offset: std::sync::atomic::AtomicI64,
 }
 
 /// Where the mirror stands against the stream.
@@ -196,13 +198,16 @@ impl Reader {
     /// Puts the mirror in step with the stream's epoch and seq.
     async fn step(&self, conn: &mut MultiplexedConnection, broker: &Broker) -> RedisResult<Step> {
         let scripts = &self.shared.scripts;
-        let (epoch, top): (String, u64) = scripts
+        let (epoch, top, redis_now): (String, u64, i64) = scripts
             .ensure_epoch
             .key(&self.shared.stream)
             .key(&self.shared.meta)
             .arg(stream::new_epoch().to_string())
             .invoke_async(conn)
             .await?;
+        // Ages count by Redis's clock, as publish times do.
+        let offset = redis_now.saturating_sub(stream::now_millis() as i64);
+        self.clock_offset.store(offset, Ordering::Relaxed);
         let mut epoch = parse_epoch(&epoch)?;
         let mut top = top;
         let (mirror_epoch, mirrored) = broker.mirror_position().unwrap_or_default();
@@ -334,7 +339,8 @@ impl Reader {
         epoch: u64,
         ids: impl Iterator<Item = &'a redis::streams::StreamId>,
     ) -> Vec<Mirrored> {
-        let now = stream::now_millis();
+        let now =
+            stream::now_millis().saturating_add_signed(self.clock_offset.load(Ordering::Relaxed));
         let mut entries = Vec::new();
         let mut last = None;
         for entry in ids {

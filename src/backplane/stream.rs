@@ -3,7 +3,8 @@
 //!
 //! - `KEY` is a stream: one entry per event, with the explicit id `SEQ-0`
 //!   and the fields `epoch`, `topic`, `type` (empty for `message`), `data`
-//!   `at` (publish time, milliseconds since the Unix epoch) and `tok`
+//!   `at` (publish time by Redis's clock, milliseconds since the Unix
+//!   epoch, so that every replica counts an event's age alike) and `tok`
 //!   (the publishing replica's token for it, so that a retried publish
 //!   finds itself instead of appending twice);
 //! - `KEY:meta` is a hash: `epoch`, the epoch of the stream's ids, and
@@ -31,30 +32,31 @@ use crate::broker::Mirrored;
 /// answers an error that says so, rather than consuming seqs no entry has.
 ///
 /// KEYS: stream, meta. ARGV: epoch if none, retention, topic, type, data,
-/// publish time, token, retry (a seq, or empty on a first attempt), retry
-/// window.
+/// token, retry (a seq, or empty on a first attempt), retry window.
 pub(super) const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
-elseif ARGV[8] ~= '' then
+elseif ARGV[7] ~= '' then
   -- Newest first: the first attempt was a moment ago.
-  local after = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[8] .. '-0', 'COUNT', ARGV[9])
+  local after = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[7] .. '-0', 'COUNT', ARGV[8])
   for _, entry in ipairs(after) do
     local fields = entry[2]
     for i = 1, #fields, 2 do
-      if fields[i] == 'tok' and fields[i + 1] == ARGV[7] then
+      if fields[i] == 'tok' and fields[i + 1] == ARGV[6] then
         return {epoch, tonumber(string.match(entry[1], '^(%d+)-'))}
       end
     end
   end
 end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+local now = redis.call('TIME')
+local at = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0',
-  'epoch', epoch, 'topic', ARGV[3], 'type', ARGV[4], 'data', ARGV[5], 'at', ARGV[6],
-  'tok', ARGV[7])
+  'epoch', epoch, 'topic', ARGV[3], 'type', ARGV[4], 'data', ARGV[5], 'at', at,
+  'tok', ARGV[6])
 if type(added) == 'table' and added.err then
   -- Not appended: the seq is not taken.
   redis.call('HINCRBY', KEYS[2], 'seq', -1)
@@ -83,7 +85,8 @@ pub(super) fn stream_retention(events: usize) -> usize {
 pub(super) const RETRY_WINDOW: usize = 1024;
 
 /// Makes sure the stream has an epoch, creating one (and dropping any
-/// stream left without it) if not. Returns `{epoch, seq}`.
+/// stream left without it) if not. Returns `{epoch, seq, now}`, `now`
+/// being Redis's clock in milliseconds (entries' ages are counted by it).
 ///
 /// KEYS: stream, meta. ARGV: epoch if none.
 pub(super) const ENSURE_EPOCH: &str = r"
@@ -93,7 +96,9 @@ if not epoch then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
 end
-return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0)}
+local now = redis.call('TIME')
+return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0),
+  tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 ";
 
 /// Starts the stream afresh under a new epoch, unless another replica did
@@ -109,7 +114,9 @@ if epoch == ARGV[1] or not epoch then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
 end
-return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0)}
+local now = redis.call('TIME')
+return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0),
+  tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 ";
 
 /// The scripts, loaded once.
