@@ -318,7 +318,15 @@ impl Reader {
             from = last.id.clone();
             let full = ids.len() >= self.batch;
             let entries = self.parse(&broker, broker.epoch(), ids.iter());
-            broker.mirror(entries);
+            let outcome = broker.mirror(entries);
+            if outcome.skipped > 0 {
+                // Another replica took them: its limits differ from this one's.
+                tracing::warn!(
+                    skipped = outcome.skipped,
+                    "stream entries this replica's broker refuses (an event larger than its \
+                     max_event_bytes, or a bad topic): replicas of one service need the same limits"
+                );
+            }
             if full {
                 // Behind: how far, for the stats (an empty read says 0).
                 let top: Option<u64> = redis::cmd("HGET")
