@@ -128,19 +128,8 @@ fi
 # scripts/test.sh does: install the Debian package (as root, or through
 # sudo) and stop the system-wide server the package starts.
 if ran redis; then
-    if command -v redis-server >/dev/null 2>&1; then
-        log "redis row: using $(command -v redis-server) ($(redis-server --version | grep -o 'v=[0-9.]*'))"
-    else
-        log "redis row: redis-server not found; installing the Debian package redis-server"
-        command -v apt-get >/dev/null || die "redis-server missing and no apt-get: install Redis (or run with --only fixed,sweep,held)"
-        if [[ $(id -u) == 0 ]]; then sudo=""; else sudo="sudo"; fi
-        $sudo apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null ||
-            die "could not install redis-server"
-        $sudo service redis-server stop >/dev/null 2>&1 || true
-        command -v redis-server >/dev/null || die "redis-server still missing after installing it"
-        log "redis row: installed $(command -v redis-server)"
-    fi
+    bash scripts/ensure-redis.sh "$(date +%H:%M:%S) redis row" >&2 ||
+        die "redis-server missing and not installable: install Redis (or run with --only fixed,sweep,held)"
 fi
 (($(nproc) >= 2)) || log "warning: fewer than 2 cores: server and client share one"
 

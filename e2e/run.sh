@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The browser end-to-end test: the demo page in headless Debian Chromium,
+# The end-to-end tests: the demo page in headless Debian Chromium,
 # driven by playwright-core; the browser's own EventSource is cut off and
 # must resume with Last-Event-ID, missing nothing; then Node's own
 # EventSource (undici) and npm's `eventsource` are cut off the same way and
 # must resume by themselves, and so must Python's requests-sse; two Python
-# parsers (sseclient-py, httpx-sse) get live events and resume from an id.
-# Screenshots and a JSON report go to e2e/artifacts/.
+# parsers (sseclient-py, httpx-sse) get live events and resume from an id;
+# and with two replicas of the demo on one redis-server of its own behind a
+# balancer, Node's and npm's EventSource are cut off from one replica and
+# resume on the other. Screenshots and a JSON report go to e2e/artifacts/.
 #
 #   bash e2e/run.sh
 #
@@ -72,7 +74,20 @@ stop_demo() {
         wait "$DEMO_PID" 2>/dev/null || true
     fi
 }
-trap stop_demo EXIT
+# What the replicas step starts: two more demos and a redis-server.
+EXTRA_PIDS=()
+REDIS_DIR=
+stop_all() {
+    stop_demo
+    for pid in "${EXTRA_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    [ -z "$REDIS_DIR" ] || rm -rf "$REDIS_DIR"
+}
+trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 # Port 0: the kernel picks a free port, the demo prints it.
@@ -123,3 +138,41 @@ if [ ! -x "$VENV/bin/python" ] || [ "$E2E/requirements.txt" -nt "$VENV/.installe
     touch "$VENV/.installed"
 fi
 DEMO_URL=$DEMO_URL timeout --kill-after=5 120 "$VENV/bin/python" "$E2E/python_clients.py"
+
+step "two replicas of the demo on one Redis, behind a balancer: EventSource resumes across them"
+bash scripts/ensure-redis.sh e2e
+free_port() {
+    node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
+}
+REDIS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tower-sse-e2e-redis.XXXXXX")
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" \
+    --daemonize no --loglevel warning >"$ARTIFACTS/redis.log" 2>&1 &
+EXTRA_PIDS+=($!)
+echo "redis-server pid $! on 127.0.0.1:$REDIS_PORT"
+# start_replica NAME: a demo with --redis on a free port; sets REPLICA_URL.
+start_replica() {
+    local log=$ARTIFACTS/demo-$1.log url=
+    "$DEMO_BIN" --addr 127.0.0.1:0 --redis "redis://127.0.0.1:$REDIS_PORT" >"$log" 2>&1 &
+    local pid=$!
+    EXTRA_PIDS+=("$pid")
+    for _ in $(seq 300); do
+        url=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" | head -n 1)
+        # Listening, and in step with Redis (ready).
+        if [ -n "$url" ] && node -e 'fetch(process.argv[1]).then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))' "$url/ready"; then
+            REPLICA_URL=$url
+            echo "replica $1: pid $pid at $url"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { echo "e2e: replica $1 exited:" >&2; cat "$log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "e2e: replica $1 not ready within 30 s:" >&2
+    cat "$log" >&2
+    exit 1
+}
+start_replica a
+A_URL=$REPLICA_URL
+start_replica b
+B_URL=$REPLICA_URL
+A_URL=$A_URL B_URL=$B_URL timeout --kill-after=5 90 node $ES_FLAG "$E2E/replicas.test.mjs"
