@@ -42,8 +42,8 @@ pub(crate) const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
 pub(crate) const AHEAD: u64 = 1 << 16;
 
 /// The largest stream seq a mirror takes: its seq here, its own frames
-/// after it and an id up to 2^16 entries ahead of it all fit in a `u64`. An entry past it
-/// is refused like any entry that breaks the rules.
+/// after it and an id up to 2^16 entries ahead of it all fit in a `u64`.
+/// An entry past it is refused like any entry that breaks the rules.
 pub const MAX_STREAM_SEQ: u64 = (u64::MAX >> LOCAL_BITS) - AHEAD - 1;
 
 /// The seq here of the stream entry of seq `stream_seq`.
