@@ -299,6 +299,56 @@ async fn while_redis_is_down_open_streams_stay_open_with_keep_alives_and_carry_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_fails_publishes_in_bounded_time_and_degrades_the_mode() {
+    let redis = RedisServer::start().await;
+    let mode = ServerMode::new();
+    let a = replica_on(&redis.url(), Some(&mode), Broker::builder());
+    in_step(&a).await;
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    a.publish(event("x", "1")).await.unwrap();
+
+    redis.freeze();
+    // The publish timeout (500 ms here) bounds it: `within` only turns a
+    // hang into a failure.
+    let stuck = within(
+        "a publish to a frozen Redis to give up",
+        a.publish(event("x", "2")),
+    )
+    .await;
+    assert!(
+        matches!(stuck, Err(BackplaneError::Unavailable(_))),
+        "{stuck:?}"
+    );
+    eventually("the mode to say Redis is not answering", || {
+        mode.current().mode == Mode::Degraded
+    })
+    .await;
+    assert!(!a.stats().connected);
+    assert!(matches!(
+        a.publish(event("x", "3")).await,
+        Err(BackplaneError::Unavailable(_))
+    ));
+
+    // Back: the replica recovers by itself. The publish that gave up may
+    // or may not have been appended (it was on its way when Redis froze);
+    // either way every replica sees the same stream, in order.
+    redis.thaw();
+    in_step(&a).await;
+    eventually("the mode to recover", || {
+        mode.current().mode == Mode::Normal
+    })
+    .await;
+    let last = a.publish(event("x", "4")).await.unwrap();
+    let mut got = Vec::new();
+    while got.last().is_none_or(|(id, _)| *id != last) {
+        got.extend(events(&take(&mut sub, 1).await));
+    }
+    let data: Vec<&str> = got.iter().map(|(_, data)| data.as_str()).collect();
+    assert!(data == ["1", "4"] || data == ["1", "2", "4"], "{data:?}");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_without_its_data_starts_a_new_epoch_and_everyone_resyncs() {
     let mut redis = RedisServer::start().await;
     let a = replica(&redis.url());

@@ -90,6 +90,26 @@ impl RedisServer {
         format!("redis://{}/", self.addr())
     }
 
+    /// Stops it answering (`SIGSTOP`) with its connections open, as a
+    /// Redis stuck on a slow disk, or cut off by a partition, would be.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Kills it at once (`SIGKILL`), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
