@@ -294,6 +294,11 @@ impl Reader {
                 self.breaks = state.breaks;
                 self.skip_through = 0;
                 self.pos = from.max(state.log.front().map_or(state.next_seq, |e| e.seq) - 1);
+                // Unread direct messages were given seqs just after the
+                // backfill: they come after the resync, with their ids.
+                if let Some(direct) = state.subs[self.key].inbox.front() {
+                    self.pos = self.pos.min(direct.entry.seq - 1);
+                }
                 self.seam = self.pos;
                 self.greeting = None;
                 state.counters.resyncs += 1;
@@ -350,7 +355,10 @@ impl Reader {
         for cursor in self.cursors.iter_mut() {
             let log = &state.topics[cursor.topic_key];
             if cursor.next < log.evicted {
-                if log.last_evicted_seq > self.skip_through {
+                // The `$system` log holds this replica's own frames, which
+                // the client never saw, whatever their seqs.
+                let own = log.name.as_str().starts_with('$');
+                if own || log.last_evicted_seq > self.skip_through {
                     // Evicted unread, and not all seen: that is a lag,
                     // reported as such; what is retained after it and was
                     // seen is skipped once the report moved the cursor.
@@ -1009,6 +1017,57 @@ mod tests {
         // What it held was counted once, at its new size.
         assert_eq!(held, frame.len());
         assert_eq!(broker.stats().direct_bytes, 0);
+
+        // Again, on the wire, into an empty stream: the resync, then the
+        // notification under the new epoch's first seq, with its id.
+        broker
+            .send_direct(&private, 2, Event::new("notification").data("m"))
+            .unwrap()
+            .expect("a watcher");
+        broker.mirror_reset(11, []);
+        assert_eq!(
+            drain_text(&mut sub, 1 << 16),
+            "id: 11-0\nevent: resync\ndata: {\"reason\":\"unknown-epoch\"}\n\n\
+             id: 11-1\nevent: notification\ndata: m\n\n"
+        );
+    }
+
+    #[test]
+    fn a_state_change_evicted_before_a_client_resumed_ahead_reads_it_is_a_lag() {
+        use crate::broker::Mirrored;
+
+        let entry = |seq: u64| Mirrored {
+            stream_seq: seq,
+            age: std::time::Duration::ZERO,
+            topic: "a".into(),
+            event_type: None,
+            data: format!("{seq}").into(),
+        };
+        let broker = Broker::builder()
+            .epoch(1)
+            .retain_events(3)
+            .mirrored()
+            .build();
+        broker.mirror_reset(5, [entry(1), entry(2)]);
+        let topics = Topics::parse(["a"]).unwrap();
+        // The client saw up to entry 6 on another replica.
+        let seen = broker.mirrored_id(6).to_string();
+        let mut sub = broker.subscribe(&topics, Some(&seen)).unwrap();
+        broker
+            .publish_system_greeting(Event::new("server.state").data("{\"mode\":\"degraded\"}"))
+            .unwrap();
+        // Entries 3 to 6 arrive; the state change is evicted unread. The
+        // client saw the entries, not this replica's state change.
+        broker.mirror([entry(3), entry(4), entry(5), entry(6)]);
+        let text = drain_text(&mut sub, 1 << 16);
+        assert!(
+            text.contains("\"reason\":\"lagged\",\"missed\":1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("data: 4") && !text.contains("data: 6"),
+            "{text}"
+        );
     }
 
     #[test]
