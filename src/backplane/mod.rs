@@ -178,6 +178,7 @@ impl RedisBackplane {
             publish_timeout: self.publish_timeout,
             nonce: stream::new_epoch(),
             tokens: AtomicU64::new(0),
+            dropped: AtomicBool::new(false),
             commands,
         });
         let reader = reader::Reader {
@@ -190,11 +191,12 @@ impl RedisBackplane {
             last: Default::default(),
             clock_offset: Default::default(),
         };
-        let task = tokio::spawn(reader.run());
+        let stopped = reader.guard();
+        let task = tokio::spawn(reader.run(stopped));
         Replica {
             broker,
+            _reader: Arc::new(AbortOnDrop(task, shared.clone())),
             shared,
-            _reader: Arc::new(AbortOnDrop(task)),
         }
     }
 }
@@ -220,6 +222,8 @@ pub(crate) struct Shared {
     nonce: u64,
     /// The other part: a count of publishes.
     tokens: AtomicU64,
+    /// The last replica handle is gone: the reader was stopped on purpose.
+    dropped: AtomicBool,
     /// For publishes: one multiplexed connection that reconnects, `None`
     /// if it could not even be set up.
     commands: Option<ConnectionManager>,
@@ -419,10 +423,12 @@ impl std::error::Error for BackplaneError {
 }
 
 /// The reader task, stopped when the last replica handle goes.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(tokio::task::JoinHandle<()>, Arc<Shared>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
+        // A stop the app asked for, not a reader that failed.
+        self.1.dropped.store(true, Ordering::Release);
         self.0.abort();
     }
 }

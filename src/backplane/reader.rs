@@ -74,8 +74,10 @@ fn read_on_from(id: &str, mirrored: u64, top: u64) -> bool {
     read >= (mirrored, 0) && (top <= mirrored || read < (top, 0))
 }
 
-/// Marks the backplane down if the reader stops before its broker closes.
-struct Stopped {
+/// Marks the backplane down if the reader stops before its broker closes
+/// (a panic), or releases the mode if it was stopped on purpose (the last
+/// replica handle dropped).
+pub(super) struct Stopped {
     shared: Arc<Shared>,
     probe: Option<(ServerMode, u64)>,
     armed: bool,
@@ -84,6 +86,14 @@ struct Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         if !self.armed {
+            return;
+        }
+        if self.shared.dropped.load(Ordering::Acquire) {
+            // Stopped with the last replica handle: nothing failed, and
+            // the mode no longer waits for this reader.
+            if let Some((mode, id)) = &self.probe {
+                mode.probe_passing(*id);
+            }
             return;
         }
         let why = "the backplane reader stopped".to_owned();
@@ -105,15 +115,11 @@ enum Ended {
 }
 
 impl Reader {
-    pub(super) async fn run(self) {
+    /// Reads until the broker closes or goes. The guard is made with the
+    /// task (see [`Reader::guard`]), so that it also speaks for a task
+    /// aborted before it first ran.
+    pub(super) async fn run(self, mut stopped: Stopped) {
         let probe = self.probe.clone();
-        // A reader that stops for any other reason than its broker closing
-        // (a panic, an abort) leaves no one to feed the broker: say so.
-        let mut stopped = Stopped {
-            shared: self.shared.clone(),
-            probe: probe.clone(),
-            armed: true,
-        };
         let mut backoff = MIN_BACKOFF;
         loop {
             match self.session(&probe).await {
@@ -144,6 +150,15 @@ impl Reader {
         stopped.armed = false;
         if let Some((mode, id)) = probe {
             mode.probe_passing(id);
+        }
+    }
+
+    /// What speaks for the reader if it stops before its broker closes.
+    pub(super) fn guard(&self) -> Stopped {
+        Stopped {
+            shared: self.shared.clone(),
+            probe: self.probe.clone(),
+            armed: true,
         }
     }
 

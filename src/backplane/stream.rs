@@ -114,9 +114,7 @@ if epoch == ARGV[1] or not epoch then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
 end
-local now = redis.call('TIME')
-return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0),
-  tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
+return {epoch, tonumber(redis.call('HGET', KEYS[2], 'seq') or 0)}
 ";
 
 /// The scripts, loaded once.

@@ -349,6 +349,26 @@ async fn a_redis_that_stops_answering_fails_publishes_in_bounded_time_and_degrad
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_replica_handle_releases_the_mode() {
+    // A replica that never got in step (nothing listens there) holds the
+    // mode degraded; the app drops it: the mode no longer waits for it.
+    let mut redis = RedisServer::start().await;
+    redis.kill();
+    let mode = ServerMode::new();
+    let a = replica_on(&redis.url(), Some(&mode), Broker::builder());
+    assert_eq!(mode.current().mode, Mode::Degraded);
+    let other = a.clone();
+    drop(a);
+    // One handle left: still running, still degraded.
+    assert_eq!(mode.current().mode, Mode::Degraded);
+    drop(other);
+    eventually("the mode to be released", || {
+        mode.current().mode == Mode::Normal
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_without_its_data_starts_a_new_epoch_and_everyone_resyncs() {
     let mut redis = RedisServer::start().await;
     let a = replica(&redis.url());
@@ -494,6 +514,8 @@ async fn a_stream_that_lost_writes_and_took_others_under_their_seqs_starts_a_new
         vec![(after, "after".to_owned())]
     );
     eventually("b to follow", || b.stats().mirror.epoch == after.epoch()).await;
+    // Found at its one reconnect.
+    assert_eq!(a.stats().mirror.reconnects, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
