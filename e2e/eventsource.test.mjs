@@ -17,39 +17,13 @@
 // EventSource without the flag.)
 
 import { EventSource as NpmEventSource } from "eventsource";
-import { Failure, harness, startProxy } from "./support.mjs";
+import { Failure, harness, openSource as open, publishTo, startProxy } from "./support.mjs";
 
 const DEMO_URL = process.env.DEMO_URL;
 const WAIT_MS = 20_000;
 const { started, log, check, waitFor } = harness("eventsource", { waitMs: WAIT_MS });
 
-async function publish(n) {
-  const response = await fetch(new URL("/publish", DEMO_URL), {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ topic: "public", event: "message", data: { n } }),
-    signal: AbortSignal.timeout(5_000),
-  });
-  const answer = await response.json();
-  if (!response.ok || typeof answer.id !== "string") {
-    throw new Failure(`POST /publish ${n}: ${response.status} ${JSON.stringify(answer)}`);
-  }
-  return answer.id;
-}
-
-/// Opens an EventSource of class `Source` and records what it does.
-function open(Source, url) {
-  const source = new Source(url);
-  const seen = { opens: 0, errors: 0, messages: [], resyncs: [] };
-  source.addEventListener("open", () => seen.opens++);
-  source.addEventListener("error", () => seen.errors++);
-  source.addEventListener("message", (event) => {
-    seen.messages.push({ id: event.lastEventId, n: JSON.parse(event.data).n });
-  });
-  source.addEventListener("resync", (event) => seen.resyncs.push(event.data));
-  return { source, seen };
-}
-
+const publish = (n) => publishTo(DEMO_URL, n);
 const ids = (messages) => messages.map((m) => m.id);
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 

@@ -16,37 +16,11 @@
 // (`bash e2e/run.sh` starts a redis-server and the two replicas for it.)
 
 import { EventSource as NpmEventSource } from "eventsource";
-import { Failure, harness, startProxy } from "./support.mjs";
+import { Failure, harness, openSource as open, publishTo, startProxy } from "./support.mjs";
 
 const A_URL = process.env.A_URL;
 const B_URL = process.env.B_URL;
 const { started, log, check, waitFor } = harness("replicas");
-
-async function publish(on, n) {
-  const response = await fetch(new URL("/publish", on), {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ topic: "public", event: "message", data: { n } }),
-    signal: AbortSignal.timeout(5_000),
-  });
-  const answer = await response.json();
-  if (!response.ok || typeof answer.id !== "string") {
-    throw new Failure(`POST ${on}/publish ${n}: ${response.status} ${JSON.stringify(answer)}`);
-  }
-  return answer.id;
-}
-
-function open(Source, url) {
-  const source = new Source(url);
-  const seen = { opens: 0, errors: 0, messages: [], resyncs: [] };
-  source.addEventListener("open", () => seen.opens++);
-  source.addEventListener("error", () => seen.errors++);
-  source.addEventListener("message", (event) => {
-    seen.messages.push({ id: event.lastEventId, n: JSON.parse(event.data).n });
-  });
-  source.addEventListener("resync", (event) => seen.resyncs.push(event.data));
-  return { source, seen };
-}
 
 const ids = (messages) => messages.map((m) => m.id);
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
@@ -60,7 +34,7 @@ async function scenario(name, Source, proxy, upstream, a, b, n0) {
   try {
     await waitFor("the stream to open on A", () => seen.opens, (n) => n === 1);
     const live = [];
-    for (const [i, on] of [a, b, a].entries()) live.push(await publish(on, n0 + i));
+    for (const [i, on] of [a, b, a].entries()) live.push(await publishTo(on, n0 + i));
     await waitFor("three live events", () => seen.messages.length, (n) => n >= 3);
     check(same(ids(seen.messages), live),
       `${name}: events published on either replica reach it on A, with the ids /publish answered, in order`,
@@ -69,7 +43,7 @@ async function scenario(name, Source, proxy, upstream, a, b, n0) {
     proxy.sever();
     upstream.port = Number(b.port);
     await waitFor("the client to notice the cut", () => seen.errors, (n) => n >= 1);
-    const missed = [await publish(a, n0 + 3), await publish(a, n0 + 4)];
+    const missed = [await publishTo(a, n0 + 3), await publishTo(a, n0 + 4)];
     const reconnect = await waitFor("its own reconnect (held at the balancer)",
       () => proxy.eventRequests().slice(before).find((r) => r.cut), Boolean);
     check(reconnect.headers["last-event-id"] === live[2],
@@ -77,7 +51,7 @@ async function scenario(name, Source, proxy, upstream, a, b, n0) {
     proxy.heal();
 
     await waitFor("the two missed events, from B", () => seen.messages.length, (n) => n >= 5);
-    const after = await publish(b, n0 + 5);
+    const after = await publishTo(b, n0 + 5);
     await waitFor("the next live event", () => seen.messages.length, (n) => n >= 6);
     check(same(ids(seen.messages), [...live, ...missed, after]),
       `${name}: resumed on B with A's id, it has every event exactly once, in order`, seen.messages);

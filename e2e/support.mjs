@@ -194,3 +194,33 @@ export function startProxy(upstream, started = Date.now()) {
   proxy.eventRequests = () => proxy.requests.filter((r) => r.method === "GET" && r.target.startsWith("/events"));
   return proxy.listen();
 }
+
+/// Publishes `{n}` as a `message` on the public topic through the demo at
+/// `base` (its `POST /publish`), returning the id it answered.
+export async function publishTo(base, n) {
+  const response = await fetch(new URL("/publish", base), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ topic: "public", event: "message", data: { n } }),
+    signal: AbortSignal.timeout(5_000),
+  });
+  const answer = await response.json();
+  if (!response.ok || typeof answer.id !== "string") {
+    throw new Failure(`POST ${base}/publish ${n}: ${response.status} ${JSON.stringify(answer)}`);
+  }
+  return answer.id;
+}
+
+/// Opens an EventSource of class `Source` on `url` and records what it
+/// does: opens, errors, messages (`{id, n}`) and resync frames.
+export function openSource(Source, url) {
+  const source = new Source(url);
+  const seen = { opens: 0, errors: 0, messages: [], resyncs: [] };
+  source.addEventListener("open", () => seen.opens++);
+  source.addEventListener("error", () => seen.errors++);
+  source.addEventListener("message", (event) => {
+    seen.messages.push({ id: event.lastEventId, n: JSON.parse(event.data).n });
+  });
+  source.addEventListener("resync", (event) => seen.resyncs.push(event.data));
+  return { source, seen };
+}

@@ -789,6 +789,17 @@ mod tests {
         out
     }
 
+    /// Stream entry `seq` of topic `a`, its payload its seq.
+    fn entry(seq: u64) -> crate::broker::Mirrored {
+        crate::broker::Mirrored {
+            stream_seq: seq,
+            age: std::time::Duration::ZERO,
+            topic: "a".into(),
+            event_type: None,
+            data: format!("{seq}").into(),
+        }
+    }
+
     #[test]
     fn the_greeting_goes_where_the_replay_ends() {
         let broker = Broker::builder().epoch(7).build();
@@ -968,16 +979,9 @@ mod tests {
 
     #[test]
     fn a_notification_unread_at_a_mirror_reset_follows_the_resync_under_the_new_epoch() {
-        use crate::broker::{Mirrored, Topic};
+        use crate::broker::Topic;
         use crate::{EventId, Message, ResyncReason};
 
-        let entry = |seq: u64| Mirrored {
-            stream_seq: seq,
-            age: std::time::Duration::ZERO,
-            topic: "a".into(),
-            event_type: None,
-            data: format!("{seq}").into(),
-        };
         let broker = Broker::builder().epoch(1).mirrored().build();
         broker.mirror_reset(5, [entry(1)]);
         let private = Topic::reserved("client/x");
@@ -1034,15 +1038,6 @@ mod tests {
 
     #[test]
     fn a_state_change_evicted_before_a_client_resumed_ahead_reads_it_is_a_lag() {
-        use crate::broker::Mirrored;
-
-        let entry = |seq: u64| Mirrored {
-            stream_seq: seq,
-            age: std::time::Duration::ZERO,
-            topic: "a".into(),
-            event_type: None,
-            data: format!("{seq}").into(),
-        };
         let broker = Broker::builder()
             .epoch(1)
             .retain_events(3)
@@ -1072,16 +1067,9 @@ mod tests {
 
     #[test]
     fn frames_of_this_replica_reach_a_client_that_resumed_from_another_replicas_id() {
-        use crate::broker::{Mirrored, Topic};
+        use crate::broker::Topic;
         use crate::EventId;
 
-        let entry = |seq: u64| Mirrored {
-            stream_seq: seq,
-            age: std::time::Duration::ZERO,
-            topic: "a".into(),
-            event_type: None,
-            data: format!("{seq}").into(),
-        };
         let state = |s: &str| Event::new("server.state").data(format!("{{\"mode\":\"{s}\"}}"));
         let broker = Broker::builder().epoch(1).mirrored().build();
         broker.mirror_reset(5, [entry(1), entry(2)]);
