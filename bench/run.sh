@@ -296,6 +296,26 @@ fixed_round() {
     log "  $(jq -c '{events, missed, resyncs, silent_gaps, p50_us, p99_us, p999_us, cpu_us_per_delivery, server_cpu_pct, client_cpu_pct}' <<<"$RUN")"
 }
 
+# The rounds of one kind of run, one JSON object each, as one: `median`,
+# and `rounds(KEYS)`, the median of each of KEYS over the rounds and the
+# totals of what was delivered and lost, with the runs themselves.
+JQ_ROUNDS='
+def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
+def rounds($keys):
+    . as $runs
+    | (reduce $keys[] as $k ({}; .[$k] = ($runs | map(.[$k]) | map(select(. != null)) | median)))
+    + {
+        rounds: ($runs | length),
+        events: ($runs | map(.events) | add),
+        expected_events: ($runs | map(.expected_events) | add),
+        missed: ($runs | map(.missed) | add),
+        resyncs: ($runs | map(.resyncs) | add),
+        silent_gaps: ($runs | map(.silent_gaps) | add),
+        lossless: ($runs | all(.lossless)),
+        runs: $runs
+      };
+'
+
 # Rounds rotate through the servers, so that all meet the same background
 # load; each metric is then the median over the rounds.
 FIXED_KINDS=(crate baseline floor floor2)
@@ -307,23 +327,10 @@ scenario_fixed() {
         done
     done
     for kind in "${FIXED_KINDS[@]}"; do
-        FIXED[$kind]=$(jq -s -c '
-            def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
-            . as $runs
-            | (reduce ("p50_us", "p99_us", "p999_us", "max_us", "cpu_us_per_delivery", "server_cpu_pct",
-                       "client_cpu_pct", "server_user_pct_of_cpu", "cpu_pressure_avg10") as $k
-                 ({}; .[$k] = ($runs | map(.[$k]) | map(select(. != null)) | median)))
-            + {
-                rounds: ($runs | length),
-                events: ($runs | map(.events) | add),
-                expected_events: ($runs | map(.expected_events) | add),
-                missed: ($runs | map(.missed) | add),
-                resyncs: ($runs | map(.resyncs) | add),
-                silent_gaps: ($runs | map(.silent_gaps) | add),
-                lagged_skipped: ($runs | map(.lagged_skipped // 0) | add),
-                lossless: ($runs | all(.lossless)),
-                runs: $runs
-              }' <<<"${FIXED_RUNS[$kind]}")
+        FIXED[$kind]=$(jq -s -c "$JQ_ROUNDS"'
+            rounds(["p50_us", "p99_us", "p999_us", "max_us", "cpu_us_per_delivery", "server_cpu_pct",
+                    "client_cpu_pct", "server_user_pct_of_cpu", "cpu_pressure_avg10"])
+            + {lagged_skipped: (map(.lagged_skipped // 0) | add)}' <<<"${FIXED_RUNS[$kind]}")
     done
 }
 
@@ -691,21 +698,12 @@ scenario_redis() {
         done
     done
     for kind in "${BP_KINDS[@]}"; do
-        BP_FIXED[$kind]=$(jq -s -c '
-            def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
+        BP_FIXED[$kind]=$(jq -s -c "$JQ_ROUNDS"'
             . as $runs
-            | (reduce ("p50_us", "p99_us", "p999_us", "max_us", "cpu_us_per_delivery", "server_cpu_pct",
-                       "redis_cpu_pct", "client_cpu_pct", "delivered_per_s") as $k
-                 ({}; .[$k] = ($runs | map(.[$k]) | map(select(. != null)) | median)))
+            | rounds(["p50_us", "p99_us", "p999_us", "max_us", "cpu_us_per_delivery", "server_cpu_pct",
+                      "redis_cpu_pct", "client_cpu_pct", "delivered_per_s"])
             + {
-                rounds: ($runs | length),
-                events: ($runs | map(.events) | add),
-                expected_events: ($runs | map(.expected_events) | add),
-                missed: ($runs | map(.missed) | add),
-                resyncs: ($runs | map(.resyncs) | add),
-                silent_gaps: ($runs | map(.silent_gaps) | add),
                 publish_errors: ($runs | map(.publish_errors) | add),
-                lossless: ($runs | all(.lossless)),
                 by_addr: (if $runs[0].by_addr then
                     [range(0; $runs[0].by_addr | length) as $i
                      | {p50_us: ($runs | map(.by_addr[$i].p50_us) | map(select(. != null)) | median),
@@ -715,8 +713,7 @@ scenario_redis() {
                     {p50: ($runs | map(.publish_ack_us.p50) | map(select(. != null)) | median),
                      p99: ($runs | map(.publish_ack_us.p99) | map(select(. != null)) | median),
                      max: ($runs | map(.publish_ack_us.max) | map(select(. != null)) | max)}
-                  else null end),
-                runs: $runs
+                  else null end)
               }' <<<"${BP_FIXED_RUNS[$kind]}")
     done
     i=0

@@ -17,7 +17,7 @@
 // EventSource without the flag.)
 
 import { EventSource as NpmEventSource } from "eventsource";
-import { Failure, harness, openSource as open, publishTo, startProxy } from "./support.mjs";
+import { Failure, harness, openSource as open, publishTo, runTest, startProxy } from "./support.mjs";
 
 const DEMO_URL = process.env.DEMO_URL;
 const WAIT_MS = 20_000;
@@ -99,16 +99,4 @@ async function main() {
   log(`PASS in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 
-const deadline = setTimeout(() => {
-  console.error("[eventsource] FAIL: took over 60 s");
-  process.exit(1);
-}, 60_000);
-deadline.unref();
-
-main().then(
-  () => process.exit(0),
-  (error) => {
-    console.error(`[eventsource] FAIL: ${error instanceof Failure ? error.message : error && error.stack ? error.stack : error}`);
-    process.exit(1);
-  },
-);
+runTest("eventsource", main);

@@ -16,7 +16,7 @@
 // (`bash e2e/run.sh` starts a redis-server and the two replicas for it.)
 
 import { EventSource as NpmEventSource } from "eventsource";
-import { Failure, harness, openSource as open, publishTo, startProxy } from "./support.mjs";
+import { Failure, harness, openSource as open, publishTo, runTest, startProxy } from "./support.mjs";
 
 const A_URL = process.env.A_URL;
 const B_URL = process.env.B_URL;
@@ -80,16 +80,4 @@ async function main() {
   log(`PASS in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 
-const deadline = setTimeout(() => {
-  console.error("[replicas] FAIL: took over 60 s");
-  process.exit(1);
-}, 60_000);
-deadline.unref();
-
-main().then(
-  () => process.exit(0),
-  (error) => {
-    console.error(`[replicas] FAIL: ${error instanceof Failure ? error.message : error && error.stack ? error.stack : error}`);
-    process.exit(1);
-  },
-);
+runTest("replicas", main);

@@ -224,3 +224,20 @@ export function openSource(Source, url) {
   source.addEventListener("resync", (event) => seen.resyncs.push(event.data));
   return { source, seen };
 }
+
+/// Runs `main` as a test tagged `tag`: exit 0 when it resolves, 1 with a
+/// FAIL line when it throws or takes over `limitMs`.
+export function runTest(tag, main, limitMs = 60_000) {
+  const deadline = setTimeout(() => {
+    console.error(`[${tag}] FAIL: took over ${limitMs / 1000} s`);
+    process.exit(1);
+  }, limitMs);
+  deadline.unref();
+  main().then(
+    () => process.exit(0),
+    (error) => {
+      console.error(`[${tag}] FAIL: ${error instanceof Failure ? error.message : error && error.stack ? error.stack : error}`);
+      process.exit(1);
+    },
+  );
+}
