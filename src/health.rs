@@ -12,8 +12,11 @@
 //!   [`HealthLayer::broker`], and so does `mirror` for a broker that
 //!   mirrors a shared stream (a replica of the Redis backplane): its
 //!   place in the stream, `lag` and `reconnects` among them
-//!   ([`MirrorStats`](crate::broker::MirrorStats)), `null` otherwise;
-//!   `uptime` is in seconds, to the millisecond.
+//!   ([`MirrorStats`](crate::broker::MirrorStats)), `null` otherwise, and
+//!   `hub` for a broker built with a [hub](crate::upstream): its
+//!   upstreams, open and in all, and their failures
+//!   ([`HubStats`](crate::HubStats)), `null` otherwise; `uptime` is in
+//!   seconds, to the millisecond.
 //! - `GET /ready`: `200` when the server should receive traffic, `503` with
 //!   the reason when degraded or shutting down: what a load balancer polls.
 //!   Read-only stays ready, since reads are still served.
@@ -104,6 +107,7 @@ impl HealthLayer {
             "subscribers": stats.map(|s| s.subscribers),
             "dropped": stats.map(|s| s.lagged_events),
             "mirror": stats.and_then(|s| s.mirror),
+            "hub": stats.and_then(|s| s.hub),
             // Whole milliseconds, so that the number prints short.
             "uptime": self.mode.uptime().as_millis() as f64 / 1000.0,
             "version": env!("CARGO_PKG_VERSION"),

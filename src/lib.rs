@@ -85,13 +85,15 @@ mod sync;
 pub mod tcp;
 #[cfg(all(test, not(loom)))]
 mod test_util;
+#[cfg(not(loom))]
+pub mod upstream;
 mod wire;
 
 #[cfg(all(feature = "axum", not(loom)))]
 pub mod axum;
 
 pub use broker::{
-    Broker, BrokerBuilder, BrokerStats, Closed, Event, EventId, Message, PublishError,
+    Broker, BrokerBuilder, BrokerStats, Closed, Event, EventId, HubStats, Message, PublishError,
     ReceivedEvent, ResyncReason, Subscription, Topic, TopicStats, Topics, RESERVED_EVENT_TYPES,
 };
 pub use clock::{Clock, ManualClock, SystemClock};

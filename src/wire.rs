@@ -142,6 +142,10 @@ pub enum ResyncReason {
     Expired,
     /// The subscription fell behind and events were evicted unread.
     Lagged,
+    /// The upstream feeding the topic failed, was shut for a moment, or
+    /// sent an event the broker could not take: events may be missing
+    /// here. Mid-stream, at the place in the order where they would be.
+    Upstream,
 }
 
 impl ResyncReason {
@@ -153,6 +157,7 @@ impl ResyncReason {
             ResyncReason::Future => "future-id",
             ResyncReason::Expired => "expired",
             ResyncReason::Lagged => "lagged",
+            ResyncReason::Upstream => "upstream",
         }
     }
 }
@@ -380,6 +385,7 @@ mod tests {
             ResyncReason::Future,
             ResyncReason::Expired,
             ResyncReason::Lagged,
+            ResyncReason::Upstream,
         ] {
             assert!(resync_frame(reason, Some(u64::MAX), id).len() <= MAX_RESYNC_FRAME);
         }

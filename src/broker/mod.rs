@@ -24,6 +24,7 @@
 
 mod coalesce;
 mod event;
+mod hub;
 mod mirror;
 mod prepared;
 mod state;
@@ -45,6 +46,8 @@ use crate::sync::{lock, Arc, Mutex};
 use crate::wire;
 pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_TYPES};
 
+pub use self::hub::HubStats;
+pub(crate) use self::hub::{Link, LinkStatus, Opener};
 pub(crate) use self::mirror::local_seq;
 pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored, MAX_STREAM_SEQ};
 pub(crate) use self::subscription::Frames;
@@ -66,6 +69,21 @@ pub(crate) struct Shared {
     /// The log mirrors a shared stream: the app publishes through the
     /// backplane, not here.
     pub(crate) mirrored: bool,
+    /// Starts the driver of a fed topic's upstream (see `hub.rs`).
+    pub(crate) hub: Option<Box<dyn Opener>>,
+}
+
+/// How an event reaches [`Broker::commit`].
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// Published by the app, or a system event of the crate's own.
+    App,
+    /// The system event that greets new streams.
+    Greeting,
+    /// From the upstream of `link`'s topic; refused once the link is stale.
+    Upstream(&'a Link),
+    /// The crate's `resync` about that upstream; refused likewise.
+    UpstreamResync(&'a Link),
 }
 
 /// A publish/subscribe hub with a replay log. Cheap to clone: clones share
@@ -99,6 +117,7 @@ pub struct BrokerBuilder {
     clock: Box<dyn Clock>,
     epoch: Option<u64>,
     mirrored: bool,
+    hub: Option<Box<dyn Opener>>,
 }
 
 impl BrokerBuilder {
@@ -162,6 +181,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Feeds some topics from an upstream (see `crate::upstream`).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn opener(mut self, opener: impl Opener) -> Self {
+        self.hub = Some(Box::new(opener));
+        self
+    }
+
     /// Builds the broker.
     pub fn build(self) -> Broker {
         let epoch = self.epoch.unwrap_or_else(|| {
@@ -185,6 +211,7 @@ impl BrokerBuilder {
                 clock: self.clock,
                 max_event_bytes: self.max_event_bytes,
                 mirrored: self.mirrored,
+                hub: self.hub,
             }),
         }
     }
@@ -224,6 +251,7 @@ impl Broker {
             clock: Box::new(SystemClock::new()),
             epoch: None,
             mirrored: false,
+            hub: None,
         }
     }
 
@@ -247,7 +275,7 @@ impl Broker {
         }
         let topic = Topic::new(&event.topic).map_err(|_| PublishError::InvalidTopic)?;
         let prepared = self.prepare(event, Origin::App)?;
-        self.commit(topic, prepared, false)
+        self.commit(topic, prepared, Via::App)
     }
 
     /// Publishes `event` to every subscription, whatever its topics; the
@@ -261,7 +289,7 @@ impl Broker {
             return Err(PublishError::Mirrored);
         }
         let prepared = self.prepare(event, Origin::App)?;
-        self.commit(Topic::system(), prepared, false)
+        self.commit(Topic::system(), prepared, Via::App)
     }
 
     /// Publishes a system event of the crate's own that also becomes the
@@ -274,7 +302,7 @@ impl Broker {
     #[cfg(not(loom))]
     pub(crate) fn publish_system_greeting(&self, event: Event) -> Result<EventId, PublishError> {
         let prepared = self.prepare(event, Origin::Crate)?;
-        self.commit(Topic::system(), prepared, true)
+        self.commit(Topic::system(), prepared, Via::Greeting)
     }
 
     /// Whether `publish` would take `event`, short of the broker being
@@ -305,7 +333,7 @@ impl Broker {
         &self,
         topic: Topic,
         prepared: Prepared,
-        greeting: bool,
+        via: Via<'_>,
     ) -> Result<EventId, PublishError> {
         let mut wakers = Vec::new();
         let id = {
@@ -313,16 +341,27 @@ impl Broker {
             if state.closed {
                 return Err(PublishError::Closed);
             }
+            if let Via::Upstream(link) | Via::UpstreamResync(link) = via {
+                // A driver whose slot is gone must not add to the topic:
+                // another may own it now.
+                if !state.links.is_current(link) {
+                    return Err(PublishError::Closed);
+                }
+            }
             let now = self.shared.clock.now();
             let seq = state.take_seq().ok_or(PublishError::Mirrored)?;
             let topic_key = state.topic_key(&topic);
             state.take_topic_wakers(topic_key, &mut wakers);
             let entry = Arc::new(prepared.stamp(state.epoch, seq, now, topic_key, topic));
-            if greeting {
-                state.greeting = Some(Greeting {
-                    seq,
-                    frame: entry.frame.slice(entry.id_line..),
-                });
+            match via {
+                Via::Greeting => {
+                    state.greeting = Some(Greeting {
+                        seq,
+                        frame: entry.frame.slice(entry.id_line..),
+                    });
+                }
+                Via::Upstream(_) => state.links.count_event(true),
+                Via::App | Via::UpstreamResync(_) => {}
             }
             state.append(entry, &self.shared.limits, now);
             EventId::new(state.epoch, seq)
@@ -448,18 +487,37 @@ impl Broker {
         last_event_id: Option<&str>,
     ) -> Result<Subscription, Closed> {
         let topics: Vec<Topic> = topics.iter().cloned().collect();
-        let mut state = lock(&self.shared.state);
-        if state.closed {
-            return Err(Closed(()));
+        // The app's rule runs before the lock: no user code under it.
+        let fed: Vec<bool> = match &self.shared.hub {
+            Some(hub) => topics
+                .iter()
+                .map(|topic| !topic.as_str().starts_with('$') && hub.feeds(topic))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut opened = Vec::new();
+        let sub = {
+            let mut state = lock(&self.shared.state);
+            if state.closed {
+                return Err(Closed(()));
+            }
+            let now = self.shared.clock.now();
+            state.evict(&self.shared.limits, now);
+            Subscription::new(
+                self.shared.clone(),
+                &mut state,
+                &topics,
+                &fed,
+                last_event_id,
+                &mut opened,
+            )
+        };
+        if let Some(hub) = &self.shared.hub {
+            for link in opened {
+                hub.open(self, link);
+            }
         }
-        let now = self.shared.clock.now();
-        state.evict(&self.shared.limits, now);
-        Ok(Subscription::new(
-            self.shared.clone(),
-            &mut state,
-            &topics,
-            last_event_id,
-        ))
+        Ok(sub)
     }
 
     /// The id of the newest event published, `EPOCH-0` if none yet.
@@ -503,6 +561,7 @@ impl Broker {
             state.closed = true;
             state.close_frame = frame;
             state.take_all_wakers(&mut wakers);
+            state.links.take_all_wakers(&mut wakers);
         }
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -594,6 +653,7 @@ impl Broker {
             topics: state.topics.len(),
             direct: state.counters.direct,
             mirror: Broker::mirror_stats(&state),
+            hub: Broker::hub_stats(&state, &self.shared),
             direct_bytes: state.direct_bytes,
             cut: state.counters.cut,
         }
@@ -670,6 +730,9 @@ pub struct BrokerStats {
     /// A mirrored broker's place in its stream (see [`Broker::mirror`]);
     /// `None` for a broker that publishes itself.
     pub mirror: Option<MirrorStats>,
+    /// The upstreams of a broker built with a hub
+    /// (`BrokerBuilder::hub`); `None` for one without.
+    pub hub: Option<HubStats>,
     /// Streams ended in the middle of a frame too large for one body frame,
     /// because the event was evicted before its last slice was written
     /// (counted in `lag_reports` too).

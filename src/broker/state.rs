@@ -21,6 +21,7 @@ use slab::Slab;
 
 use super::coalesce::Windows;
 use super::event::Topic;
+use super::hub::Links;
 use crate::sync::Arc;
 
 /// A published event as retained: immutable, shared by every reader.
@@ -131,6 +132,8 @@ pub(crate) struct State {
     pub(crate) mirror: Option<Mirror>,
     /// Lost stretches of the log, for readers made before them.
     pub(crate) breaks: Breaks,
+    /// The fed topics' upstream slots (see `hub.rs`).
+    pub(crate) links: Links,
     pub(crate) counters: Counters,
 }
 
@@ -220,6 +223,7 @@ impl State {
             direct_bytes: 0,
             mirror: None,
             breaks: Breaks::default(),
+            links: Links::default(),
             counters: Counters::default(),
         }
     }

@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
 use super::event::Topic;
+use super::hub::Link;
 use super::mirror::{stream_seq, AHEAD, LOCAL_MASK};
 use super::state::{Breaks, Entry, Greeting, State, SubSlot};
 use super::{Message, ReceivedEvent, Shared};
@@ -34,6 +35,9 @@ struct Cursor {
     watcher_key: usize,
     /// Ordinal of the next event of the topic to read.
     next: u64,
+    /// The topic is fed from an upstream, and this cursor counts as one of
+    /// the watchers of its slot of this generation (see `hub.rs`).
+    fed: Option<u64>,
 }
 
 /// A live feed of the events of some topics, from a [`Broker`](crate::Broker).
@@ -122,11 +126,16 @@ pub(crate) enum Frames {
 }
 
 impl Subscription {
+    /// `fed[i]` says whether `topics[i]` is fed from an upstream; the
+    /// links of slots made for it are pushed to `opened`, for the caller
+    /// to start their drivers once the lock is released.
     pub(crate) fn new(
         shared: Arc<Shared>,
         state: &mut State,
         topics: &[Topic],
+        fed: &[bool],
         resume: Option<&str>,
+        opened: &mut Vec<Link>,
     ) -> Self {
         // A new stream has just sent its response head (and, on the events
         // route, its `retry:` hint): its first keep-alive is due one whole
@@ -137,7 +146,22 @@ impl Subscription {
         });
         let mut cursors = Vec::with_capacity(topics.len() + 1);
         let system = Topic::system();
-        for topic in topics.iter().chain(std::iter::once(&system)) {
+        for (i, topic) in topics.iter().chain(std::iter::once(&system)).enumerate() {
+            let fed = fed.get(i).copied().unwrap_or(false).then(|| {
+                // A new slot takes a seq of its own, which no event gets:
+                // a client resuming from before it may have missed what
+                // the upstream was not there to take, and one resuming
+                // from it (where that resync leaves it) has not.
+                let State {
+                    links, next_seq, ..
+                } = &mut *state;
+                let (generation, link) = links.watch(topic, || {
+                    *next_seq += 1;
+                    *next_seq - 1
+                });
+                opened.extend(link);
+                generation
+            });
             let topic_key = state.topic_key(topic);
             let log = &mut state.topics[topic_key];
             let watcher_key = log.watchers.insert(key);
@@ -145,6 +169,7 @@ impl Subscription {
                 topic_key,
                 watcher_key,
                 next: log.end(),
+                fed,
             });
         }
         let newest = state.next_seq - 1;
@@ -201,11 +226,10 @@ impl Reader {
                 return Ok(());
             }
         }
-        if self
-            .cursors
-            .iter()
-            .any(|c| state.topics[c.topic_key].last_evicted_seq > seq)
-        {
+        if self.cursors.iter().any(|c| {
+            let log = &state.topics[c.topic_key];
+            log.last_evicted_seq > seq || (c.fed.is_some() && state.links.since(&log.name) > seq)
+        }) {
             return Err(ResyncReason::Expired);
         }
         for cursor in self.cursors.iter_mut() {
@@ -339,6 +363,14 @@ impl Reader {
 
     fn event(&mut self, entry: Arc<Entry>) -> Message {
         self.pos = self.pos.max(entry.seq);
+        if entry.event_type.as_deref() == Some(wire::RESYNC_EVENT) {
+            // Only the crate publishes these: its topic's upstream lost
+            // events here.
+            return Message::Resync {
+                reason: ResyncReason::Upstream,
+                resume_from: EventId::new(self.epoch, entry.seq),
+            };
+        }
         Message::Event(ReceivedEvent {
             epoch: self.epoch,
             entry,
@@ -721,19 +753,26 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut state = lock(&self.shared.state);
-        for cursor in self.reader.cursors.iter() {
-            state.topics[cursor.topic_key]
-                .watchers
-                .remove(cursor.watcher_key);
-            state.prune_topic(cursor.topic_key);
+        let mut wakers = Vec::new();
+        {
+            let mut state = lock(&self.shared.state);
+            for cursor in self.reader.cursors.iter() {
+                let log = &mut state.topics[cursor.topic_key];
+                log.watchers.remove(cursor.watcher_key);
+                if let Some(generation) = cursor.fed {
+                    let name = log.name.clone();
+                    state.links.unwatch(&name, generation, &mut wakers);
+                }
+                state.prune_topic(cursor.topic_key);
+            }
+            let slot = state.subs.remove(self.reader.key);
+            state.direct_bytes -= slot
+                .inbox
+                .iter()
+                .map(|d| d.entry.frame.len())
+                .sum::<usize>();
         }
-        let slot = state.subs.remove(self.reader.key);
-        state.direct_bytes -= slot
-            .inbox
-            .iter()
-            .map(|d| d.entry.frame.len())
-            .sum::<usize>();
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 }
 

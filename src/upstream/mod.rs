@@ -1,0 +1,238 @@
+//! One upstream subscription per topic, shared by every local stream.
+//!
+//! An app whose events live on a bus (a Redis pub/sub channel or a NATS
+//! subject per room, a stream per document) implements [`Upstream`]:
+//! open a topic, get a [`Stream`] of its events. A broker built with a
+//! [`Hub`] over it opens a topic's upstream when the first local stream of
+//! the topic arrives, keeps **one** upstream subscription however many
+//! streams watch the topic, and closes it a linger after the last one
+//! left, so that a tab reloading does not flap it. What the upstream
+//! yields is published into the local log like any event: ids, replay,
+//! resume, lag and resync behave as for the app's own publishes.
+//!
+//! # What the crate adds to the bus
+//!
+//! - **Order and ids.** Every event gets the broker's next id as it is
+//!   taken; streams of the topic see it in the same order.
+//! - **Replay and resume on this server.** A client that reconnects to it
+//!   resumes from its `Last-Event-ID` exactly, while the topic's upstream
+//!   stayed open (or lingered) since that id.
+//! - **No silent gap.** An upstream that fails to open, fails, ends, or
+//!   sends an event the broker must refuse (not UTF-8, too large) puts a
+//!   `resync` in the topic's order (`{"reason":"upstream"}`;
+//!   [`Message::Resync`](crate::Message::Resync) for a [`Subscription`](crate::Subscription)),
+//!   and is opened again with back-off while anyone watches. A client
+//!   resuming onto a topic whose upstream was not open since its id (it
+//!   closed after the linger) starts with a `resync` too.
+//!
+//! What it cannot add: a bus that delivers at most once (Redis pub/sub)
+//! loses what it sends while no subscription is open, before the first
+//! open completes, and during an outage; the crate tells the streams when
+//! that may have happened, it cannot get the events back.
+//!
+//! # Faults and fairness
+//!
+//! Each topic's upstream is driven by a task of its own: an upstream that
+//! blocks in `open` or stops yielding holds up nobody else, and the broker's
+//! lock is never held while an upstream is polled, opened or dropped.
+//! Failed opens are retried with exponential back-off (100 ms doubling to
+//! 30 s by default, with jitter, reset once the upstream delivers); a
+//! driver yields to other tasks after a batch of events. The broker's
+//! [`stats`](crate::Broker::stats) show the upstreams in
+//! [`hub`](crate::BrokerStats::hub): how many there are, how many are open,
+//! opens, failures, events and refused events.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::future::Future;
+//!
+//! use tower_sse::upstream::{Hub, Upstream};
+//! use tower_sse::{Broker, Event, Topic};
+//!
+//! /// Every room's events come from a channel of some bus client.
+//! struct Rooms;
+//!
+//! impl Upstream for Rooms {
+//!     type Stream = futures_util::stream::Iter<std::vec::IntoIter<Result<Event, Infallible>>>;
+//!     type Error = Infallible;
+//!
+//!     fn open(&self, topic: &Topic) -> impl Future<Output = Result<Self::Stream, Infallible>> + Send + 'static {
+//!         let greeting = Event::message().data(format!("welcome to {topic}"));
+//!         async move { Ok(futures_util::stream::iter(vec![Ok(greeting)])) }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let broker = Broker::builder()
+//!     .hub(Hub::new(Rooms).topics(|topic| topic.as_str().starts_with("room:")))
+//!     .build();
+//! # }
+//! ```
+
+mod driver;
+#[cfg(feature = "redis")]
+mod redis;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::runtime::Handle;
+
+use crate::broker::{Broker, BrokerBuilder, Link, Opener, Topic};
+use crate::Event;
+
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisChannel, RedisPubSub, RedisPubSubError};
+
+/// Default time a topic's upstream stays open after its last stream left.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
+/// Default first pause before opening a failed upstream again.
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
+/// Default longest pause between two attempts.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Where a topic's events come from: what the app implements.
+///
+/// [`open`](Upstream::open) subscribes to one topic and returns its events
+/// as a [`Stream`]; the subscription ends when the stream is dropped. The
+/// hub calls it for one topic at a time, never twice for a topic whose
+/// stream it still holds. An `Err` item, or the stream ending, means the
+/// subscription broke: the hub drops it, tells the topic's streams, and
+/// opens again with back-off.
+///
+/// The events' topics are ignored: each goes to the topic it was opened
+/// for. Their types and payloads are checked as [`Broker::publish`] does.
+pub trait Upstream: Send + Sync + 'static {
+    /// The events of one open topic.
+    type Stream: Stream<Item = Result<Event, Self::Error>> + Send + 'static;
+    /// Why opening failed, or why an open subscription broke.
+    type Error: fmt::Display + Send + 'static;
+
+    /// Subscribes to `topic`. The future owns what it needs (it may
+    /// outlive `&self`): clone handles into it.
+    fn open(
+        &self,
+        topic: &Topic,
+    ) -> impl Future<Output = Result<Self::Stream, Self::Error>> + Send + 'static;
+}
+
+/// Which topics an upstream feeds.
+type Rule = Arc<dyn Fn(&Topic) -> bool + Send + Sync>;
+
+/// Configures one upstream subscription per topic; given to
+/// [`BrokerBuilder::hub`].
+#[must_use]
+pub struct Hub<U> {
+    upstream: U,
+    rule: Option<Rule>,
+    linger: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+}
+
+impl<U: Upstream> Hub<U> {
+    /// Feeds every topic from `upstream` (but the crate's own `$` topics).
+    pub fn new(upstream: U) -> Self {
+        Self {
+            upstream,
+            rule: None,
+            linger: DEFAULT_LINGER,
+            retry_min: DEFAULT_RETRY_MIN,
+            retry_max: DEFAULT_RETRY_MAX,
+        }
+    }
+
+    /// Feeds only the topics for which `rule` holds; the others are the
+    /// app's to publish, as without a hub. It is asked at each subscribe,
+    /// outside the broker's lock, and must give the same answer for a
+    /// topic every time.
+    pub fn topics(mut self, rule: impl Fn(&Topic) -> bool + Send + Sync + 'static) -> Self {
+        self.rule = Some(Arc::new(rule));
+        self
+    }
+
+    /// Keeps a topic's upstream open for `linger` after its last stream
+    /// left (default 5 s): a client that comes back within it resumes
+    /// without a gap, and the upstream is not opened again.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Pauses `min` before the first new attempt after a failure, doubling
+    /// up to `max` (defaults 100 ms and 30 s); each pause varies by up to
+    /// a fifth, so that topics that failed together do not retry together.
+    pub fn retry(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_min = min.max(Duration::from_millis(1));
+        self.retry_max = max.max(self.retry_min);
+        self
+    }
+}
+
+impl<U> fmt::Debug for Hub<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("upstream", &std::any::type_name::<U>())
+            .field("all_topics", &self.rule.is_none())
+            .field("linger", &self.linger)
+            .field("retry_min", &self.retry_min)
+            .field("retry_max", &self.retry_max)
+            .finish()
+    }
+}
+
+impl BrokerBuilder {
+    /// Feeds topics from an upstream, one subscription per topic shared by
+    /// every local stream (see [`upstream`](crate::upstream)).
+    ///
+    /// The upstreams' tasks run on the Tokio runtime current when a topic
+    /// is first subscribed to, or else on the one current here. Not for a
+    /// [`mirrored`](BrokerBuilder::mirrored) broker, which takes events
+    /// from its backplane only: its upstreams' events are refused, each
+    /// reported as a `resync` and counted in `refused`.
+    pub fn hub<U: Upstream>(self, hub: Hub<U>) -> Self {
+        let shared = Arc::new(driver::Shared {
+            upstream: hub.upstream,
+            linger: hub.linger,
+            retry_min: hub.retry_min,
+            retry_max: hub.retry_max,
+        });
+        self.opener(Spawner {
+            shared,
+            rule: hub.rule,
+            runtime: Handle::try_current().ok(),
+        })
+    }
+}
+
+/// The hub as the broker sees it: the rule, and a task per new slot.
+struct Spawner<U> {
+    shared: Arc<driver::Shared<U>>,
+    rule: Option<Rule>,
+    runtime: Option<Handle>,
+}
+
+impl<U: Upstream> Opener for Spawner<U> {
+    fn feeds(&self, topic: &Topic) -> bool {
+        self.rule.as_ref().is_none_or(|rule| rule(topic))
+    }
+
+    fn open(&self, broker: &Broker, link: Link) {
+        let runtime = Handle::try_current().ok().or_else(|| self.runtime.clone());
+        let Some(runtime) = runtime else {
+            tracing::error!(
+                topic = %link.topic,
+                "no Tokio runtime to run the topic's upstream on: subscribe from within one"
+            );
+            broker.link_abandon(&link);
+            return;
+        };
+        runtime.spawn(driver::drive(self.shared.clone(), broker.downgrade(), link));
+    }
+}
