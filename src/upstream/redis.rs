@@ -214,7 +214,7 @@ impl Upstream for RedisPubSub {
                 .send(Command::Subscribe {
                     route: Route {
                         id,
-                        tx,
+                        tx: Some(tx),
                         shared: shared.clone(),
                         max_bytes: inner.buffer_bytes,
                     },
@@ -324,7 +324,8 @@ enum Command {
 
 struct Route {
     id: u64,
-    tx: mpsc::Sender<Bytes>,
+    /// `None` once broken: the stream sees its queue close and says why.
+    tx: Option<mpsc::Sender<Bytes>>,
     shared: Arc<RouteShared>,
     max_bytes: usize,
 }
@@ -332,17 +333,24 @@ struct Route {
 impl Route {
     /// Hands `payload` on; `false` once the stream is too far behind.
     fn send(&self, payload: Bytes) -> bool {
+        let Some(tx) = &self.tx else {
+            return true;
+        };
         let len = payload.len();
         let before = self.shared.bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.max_bytes || self.tx.try_send(payload).is_err() {
+        if before + len > self.max_bytes || tx.try_send(payload).is_err() {
             self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
         true
     }
 
-    fn break_with(&self, why: u8) {
+    /// Breaks the stream: it reads `why` next, woken by its queue closing.
+    /// The route stays until the stream is dropped, so that its
+    /// unsubscribe finds it.
+    fn break_with(&mut self, why: u8) {
         self.shared.broken.store(why, Ordering::Release);
+        self.tx = None;
     }
 }
 
@@ -451,10 +459,10 @@ impl Router {
 
     fn deliver(&mut self, message: &redis::Msg) {
         let channel = message.get_channel_name();
-        let Some(route) = self.routes.get(channel) else {
+        let Some(route) = self.routes.get_mut(channel) else {
             return;
         };
-        if route.shared.broken.load(Ordering::Acquire) != OK {
+        if route.tx.is_none() {
             return;
         }
         if !route.send(Bytes::copy_from_slice(message.get_payload_bytes())) {
@@ -487,7 +495,7 @@ impl Router {
             );
         }
         self.conn = None;
-        for (_, route) in self.routes.drain() {
+        for (_, mut route) in self.routes.drain() {
             route.break_with(LOST);
         }
     }
