@@ -48,6 +48,7 @@ pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_T
 
 pub use self::hub::HubStats;
 pub(crate) use self::hub::{Link, LinkStatus, Opener};
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
 pub(crate) use self::mirror::local_seq;
 pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored, MAX_STREAM_SEQ};
 pub(crate) use self::subscription::Frames;
@@ -307,12 +308,20 @@ impl Broker {
 
     /// Whether `publish` would take `event`, short of the broker being
     /// closed: for a backplane, before it sends the event anywhere.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn check(&self, event: &Event) -> Result<(), PublishError> {
         Topic::new(&event.topic).map_err(|_| PublishError::InvalidTopic)?;
         self.prepare(event.clone(), Origin::App).map(drop)
     }
 
+    /// Whether its log mirrors a backplane's stream.
+    #[cfg(not(loom))]
+    pub(crate) fn is_mirrored(&self) -> bool {
+        self.shared.mirrored
+    }
+
     /// The bound on retained events it was built with.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn retained_events_limit(&self) -> usize {
         self.shared.limits.max_events
     }

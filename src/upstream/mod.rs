@@ -46,21 +46,23 @@
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use std::future::Future;
+//! use std::future::{ready, Future, Ready};
 //!
+//! use futures_util::{stream, StreamExt};
 //! use tower_sse::upstream::{Hub, Upstream};
-//! use tower_sse::{Broker, Event, Topic};
+//! use tower_sse::{Broker, Event, Message, Topic, Topics};
 //!
 //! /// Every room's events come from a channel of some bus client.
 //! struct Rooms;
 //!
 //! impl Upstream for Rooms {
-//!     type Stream = futures_util::stream::Iter<std::vec::IntoIter<Result<Event, Infallible>>>;
+//!     type Stream = stream::Chain<stream::Once<Ready<Result<Event, Infallible>>>, stream::Pending<Result<Event, Infallible>>>;
 //!     type Error = Infallible;
 //!
 //!     fn open(&self, topic: &Topic) -> impl Future<Output = Result<Self::Stream, Infallible>> + Send + 'static {
+//!         // One event, then open and quiet, as a bus subscription would be.
 //!         let greeting = Event::message().data(format!("welcome to {topic}"));
-//!         async move { Ok(futures_util::stream::iter(vec![Ok(greeting)])) }
+//!         async move { Ok(stream::once(ready(Ok(greeting))).chain(stream::pending())) }
 //!     }
 //! }
 //!
@@ -69,6 +71,13 @@
 //! let broker = Broker::builder()
 //!     .hub(Hub::new(Rooms).topics(|topic| topic.as_str().starts_with("room:")))
 //!     .build();
+//!
+//! // The first stream of `room:1` opens its upstream; what it yields is
+//! // published to the topic like any event.
+//! let mut sub = broker.subscribe(&Topics::parse(["room:1"]).unwrap(), None).unwrap();
+//! let Some(Message::Event(event)) = sub.recv().await else { panic!() };
+//! assert_eq!(event.data(), "welcome to room:1");
+//! assert_eq!(broker.stats().hub.unwrap().opens, 1);
 //! # }
 //! ```
 
@@ -192,10 +201,15 @@ impl BrokerBuilder {
     /// every local stream (see [`upstream`](crate::upstream)).
     ///
     /// The upstreams' tasks run on the Tokio runtime current when a topic
-    /// is first subscribed to, or else on the one current here. Not for a
-    /// [`mirrored`](BrokerBuilder::mirrored) broker, which takes events
-    /// from its backplane only: its upstreams' events are refused, each
-    /// reported as a `resync` and counted in `refused`.
+    /// is first subscribed to, or else on the one current here.
+    ///
+    /// Not for a [`mirrored`](BrokerBuilder::mirrored) broker (a replica
+    /// of a backplane): its ids are the shared stream's, and a bus's events
+    /// would get different ids on each replica, so a client moving between
+    /// replicas could miss some or see some twice. There, no upstream is
+    /// opened: each subscribe to a fed topic logs an error, counts a
+    /// failure, and the stream gets a `resync`. Replicas fed from a bus
+    /// need no backplane: each subscribes to the bus itself.
     pub fn hub<U: Upstream>(self, hub: Hub<U>) -> Self {
         let shared = Arc::new(driver::Shared {
             upstream: hub.upstream,
@@ -224,6 +238,14 @@ impl<U: Upstream> Opener for Spawner<U> {
     }
 
     fn open(&self, broker: &Broker, link: Link) {
+        if broker.is_mirrored() {
+            tracing::error!(
+                topic = %link.topic,
+                "a broker that mirrors a backplane cannot take a hub: the topic is not fed"
+            );
+            broker.link_abandon(&link);
+            return;
+        }
         let runtime = Handle::try_current().ok().or_else(|| self.runtime.clone());
         let Some(runtime) = runtime else {
             tracing::error!(
