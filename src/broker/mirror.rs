@@ -273,6 +273,7 @@ impl Broker {
 
     /// Counts a stream entry its reader skipped before it reached the
     /// broker (one it could not read as an entry at all).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn count_skipped_mirror_entry(&self) {
         lock(&self.shared.state).skip_mirrored();
     }
@@ -285,6 +286,7 @@ impl Broker {
     }
 
     /// The stream's last seq as the reader last saw it (0 if not a mirror).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn mirror_top_seen(&self) -> u64 {
         lock(&self.shared.state)
             .mirror

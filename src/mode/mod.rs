@@ -46,6 +46,7 @@ use tokio::sync::watch;
 
 use crate::{Broker, Event};
 
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
 pub(crate) use self::probe::next_probe_id;
 pub use self::probe::{
     Probe, ProbeHandle, DEFAULT_FAIL_AFTER, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT,
