@@ -329,7 +329,8 @@ mod demo {
             result = server => result?,
             () = deadline => eprintln!("connections still open after {DRAIN_TIMEOUT:?}; exiting anyway"),
         }
-        println!("stopped");
+        // A closed stdout must not turn a clean stop into a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), b"stopped\n");
         Ok(())
     }
 
@@ -792,10 +793,16 @@ mod demo {
             () = ctrl_c => "Ctrl-C",
             () = terminate => "SIGTERM",
         };
-        println!("{name}: shutting down: ending the streams and draining connections");
         // Readiness and writes answer 503; a second later every stream gets
         // its last frame (`retry:` and `event: shutdown`) and ends.
         shutdown.trigger();
+        // Said after, and without `println!`: a closed stdout must not
+        // stop the shutdown.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "{name}: shutting down: ending the streams and draining connections"
+        );
     }
 
     /// The command line, and the environment where it is silent.

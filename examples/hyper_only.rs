@@ -122,7 +122,10 @@ mod hyper_only {
             }
         }
 
-        println!("shutting down: closing the broker and draining connections");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stdout(),
+            b"shutting down: closing the broker and draining connections\n",
+        );
         drop(listener);
         // Ends every open stream (with a `retry:` hint) so that draining
         // does not wait on them forever.
@@ -135,7 +138,8 @@ mod hyper_only {
         if drained.is_err() {
             eprintln!("connections still open after {DRAIN_TIMEOUT:?}; exiting anyway");
         }
-        println!("stopped");
+        // A closed stdout must not turn a clean stop into a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), b"stopped\n");
         Ok(())
     }
 

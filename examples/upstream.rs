@@ -131,7 +131,9 @@ mod upstream {
             result = server => result?,
             () = deadline => eprintln!("connections still open after {DRAIN_TIMEOUT:?}; exiting anyway"),
         }
-        println!("stopped");
+        // A closed stdout must not turn a clean stop into a panic.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "stopped");
         Ok(())
     }
 
