@@ -1,6 +1,6 @@
 //! Loom models of the broker's concurrency claims: invariants 1 to 6 of
-//! the design, one named model each, and the same claims for the mirror a
-//! backplane's reader feeds.
+//! the design, one named model each, the same claims for the mirror a
+//! backplane's reader feeds, and the hub's one upstream per topic.
 //!
 //! Run with
 //!
@@ -782,4 +782,178 @@ fn a_resume_from_a_replica_ahead_racing_the_mirror_gets_each_entry_once() {
         assert_eq!(events, [broker.mirrored_id(4)], "{got:?}");
         assert_eq!(got.len(), 1, "{got:?}");
     });
+}
+
+// --- The hub: one upstream subscription per topic --------------------------
+//
+// The models play the runtime's side themselves: the broker records each
+// new slot's link, and the model runs that slot's driver steps (open,
+// linger over, closed) through `loom_internals`, counting the upstream
+// subscriptions of the topic held at any moment.
+
+mod hub {
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use loom::sync::Arc;
+    use loom::thread;
+    use tower_sse::loom_internals::{
+        broker_with_hub, link_publish, link_release, link_status, link_up, Link, Opened,
+    };
+    use tower_sse::Broker;
+
+    use super::{drain, model, topics, Seen, EPOCH};
+
+    /// The topic's upstream subscriptions held now.
+    #[derive(Clone, Default)]
+    struct Upstreams(Arc<AtomicUsize>);
+
+    impl Upstreams {
+        /// A driver opens one: none may be held already.
+        fn open(&self, broker: &Broker, link: &Link) {
+            let before = self.0.fetch_add(1, SeqCst);
+            assert_eq!(before, 0, "two upstream subscriptions of one topic at once");
+            assert!(link_up(broker, link));
+        }
+
+        fn drop_one(&self) {
+            self.0.fetch_sub(1, SeqCst);
+        }
+
+        fn held(&self) -> usize {
+            self.0.load(SeqCst)
+        }
+    }
+
+    fn new_link(opened: &Opened) -> Option<Link> {
+        opened.lock().unwrap().pop()
+    }
+
+    /// The driver's steps once its linger is over (a linger of zero): if
+    /// nobody watches, drop the upstream, then release the slot; if
+    /// someone came back meanwhile, open again.
+    fn linger_over(broker: &Broker, link: &Link, upstreams: &Upstreams) {
+        let (watched, _) = link_status(broker, link, None);
+        if watched {
+            return;
+        }
+        upstreams.drop_one();
+        if !link_release(broker, link) {
+            upstreams.open(broker, link);
+        }
+    }
+
+    /// The last stream of a topic leaving, its driver tearing the upstream
+    /// down, racing a new stream of the topic: whichever way it goes, one
+    /// upstream is held at the end (never two at once, none leaked), by the
+    /// one slot the hub counts.
+    #[test]
+    fn the_last_stream_leaving_racing_a_new_one_leaves_one_upstream() {
+        model(|| {
+            let (broker, opened) = broker_with_hub(EPOCH);
+            let upstreams = Upstreams::default();
+            let first = broker.subscribe(&topics(&["room"]), None).unwrap();
+            let link = new_link(&opened).expect("a slot for the first stream");
+            upstreams.open(&broker, &link);
+
+            let leaving = {
+                let (broker, upstreams) = (broker.clone(), upstreams.clone());
+                thread::spawn(move || {
+                    drop(first);
+                    linger_over(&broker, &link, &upstreams);
+                })
+            };
+            let second = broker.subscribe(&topics(&["room"]), None).unwrap();
+            if let Some(link) = new_link(&opened) {
+                // The first slot was gone: a driver of its own.
+                upstreams.open(&broker, &link);
+            }
+            leaving.join().unwrap();
+
+            assert_eq!(upstreams.held(), 1);
+            let hub = broker.stats().hub.unwrap();
+            assert_eq!((hub.upstreams, hub.open), (1, 1));
+            drop(second);
+        });
+    }
+
+    /// An upstream event racing the last stream leaving, the driver's
+    /// teardown, and the stream reconnecting with where it left off: the
+    /// event reaches the stream exactly once, or the stream is told it may
+    /// have missed events (a resync first); never lost silently, never twice.
+    #[test]
+    fn an_upstream_event_racing_the_teardown_is_delivered_once_or_told() {
+        model(|| {
+            let (broker, opened) = broker_with_hub(EPOCH);
+            let upstreams = Upstreams::default();
+            let mut stream = broker.subscribe(&topics(&["room"]), None).unwrap();
+            let link = new_link(&opened).unwrap();
+            upstreams.open(&broker, &link);
+
+            let driver = {
+                let (broker, upstreams) = (broker.clone(), upstreams.clone());
+                thread::spawn(move || {
+                    // Its slot lives until it releases it: never refused.
+                    assert!(link_publish(&broker, &link, "e"));
+                    linger_over(&broker, &link, &upstreams);
+                })
+            };
+            let mut seen = Vec::new();
+            drain(&mut stream, &mut seen);
+            let position = stream.position().to_string();
+            drop(stream);
+            let mut back = broker
+                .subscribe(&topics(&["room"]), Some(&position))
+                .unwrap();
+            if let Some(link) = new_link(&opened) {
+                upstreams.open(&broker, &link);
+            }
+            driver.join().unwrap();
+            drain(&mut back, &mut seen);
+
+            let events = seen.iter().filter(|s| matches!(s, Seen::Event(..))).count();
+            let told = seen.iter().any(|s| matches!(s, Seen::Resync));
+            assert!(events == 1 || told, "{seen:?}");
+            assert!(events <= 1, "{seen:?}");
+            assert_eq!(upstreams.held(), 1);
+        });
+    }
+
+    /// Closing the broker racing a first stream's subscribe and its
+    /// driver's open: either the subscribe is refused and no slot is made,
+    /// or the driver is woken by the close, drops its upstream, and the
+    /// slot goes. Nothing held, nothing left.
+    #[test]
+    fn closing_the_broker_racing_an_open_leaves_nothing_held() {
+        model(|| {
+            let (broker, opened) = broker_with_hub(EPOCH);
+            let upstreams = Upstreams::default();
+            let closer = {
+                let broker = broker.clone();
+                thread::spawn(move || broker.close())
+            };
+            match broker.subscribe(&topics(&["room"]), None) {
+                Ok(stream) => {
+                    let link = new_link(&opened).expect("a slot");
+                    upstreams.open(&broker, &link);
+                    // The driver parks until its status says closed; a
+                    // lost wake-up is a deadlock loom reports.
+                    loom::future::block_on(poll_fn(|cx| {
+                        match link_status(&broker, &link, Some(cx)) {
+                            (_, true) => Poll::Ready(()),
+                            _ => Poll::Pending,
+                        }
+                    }));
+                    upstreams.drop_one();
+                    assert!(link_release(&broker, &link));
+                    drop(stream);
+                }
+                Err(_) => assert!(opened.lock().unwrap().is_empty()),
+            }
+            closer.join().unwrap();
+            assert_eq!(upstreams.held(), 0);
+            assert_eq!(broker.stats().hub.unwrap().upstreams, 0);
+        });
+    }
 }

@@ -157,6 +157,65 @@ pub mod loom_internals {
     pub fn tick(broker: &Broker) {
         broker.tick();
     }
+
+    /// A driver's handle on a fed topic's slot (`broker::Link`).
+    #[derive(Clone, Debug)]
+    pub struct Link(crate::broker::Link);
+
+    /// The links of the slots made so far, in order: what the runtime's
+    /// side of the hub would start a driver for.
+    pub type Opened = crate::sync::Arc<crate::sync::Mutex<Vec<Link>>>;
+
+    struct Recorder(Opened);
+
+    impl crate::broker::Opener for Recorder {
+        fn feeds(&self, _topic: &crate::Topic) -> bool {
+            true
+        }
+
+        fn open(&self, _broker: &Broker, link: crate::broker::Link) {
+            crate::sync::lock(&self.0).push(Link(link));
+        }
+    }
+
+    /// A broker that feeds every topic from an upstream the model drives.
+    pub fn broker_with_hub(epoch: u64) -> (Broker, Opened) {
+        let opened = Opened::default();
+        let broker = Broker::builder()
+            .epoch(epoch)
+            .retain_forever()
+            .opener(Recorder(opened.clone()))
+            .build();
+        (broker, opened)
+    }
+
+    /// `Broker::link_status`, as `(watched, closed)`, registering `cx`'s
+    /// waker.
+    pub fn link_status(broker: &Broker, link: &Link, cx: Option<&mut Context<'_>>) -> (bool, bool) {
+        use crate::broker::LinkStatus;
+        match broker.link_status(&link.0, cx.map(|cx| cx.waker())) {
+            LinkStatus::Watched => (true, false),
+            LinkStatus::Idle(_) => (false, false),
+            LinkStatus::Closed => (false, true),
+        }
+    }
+
+    /// `Broker::link_up`.
+    pub fn link_up(broker: &Broker, link: &Link) -> bool {
+        broker.link_up(&link.0)
+    }
+
+    /// `Broker::link_publish` of a `message` with `data`.
+    pub fn link_publish(broker: &Broker, link: &Link, data: &str) -> bool {
+        broker
+            .link_publish(&link.0, crate::Event::message().data(data.to_owned()))
+            .is_ok()
+    }
+
+    /// `Broker::link_release`.
+    pub fn link_release(broker: &Broker, link: &Link) -> bool {
+        broker.link_release(&link.0)
+    }
 }
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -91,6 +91,8 @@ async fn health_reports_mode_and_broker_numbers() {
         assert_eq!(body["mode"], mode_name);
         assert_eq!(body["reason"].as_str(), reason);
         assert_eq!(body["since"], mode.current().since_rfc3339());
+        // A broker without a hub or a backplane has neither.
+        assert!(body["hub"].is_null() && body["mirror"].is_null(), "{body}");
     }
 
     // `subscribers`: every open stream of the events route, exactly.

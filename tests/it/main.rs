@@ -26,6 +26,10 @@ mod soak;
 #[cfg(feature = "tcp")]
 mod stalled_reader;
 mod support;
+mod upstream;
+mod upstream_model;
+#[cfg(feature = "redis")]
+mod upstream_redis;
 #[cfg(all(feature = "tcp", target_os = "linux"))]
 mod vanished_peer;
 mod wire;

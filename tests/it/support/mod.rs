@@ -2,11 +2,13 @@
 //! inner services under the layers, hyper's client on connections the
 //! test owns, an SSE reader, raw sockets, bounded waits, a seeded
 //! generator, the full stack of the mode tests, and a process of its own
-//! for a test that measures the whole process. Two are deliberate
+//! for a test that measures the whole process, and an in-memory pub/sub
+//! bus for the hub's upstream. Two are deliberate
 //! second implementations that share no code with the crate: a parser
 //! written from the SSE standard and a sequential model of the broker.
 
 pub mod broker_model;
+pub mod bus;
 pub mod client;
 pub mod inner;
 pub mod process;

@@ -32,9 +32,11 @@ pub async fn alone(name: &str) -> bool {
     false
 }
 
-/// The demo example, running as a process of its own on a free loopback
-/// port: `cargo test` builds the examples beside the test binary (a run of
-/// `--test it` alone does not: `cargo build --example demo` first).
+/// The demo example (or another example that prints `listening on
+/// http://ADDR` on stdout as it does), running as a process of its own on
+/// a free loopback port: `cargo test` builds the examples beside the test
+/// binary (a run of `--test it` alone does not: `cargo build --example
+/// demo` first).
 pub struct Demo {
     child: tokio::process::Child,
     addr: std::net::SocketAddr,
@@ -44,28 +46,43 @@ impl Demo {
     /// Starts it with `args` (after `--addr 127.0.0.1:0`) and `env`; waits
     /// for the address it prints.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_example("demo", args, env).await
+    }
+
+    /// Starts the example `name` with `args` (after `--addr 127.0.0.1:0`)
+    /// and `env`; waits for the address it prints.
+    pub async fn start_example(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::launch(name, &all, env).await
+    }
+
+    /// Starts the example `name` with exactly `args` and `env` (no
+    /// `--addr`: where it listens is up to them, `PORT` say); waits for
+    /// the address it prints. `PORT` is unset unless `env` sets it.
+    pub async fn launch(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
 
-        let binary = Self::binary();
+        let binary = Self::example(name);
         let mut child = Command::new(&binary)
-            .args(["--addr", "127.0.0.1:0"])
             .args(args)
-            .envs(env.iter().copied())
             .env_remove("PORT")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("start the demo");
+            .unwrap_or_else(|e| panic!("start the {name} example: {e}"));
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = super::wait::within("the demo to listen", async {
-            while let Some(line) = lines.next_line().await.expect("the demo's output") {
+        let waiting = format!("the {name} example to listen");
+        let addr = super::wait::within(&waiting, async {
+            while let Some(line) = lines.next_line().await.expect("the example's output") {
                 if let Some(rest) = line.strip_prefix("listening on http://") {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
-                    return addr.parse().expect("the demo's address");
+                    return addr.parse().expect("the example's address");
                 }
             }
-            panic!("the demo exited before listening");
+            panic!("the {name} example exited before listening");
         })
         .await;
         // Keep reading its output, or it blocks once the pipe fills.
@@ -75,16 +92,22 @@ impl Demo {
 
     /// Where `cargo test` put the demo; fails the test if it is not there.
     pub fn binary() -> std::path::PathBuf {
+        Self::example("demo")
+    }
+
+    /// Where `cargo test` put the example `name`; fails the test if it is
+    /// not there.
+    pub fn example(name: &str) -> std::path::PathBuf {
         let test_binary = std::env::current_exe().expect("the test binary");
         let examples = test_binary
             .parent()
             .and_then(std::path::Path::parent)
             .expect("the target directory")
             .join("examples");
-        let binary = examples.join(format!("demo{}", std::env::consts::EXE_SUFFIX));
+        let binary = examples.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         assert!(
             binary.exists(),
-            "{} is missing: `cargo test` builds it (or `cargo build --example demo`)",
+            "{} is missing: `cargo test` builds it (or `cargo build --example {name}`)",
             binary.display()
         );
         binary
