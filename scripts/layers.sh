@@ -21,8 +21,11 @@ forbid() {
 # The wire format is a leaf: it imports nothing of the crate.
 forbid src/wire.rs 'crate::' "src/wire.rs imports the crate"
 # The broker knows nothing above it: no events route, mailbox, mode, HTTP.
-forbid "src/broker/*.rs" 'crate::(sse|mailbox|mode|response|health|require_writable|shutdown|serve|axum|tcp)|\bhttp(_body)?::|\bhyper|\btokio' \
+forbid "src/broker/*.rs" 'crate::(sse|mailbox|mode|response|health|require_writable|shutdown|serve|axum|tcp|upstream|backplane)|\bhttp(_body)?::|\bhyper|\btokio' \
     "src/broker imports from above it"
+# The hub's driver sits on the broker alone: no HTTP, no layer.
+forbid "src/upstream/*.rs" 'crate::(sse|mailbox|mode|response|health|require_writable|shutdown|serve|axum|tcp|backplane)|\bhttp(_body)?::|\bhyper' \
+    "src/upstream imports from above it"
 # The events route knows the mailbox only through its hook.
 forbid "src/sse/*.rs" 'crate::(mailbox|mode|health|require_writable|shutdown|serve|axum)' \
     "src/sse imports from above it"
