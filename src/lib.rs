@@ -169,11 +169,11 @@ pub mod loom_internals {
     struct Recorder(Opened);
 
     impl crate::broker::Opener for Recorder {
-        fn feeds(&self, _topic: &crate::Topic) -> bool {
+        fn feeds(&self, _broker: &Broker, _topic: &crate::Topic) -> bool {
             true
         }
 
-        fn open(&self, _broker: &Broker, link: crate::broker::Link) {
+        fn start(&self, _broker: &Broker, link: crate::broker::Link) {
             crate::sync::lock(&self.0).push(Link(link));
         }
     }

@@ -127,7 +127,8 @@ impl FromStr for EventId {
     }
 }
 
-/// Why a subscription starts with [`Message::Resync`](crate::Message::Resync), or
+/// Why a subscription gets [`Message::Resync`](crate::Message::Resync) (at
+/// its start, or mid-stream for [`ResyncReason::Upstream`]), or
 /// [`ResyncReason::Lagged`] for a lag report on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -144,7 +145,8 @@ pub enum ResyncReason {
     Lagged,
     /// The upstream feeding the topic failed, was shut for a moment, or
     /// sent an event the broker could not take: events may be missing
-    /// here. Mid-stream, at the place in the order where they would be.
+    /// here. Mid-stream, at the place in the order where they would be; or
+    /// first, for a stream that starts while the upstream is down.
     Upstream,
 }
 

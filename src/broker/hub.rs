@@ -23,7 +23,9 @@
 //! started; the slot goes only when that driver, having dropped its
 //! upstream, finds nobody watching ([`Links::release`]). So two drivers of
 //! one topic never hold an upstream at the same time, whatever races a
-//! reopen and a teardown.
+//! reopen and a teardown. A driver that dies without releasing (its
+//! runtime shut down) leaves the slot *orphaned*: still counting its
+//! watchers, and given a new driver by the next one to watch it.
 
 use std::collections::HashMap;
 use std::task::Waker;
@@ -35,21 +37,23 @@ use super::{EventId, PublishError, Shared, Via};
 use crate::sync::lock;
 use crate::wire::{self, ResyncReason};
 
-/// What starts a slot's driver: the runtime's side of the hub.
+/// The runtime's side of the hub: which topics are fed, and starting a
+/// slot's driver.
 pub(crate) trait Opener: Send + Sync + 'static {
     /// Whether the upstream feeds `topic`. Asked outside the lock, once
     /// per topic of each subscribe.
-    fn feeds(&self, topic: &Topic) -> bool;
+    fn feeds(&self, broker: &super::Broker, topic: &Topic) -> bool;
 
-    /// Starts the driver of a new slot, outside the lock. The driver owns
-    /// the slot until [`Broker::link_release`](super::Broker::link_release)
-    /// says it is gone.
-    fn open(&self, broker: &super::Broker, link: Link);
+    /// Starts the driver of a slot that has none, outside the lock. The
+    /// driver owns the slot until [`Broker::link_release`](super::Broker::link_release)
+    /// says it is gone, or gives it up with
+    /// [`Broker::link_abandon`](super::Broker::link_abandon).
+    fn start(&self, broker: &super::Broker, link: Link);
 }
 
-/// A driver's handle on its topic's slot. A link whose slot is gone (or
-/// was made again since, with another generation) is stale: its events
-/// are refused.
+/// A driver's handle on its topic's slot. A link whose slot is gone,
+/// orphaned, or given to another driver since is stale: its events are
+/// refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Link {
     pub(crate) topic: Topic,
@@ -72,7 +76,8 @@ pub(crate) enum LinkStatus {
 
 #[derive(Debug)]
 struct Slot {
-    generation: u64,
+    /// Which driver owns it; `None` while orphaned.
+    generation: Option<u64>,
     watchers: usize,
     /// Times `watchers` fell to zero.
     idle: u64,
@@ -105,7 +110,8 @@ pub struct HubStats {
     pub open: usize,
     /// Upstream subscriptions opened since the broker was built.
     pub opens: u64,
-    /// Opens that failed, and open upstreams that ended or failed.
+    /// Opens that failed or timed out, open upstreams that ended or
+    /// failed, and drivers that could not run (no runtime).
     pub failures: u64,
     /// Events the upstreams delivered into the log.
     pub events: u64,
@@ -114,58 +120,71 @@ pub struct HubStats {
     pub refused: u64,
 }
 
+/// What joining fed topics asks of the caller once the lock is released.
+#[derive(Debug, Default)]
+pub(crate) struct Joined {
+    /// Slots without a driver: start one for each.
+    pub(crate) start: Vec<Link>,
+    /// Drivers whose topic was idle: wake them, to open again if shut.
+    pub(crate) wake: Vec<Waker>,
+}
+
 impl Links {
-    /// A subscription starts watching `topic`, a fed topic. Returns the
-    /// generation of the slot it counts in (for [`unwatch`](Links::unwatch)),
-    /// and the new slot's link when the topic had none: the caller starts
-    /// its driver once the lock is released. `mark` is the seq a new slot
-    /// starts at (see [`since`](Links::since)).
+    /// A subscription starts watching `topic`, a fed topic. A topic
+    /// without a slot gets one, starting at `mark()` (see
+    /// [`since`](Links::since)); a slot without a driver gets a new one
+    /// (its link in `joined.start`); an idle slot's driver is woken.
+    /// Returns whether the slot is in an outage, which the new stream must
+    /// be told of.
     pub(crate) fn watch(
         &mut self,
         topic: &Topic,
         mark: impl FnOnce() -> u64,
-    ) -> (u64, Option<Link>) {
-        if let Some(slot) = self.slots.get_mut(topic) {
-            slot.watchers += 1;
-            return (slot.generation, None);
+        joined: &mut Joined,
+    ) -> bool {
+        let slot = self.slots.entry(topic.clone()).or_insert_with(|| Slot {
+            generation: None,
+            watchers: 0,
+            idle: 0,
+            since: mark(),
+            up: false,
+            down: false,
+            waker: None,
+        });
+        slot.watchers += 1;
+        if slot.watchers == 1 {
+            joined.wake.extend(slot.waker.take());
         }
-        self.generations += 1;
-        let generation = self.generations;
-        self.slots.insert(
-            topic.clone(),
-            Slot {
-                generation,
-                watchers: 1,
-                idle: 0,
-                since: mark(),
-                up: false,
-                down: false,
-                waker: None,
-            },
-        );
-        let link = Link {
-            topic: topic.clone(),
-            generation,
-        };
-        (generation, Some(link))
+        if slot.generation.is_none() {
+            self.generations += 1;
+            slot.generation = Some(self.generations);
+            joined.start.push(Link {
+                topic: topic.clone(),
+                generation: self.generations,
+            });
+        }
+        slot.down
     }
 
-    /// A subscription that counted in slot `generation` of `topic` is
-    /// dropped. The last one wakes the driver, which starts its linger.
-    pub(crate) fn unwatch(&mut self, topic: &Topic, generation: u64, wakers: &mut Vec<Waker>) {
+    /// A subscription that watched `topic` is dropped. The last one wakes
+    /// the driver, which starts its linger; an orphaned slot, with no
+    /// driver to linger, goes at once.
+    pub(crate) fn unwatch(&mut self, topic: &Topic, wakers: &mut Vec<Waker>) {
         let Some(slot) = self.slots.get_mut(topic) else {
+            // Gone with a closed broker.
             return;
         };
-        if slot.generation != generation {
-            // Its slot was abandoned (its driver could not start); this
-            // one is somebody else's.
+        debug_assert!(slot.watchers > 0);
+        slot.watchers = slot.watchers.saturating_sub(1);
+        if slot.watchers > 0 {
             return;
         }
-        slot.watchers -= 1;
-        if slot.watchers == 0 {
-            slot.idle += 1;
-            wakers.extend(slot.waker.take());
+        if slot.generation.is_none() {
+            self.slots.remove(topic);
+            return;
         }
+        slot.idle += 1;
+        wakers.extend(slot.waker.take());
     }
 
     /// Where `topic`'s slot starts, `0` if it has none: a client resuming
@@ -175,12 +194,12 @@ impl Links {
         self.slots.get(topic).map_or(0, |slot| slot.since)
     }
 
-    /// `link`'s slot, and the counters.
+    /// `link`'s slot, and the counters, if the link is current.
     fn slot(&mut self, link: &Link) -> Option<(&mut Slot, &mut HubStats)> {
         let slot = self
             .slots
             .get_mut(&link.topic)
-            .filter(|slot| slot.generation == link.generation)?;
+            .filter(|slot| slot.generation == Some(link.generation))?;
         Some((slot, &mut self.counters))
     }
 
@@ -188,7 +207,7 @@ impl Links {
     pub(crate) fn is_current(&self, link: &Link) -> bool {
         self.slots
             .get(&link.topic)
-            .is_some_and(|slot| slot.generation == link.generation)
+            .is_some_and(|slot| slot.generation == Some(link.generation))
     }
 
     /// What the driver of `link` must do; `waker` is woken when that
@@ -224,8 +243,7 @@ impl Links {
         let Some((slot, counters)) = self.slot(link) else {
             return true;
         };
-        if slot.up {
-            slot.up = false;
+        if std::mem::replace(&mut slot.up, false) {
             counters.open -= 1;
         }
         if slot.watchers > 0 && !closed {
@@ -238,14 +256,21 @@ impl Links {
         true
     }
 
-    /// The driver of `link` could not even start: the slot goes, whoever
-    /// watches it, so that the next subscriber tries again.
+    /// The driver of `link` stops without releasing (it could not run, or
+    /// its runtime shut down): the slot is orphaned, keeping its count of
+    /// watchers for the next driver, or goes if nobody watches.
     pub(crate) fn abandon(&mut self, link: &Link) {
-        if let Some((slot, counters)) = self.slot(link) {
-            if slot.up {
-                counters.open -= 1;
-            }
-            counters.failures += 1;
+        let Some((slot, counters)) = self.slot(link) else {
+            return;
+        };
+        if std::mem::replace(&mut slot.up, false) {
+            counters.open -= 1;
+        }
+        counters.failures += 1;
+        slot.generation = None;
+        slot.down = true;
+        slot.waker = None;
+        if slot.watchers == 0 {
             self.slots.remove(&link.topic);
         }
     }
@@ -256,11 +281,10 @@ impl Links {
         let Some((slot, counters)) = self.slot(link) else {
             return false;
         };
-        let was_up = std::mem::replace(&mut slot.up, true);
-        slot.down = false;
-        if !was_up {
+        if !std::mem::replace(&mut slot.up, true) {
             counters.open += 1;
         }
+        slot.down = false;
         counters.opens += 1;
         true
     }
@@ -279,12 +303,15 @@ impl Links {
         !std::mem::replace(&mut slot.down, true)
     }
 
-    /// Counts an event of `link`'s upstream taken into the log, or refused.
-    pub(crate) fn count_event(&mut self, taken: bool) {
-        if taken {
-            self.counters.events += 1;
-        } else {
-            self.counters.refused += 1;
+    /// Counts an upstream event taken into the log.
+    pub(crate) fn count_event(&mut self) {
+        self.counters.events += 1;
+    }
+
+    /// Counts an upstream event the broker refused, if `link` is current.
+    pub(crate) fn count_refused(&mut self, link: &Link) {
+        if let Some((_, counters)) = self.slot(link) {
+            counters.refused += 1;
         }
     }
 
@@ -325,7 +352,7 @@ impl super::Broker {
         match self.prepare(event, Origin::App) {
             Ok(prepared) => self.commit(link.topic.clone(), prepared, Via::Upstream(link)),
             Err(error) => {
-                lock(&self.shared.state).links.count_event(false);
+                lock(&self.shared.state).links.count_refused(link);
                 self.link_resync(link);
                 Err(error)
             }
@@ -357,9 +384,10 @@ impl super::Broker {
         done
     }
 
-    /// The driver of `link` could not be started (no runtime to run it):
-    /// its topic's streams are told, and the slot goes, so that the next
-    /// subscriber tries again.
+    /// The driver of `link` stops without releasing its slot: it could
+    /// not be started (no runtime), or its runtime shut down under it. Its
+    /// topic's streams are told, and the slot is orphaned: the next stream
+    /// to watch the topic starts a new driver.
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn link_abandon(&self, link: &Link) {
         self.link_resync(link);
@@ -380,6 +408,6 @@ impl super::Broker {
 
     /// Counters of the upstreams, if the broker was built with a hub.
     pub(crate) fn hub_stats(state: &State, shared: &Shared) -> Option<HubStats> {
-        shared.hub.as_ref().map(|_| state.links.stats())
+        shared.opener.as_ref().map(|_| state.links.stats())
     }
 }

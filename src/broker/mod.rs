@@ -47,7 +47,7 @@ use crate::wire;
 pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_TYPES};
 
 pub use self::hub::HubStats;
-pub(crate) use self::hub::{Link, LinkStatus, Opener};
+pub(crate) use self::hub::{Joined, Link, LinkStatus, Opener};
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
 pub(crate) use self::mirror::local_seq;
 pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored, MAX_STREAM_SEQ};
@@ -70,8 +70,9 @@ pub(crate) struct Shared {
     /// The log mirrors a shared stream: the app publishes through the
     /// backplane, not here.
     pub(crate) mirrored: bool,
-    /// Starts the driver of a fed topic's upstream (see `hub.rs`).
-    pub(crate) hub: Option<Box<dyn Opener>>,
+    /// The runtime's side of the hub, for a broker with fed topics (see
+    /// `hub.rs`).
+    pub(crate) opener: Option<Box<dyn Opener>>,
 }
 
 /// How an event reaches [`Broker::commit`].
@@ -118,7 +119,7 @@ pub struct BrokerBuilder {
     clock: Box<dyn Clock>,
     epoch: Option<u64>,
     mirrored: bool,
-    hub: Option<Box<dyn Opener>>,
+    opener: Option<Box<dyn Opener>>,
 }
 
 impl BrokerBuilder {
@@ -185,7 +186,7 @@ impl BrokerBuilder {
     /// Feeds some topics from an upstream (see `crate::upstream`).
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn opener(mut self, opener: impl Opener) -> Self {
-        self.hub = Some(Box::new(opener));
+        self.opener = Some(Box::new(opener));
         self
     }
 
@@ -212,7 +213,7 @@ impl BrokerBuilder {
                 clock: self.clock,
                 max_event_bytes: self.max_event_bytes,
                 mirrored: self.mirrored,
-                hub: self.hub,
+                opener: self.opener,
             }),
         }
     }
@@ -252,7 +253,7 @@ impl Broker {
             clock: Box::new(SystemClock::new()),
             epoch: None,
             mirrored: false,
-            hub: None,
+            opener: None,
         }
     }
 
@@ -369,7 +370,7 @@ impl Broker {
                         frame: entry.frame.slice(entry.id_line..),
                     });
                 }
-                Via::Upstream(_) => state.links.count_event(true),
+                Via::Upstream(_) => state.links.count_event(),
                 Via::App | Via::UpstreamResync(_) => {}
             }
             state.append(entry, &self.shared.limits, now);
@@ -497,14 +498,14 @@ impl Broker {
     ) -> Result<Subscription, Closed> {
         let topics: Vec<Topic> = topics.iter().cloned().collect();
         // The app's rule runs before the lock: no user code under it.
-        let fed: Vec<bool> = match &self.shared.hub {
-            Some(hub) => topics
+        let fed: Vec<bool> = match &self.shared.opener {
+            Some(opener) => topics
                 .iter()
-                .map(|topic| !topic.as_str().starts_with('$') && hub.feeds(topic))
+                .map(|topic| !topic.as_str().starts_with('$') && opener.feeds(self, topic))
                 .collect(),
             None => Vec::new(),
         };
-        let mut opened = Vec::new();
+        let mut joined = Joined::default();
         let sub = {
             let mut state = lock(&self.shared.state);
             if state.closed {
@@ -518,12 +519,13 @@ impl Broker {
                 &topics,
                 &fed,
                 last_event_id,
-                &mut opened,
+                &mut joined,
             )
         };
-        if let Some(hub) = &self.shared.hub {
-            for link in opened {
-                hub.open(self, link);
+        joined.wake.into_iter().for_each(Waker::wake);
+        if let Some(opener) = &self.shared.opener {
+            for link in joined.start {
+                opener.start(self, link);
             }
         }
         Ok(sub)
@@ -765,8 +767,11 @@ pub struct TopicStats {
 pub enum Message {
     /// A published event.
     Event(ReceivedEvent),
-    /// The id given at subscribe time cannot be honoured: the client must
-    /// reload its state. Live events follow.
+    /// What the client holds is no longer a complete picture: it must
+    /// reload its state. First, when the id given at subscribe time cannot
+    /// be honoured, or the stream starts while its topic's upstream is
+    /// down; or mid-stream, in order, where a topic's upstream may have
+    /// lost events ([`ResyncReason::Upstream`]). Live events follow.
     Resync {
         /// Why.
         reason: ResyncReason,

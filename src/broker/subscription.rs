@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
 use super::event::Topic;
-use super::hub::Link;
+use super::hub::Joined;
 use super::mirror::{stream_seq, AHEAD, LOCAL_MASK};
 use super::state::{Breaks, Entry, Greeting, State, SubSlot};
 use super::{Message, ReceivedEvent, Shared};
@@ -36,8 +36,8 @@ struct Cursor {
     /// Ordinal of the next event of the topic to read.
     next: u64,
     /// The topic is fed from an upstream, and this cursor counts as one of
-    /// the watchers of its slot of this generation (see `hub.rs`).
-    fed: Option<u64>,
+    /// the watchers of its slot (see `hub.rs`).
+    fed: bool,
 }
 
 /// A live feed of the events of some topics, from a [`Broker`](crate::Broker).
@@ -126,16 +126,16 @@ pub(crate) enum Frames {
 }
 
 impl Subscription {
-    /// `fed[i]` says whether `topics[i]` is fed from an upstream; the
-    /// links of slots made for it are pushed to `opened`, for the caller
-    /// to start their drivers once the lock is released.
+    /// `fed[i]` says whether `topics[i]` is fed from an upstream; what
+    /// joining their slots asks of the caller once the lock is released
+    /// goes to `joined`.
     pub(crate) fn new(
         shared: Arc<Shared>,
         state: &mut State,
         topics: &[Topic],
         fed: &[bool],
         resume: Option<&str>,
-        opened: &mut Vec<Link>,
+        joined: &mut Joined,
     ) -> Self {
         // A new stream has just sent its response head (and, on the events
         // route, its `retry:` hint): its first keep-alive is due one whole
@@ -146,22 +146,32 @@ impl Subscription {
         });
         let mut cursors = Vec::with_capacity(topics.len() + 1);
         let system = Topic::system();
+        let mut outage = false;
         for (i, topic) in topics.iter().chain(std::iter::once(&system)).enumerate() {
-            let fed = fed.get(i).copied().unwrap_or(false).then(|| {
+            let fed = fed.get(i).copied().unwrap_or(false);
+            if fed {
                 // A new slot takes a seq of its own, which no event gets:
                 // a client resuming from before it may have missed what
-                // the upstream was not there to take, and one resuming
-                // from it (where that resync leaves it) has not.
+                // the upstream was not there to take.
                 let State {
-                    links, next_seq, ..
+                    links,
+                    next_seq,
+                    mirror,
+                    ..
                 } = &mut *state;
-                let (generation, link) = links.watch(topic, || {
-                    *next_seq += 1;
-                    *next_seq - 1
-                });
-                opened.extend(link);
-                generation
-            });
+                outage |= links.watch(
+                    topic,
+                    || match mirror {
+                        // Ids of a mirror are the stream's: take none.
+                        Some(_) => *next_seq - 1,
+                        None => {
+                            *next_seq += 1;
+                            *next_seq - 1
+                        }
+                    },
+                    joined,
+                );
+            }
             let topic_key = state.topic_key(topic);
             let log = &mut state.topics[topic_key];
             let watcher_key = log.watchers.insert(key);
@@ -185,14 +195,18 @@ impl Subscription {
             breaks: state.breaks,
             skip_through: 0,
         };
-        if let Some(resume) = resume {
-            if let Err(reason) = sub.seek(state, resume) {
-                state.counters.resyncs += 1;
-                sub.pending = Some(Message::Resync {
-                    reason,
-                    resume_from: EventId::new(sub.epoch, newest),
-                });
-            }
+        let refused = match resume {
+            Some(resume) => sub.seek(state, resume).err(),
+            // A stream starting live on a topic whose upstream is down
+            // (the outage's resync came before it): it is told too.
+            None => outage.then_some(ResyncReason::Upstream),
+        };
+        if let Some(reason) = refused {
+            state.counters.resyncs += 1;
+            sub.pending = Some(Message::Resync {
+                reason,
+                resume_from: EventId::new(sub.epoch, newest),
+            });
         }
         Self {
             shared,
@@ -228,7 +242,7 @@ impl Reader {
         }
         if self.cursors.iter().any(|c| {
             let log = &state.topics[c.topic_key];
-            log.last_evicted_seq > seq || (c.fed.is_some() && state.links.since(&log.name) > seq)
+            log.last_evicted_seq > seq || (c.fed && state.links.since(&log.name) > seq)
         }) {
             return Err(ResyncReason::Expired);
         }
@@ -759,9 +773,9 @@ impl Drop for Subscription {
             for cursor in self.reader.cursors.iter() {
                 let log = &mut state.topics[cursor.topic_key];
                 log.watchers.remove(cursor.watcher_key);
-                if let Some(generation) = cursor.fed {
+                if cursor.fed {
                     let name = log.name.clone();
-                    state.links.unwatch(&name, generation, &mut wakers);
+                    state.links.unwatch(&name, &mut wakers);
                 }
                 state.prune_topic(cursor.topic_key);
             }

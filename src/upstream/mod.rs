@@ -34,10 +34,14 @@
 //!
 //! Each topic's upstream is driven by a task of its own: an upstream that
 //! blocks in `open` or stops yielding holds up nobody else, and the broker's
-//! lock is never held while an upstream is polled, opened or dropped.
-//! Failed opens are retried with exponential back-off (100 ms doubling to
-//! 30 s by default, with jitter, reset once the upstream delivers); a
-//! driver yields to other tasks after a batch of events. The broker's
+//! lock is never held while an upstream is polled, opened or dropped. An
+//! open that takes longer than its timeout (10 s) counts as a failure; a
+//! panic in `open` or in the stream counts as one too. Failed opens are
+//! retried with exponential back-off (100 ms doubling to 30 s by default,
+//! with jitter, reset once the upstream delivers); a driver yields to
+//! other tasks after a batch of events. A driver whose runtime shuts down
+//! under it gives its topic up (a `resync`); the next stream of the topic
+//! starts a new one. The broker's
 //! [`stats`](crate::Broker::stats) show the upstreams in
 //! [`hub`](crate::BrokerStats::hub): how many there are, how many are open,
 //! opens, failures, events and refused events.
@@ -87,6 +91,7 @@ mod redis;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +110,10 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
 /// Default longest pause between two attempts.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Default longest wait for an upstream to open.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between two attempts that [`Hub::retry`] takes.
+const RETRY_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Where a topic's events come from: what the app implements.
 ///
@@ -143,6 +152,7 @@ pub struct Hub<U> {
     linger: Duration,
     retry_min: Duration,
     retry_max: Duration,
+    open_timeout: Duration,
 }
 
 impl<U: Upstream> Hub<U> {
@@ -154,6 +164,7 @@ impl<U: Upstream> Hub<U> {
             linger: DEFAULT_LINGER,
             retry_min: DEFAULT_RETRY_MIN,
             retry_max: DEFAULT_RETRY_MAX,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
         }
     }
 
@@ -175,11 +186,20 @@ impl<U: Upstream> Hub<U> {
     }
 
     /// Pauses `min` before the first new attempt after a failure, doubling
-    /// up to `max` (defaults 100 ms and 30 s); each pause varies by up to
-    /// a fifth, so that topics that failed together do not retry together.
+    /// up to `max` (defaults 100 ms and 30 s; both at least 1 ms and at
+    /// most a day); each pause varies by up to a fifth, so that topics
+    /// that failed together do not retry together.
     pub fn retry(mut self, min: Duration, max: Duration) -> Self {
-        self.retry_min = min.max(Duration::from_millis(1));
-        self.retry_max = max.max(self.retry_min);
+        self.retry_min = min.clamp(Duration::from_millis(1), RETRY_LIMIT);
+        self.retry_max = max.clamp(self.retry_min, RETRY_LIMIT);
+        self
+    }
+
+    /// Gives an upstream `timeout` to open (default 10 s): one that takes
+    /// longer counts as a failed open (the topic's streams get a `resync`)
+    /// and is tried again after the back-off.
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 }
@@ -192,6 +212,7 @@ impl<U> fmt::Debug for Hub<U> {
             .field("linger", &self.linger)
             .field("retry_min", &self.retry_min)
             .field("retry_max", &self.retry_max)
+            .field("open_timeout", &self.open_timeout)
             .finish()
     }
 }
@@ -206,55 +227,64 @@ impl BrokerBuilder {
     /// Not for a [`mirrored`](BrokerBuilder::mirrored) broker (a replica
     /// of a backplane): its ids are the shared stream's, and a bus's events
     /// would get different ids on each replica, so a client moving between
-    /// replicas could miss some or see some twice. There, no upstream is
-    /// opened: each subscribe to a fed topic logs an error, counts a
-    /// failure, and the stream gets a `resync`. Replicas fed from a bus
-    /// need no backplane: each subscribes to the bus itself.
+    /// replicas could miss some or see some twice. There, no topic is fed
+    /// (and an error is logged). Replicas fed from a bus need no
+    /// backplane: each subscribes to the bus itself.
     pub fn hub<U: Upstream>(self, hub: Hub<U>) -> Self {
         let shared = Arc::new(driver::Shared {
             upstream: hub.upstream,
             linger: hub.linger,
             retry_min: hub.retry_min,
             retry_max: hub.retry_max,
+            open_timeout: hub.open_timeout,
         });
         self.opener(Spawner {
             shared,
             rule: hub.rule,
             runtime: Handle::try_current().ok(),
+            refused: AtomicBool::new(false),
         })
     }
 }
 
-/// The hub as the broker sees it: the rule, and a task per new slot.
+/// The hub as the broker sees it: the rule, and a task per slot.
 struct Spawner<U> {
     shared: Arc<driver::Shared<U>>,
     rule: Option<Rule>,
     runtime: Option<Handle>,
+    /// Said once: a broker that mirrors a backplane feeds no topic.
+    refused: AtomicBool,
 }
 
 impl<U: Upstream> Opener for Spawner<U> {
-    fn feeds(&self, topic: &Topic) -> bool {
-        self.rule.as_ref().is_none_or(|rule| rule(topic))
+    fn feeds(&self, broker: &Broker, topic: &Topic) -> bool {
+        if !self.rule.as_ref().is_none_or(|rule| rule(topic)) {
+            return false;
+        }
+        if broker.is_mirrored() {
+            if !self.refused.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "a broker that mirrors a backplane cannot take a hub: no topic is fed"
+                );
+            }
+            return false;
+        }
+        true
     }
 
-    fn open(&self, broker: &Broker, link: Link) {
-        if broker.is_mirrored() {
-            tracing::error!(
-                topic = %link.topic,
-                "a broker that mirrors a backplane cannot take a hub: the topic is not fed"
-            );
-            broker.link_abandon(&link);
-            return;
+    fn start(&self, broker: &Broker, link: Link) {
+        // The driver exists before it runs: if it never does (no runtime,
+        // or one shutting down), dropping it gives the slot up.
+        let driver = driver::Driver::new(self.shared.clone(), broker.downgrade(), link);
+        match Handle::try_current().ok().or_else(|| self.runtime.clone()) {
+            Some(runtime) => drop(runtime.spawn(driver.run())),
+            None => {
+                tracing::error!(
+                    topic = %driver.topic(),
+                    "no Tokio runtime to run the topic's upstream on: subscribe from within one"
+                );
+                drop(driver);
+            }
         }
-        let runtime = Handle::try_current().ok().or_else(|| self.runtime.clone());
-        let Some(runtime) = runtime else {
-            tracing::error!(
-                topic = %link.topic,
-                "no Tokio runtime to run the topic's upstream on: subscribe from within one"
-            );
-            broker.link_abandon(&link);
-            return;
-        };
-        runtime.spawn(driver::drive(self.shared.clone(), broker.downgrade(), link));
     }
 }
