@@ -6,12 +6,13 @@
 //! and one task, the router, owns it: it runs the `SUBSCRIBE` and
 //! `UNSUBSCRIBE` commands in the order they were asked for (so an
 //! unsubscribe of a dropped stream never lands after the subscribe of its
-//! successor), and hands each message to its channel's stream. A stream's
-//! buffer is bounded in messages and in bytes; a stream that falls that far
-//! behind breaks (the hub reports a `resync` and subscribes again) rather
-//! than holding up the other channels. A lost connection, or one that
-//! stops answering pings, breaks every stream; the hub opens them again,
-//! on a new connection, with back-off.
+//! successor), and hands each message to its channel's streams. A
+//! stream's buffer is bounded in messages and in bytes; a stream that falls
+//! that far behind breaks (the hub reports a `resync` and subscribes
+//! again) rather than holding up the other channels. A `SUBSCRIBE` that
+//! Redis refuses (an ACL) fails that channel alone. A lost connection, one
+//! that stops answering pings, or a command that times out breaks every
+//! stream; the hub opens them again, on a new connection, with back-off.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,13 +38,16 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_BUFFER_MESSAGES: usize = 1024;
 /// Default bound on their bytes.
 const DEFAULT_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// The most messages [`RedisPubSub::buffer`] takes.
+const MAX_BUFFER_MESSAGES: usize = 1 << 20;
 /// How often an idle connection is pinged, so that a Redis that stopped
 /// answering is noticed.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Redis pub/sub as an [`Upstream`]: `SUBSCRIBE` to the channel named as
 /// the topic, on one connection shared by every topic. Cheap to clone;
-/// clones share the connection.
+/// clones share the connection (several hubs on one connection each get
+/// every message of their channels, with one `SUBSCRIBE` between them).
 ///
 /// ```no_run
 /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -158,12 +162,13 @@ impl RedisPubSub {
     }
 
     /// Bounds one channel's messages waiting to be published (default 1024
-    /// messages, 8 MiB of payload). Past either, the channel's stream
-    /// breaks: its streams get a `resync`, and it is subscribed again.
+    /// messages, 8 MiB of payload; at most a million messages). Past
+    /// either, the channel's stream breaks: its streams get a `resync`, and
+    /// it is subscribed again.
     #[must_use]
     pub fn buffer(self, messages: usize, bytes: usize) -> Self {
         self.configure(|inner| {
-            inner.buffer_messages = messages.max(1);
+            inner.buffer_messages = messages.clamp(1, MAX_BUFFER_MESSAGES);
             inner.buffer_bytes = bytes.max(1);
         })
     }
@@ -359,7 +364,9 @@ struct Router {
     client: redis::Client,
     timeout: Duration,
     conn: Option<(PubSubSink, PubSubStream)>,
-    routes: HashMap<String, Route>,
+    /// The streams of each channel subscribed on `conn` (several when
+    /// clones are shared by several hubs).
+    routes: HashMap<String, Vec<Route>>,
 }
 
 enum Next {
@@ -398,8 +405,12 @@ impl Router {
                     route,
                     reply,
                 })) => {
-                    let result = self.subscribe(channel, route).await;
-                    let _ = reply.send(result);
+                    // An open given up while queued (its unsubscribe
+                    // follows) costs nothing.
+                    if !reply.is_closed() {
+                        let result = self.subscribe(channel, route).await;
+                        let _ = reply.send(result);
+                    }
                 }
                 Next::Command(Some(Command::Unsubscribe { channel, id })) => {
                     self.unsubscribe(channel, id).await;
@@ -423,16 +434,25 @@ impl Router {
             return Err(RedisPubSubError::ConnectionLost);
         };
         // Routed before the answer: the first message may follow it at once.
-        self.routes.insert(channel.clone(), route);
+        let routes = self.routes.entry(channel.clone()).or_default();
+        routes.push(route);
+        if routes.len() > 1 {
+            // Subscribed already, for another stream.
+            return Ok(());
+        }
         match timeout(self.timeout, sink.subscribe(&channel)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
+            Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                // Refused (an ACL, say), the connection sound: this channel
+                // alone fails.
                 self.routes.remove(&channel);
+                Err(RedisPubSubError::Redis(e.to_string()))
+            }
+            Ok(Err(e)) => {
                 self.lose("SUBSCRIBE failed");
                 Err(RedisPubSubError::Redis(e.to_string()))
             }
             Err(_) => {
-                self.routes.remove(&channel);
                 self.lose("SUBSCRIBE timed out");
                 Err(RedisPubSubError::Timeout)
             }
@@ -440,9 +460,12 @@ impl Router {
     }
 
     async fn unsubscribe(&mut self, channel: String, id: u64) {
-        // A stale unsubscribe (its channel was subscribed again since, by
-        // a newer stream) leaves the channel alone.
-        if self.routes.get(&channel).is_none_or(|route| route.id != id) {
+        // Not there: the connection was lost since, taking every route.
+        let Some(routes) = self.routes.get_mut(&channel) else {
+            return;
+        };
+        routes.retain(|route| route.id != id);
+        if !routes.is_empty() {
             return;
         }
         self.routes.remove(&channel);
@@ -459,15 +482,15 @@ impl Router {
 
     fn deliver(&mut self, message: &redis::Msg) {
         let channel = message.get_channel_name();
-        let Some(route) = self.routes.get_mut(channel) else {
+        let Some(routes) = self.routes.get_mut(channel) else {
             return;
         };
-        if route.tx.is_none() {
-            return;
-        }
-        if !route.send(Bytes::copy_from_slice(message.get_payload_bytes())) {
-            tracing::warn!(channel, "a pub/sub channel's stream fell behind; it breaks");
-            route.break_with(OVERFLOW);
+        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+        for route in routes.iter_mut().filter(|route| route.tx.is_some()) {
+            if !route.send(payload.clone()) {
+                tracing::warn!(channel, "a pub/sub channel's stream fell behind; it breaks");
+                route.break_with(OVERFLOW);
+            }
         }
     }
 
@@ -495,7 +518,8 @@ impl Router {
             );
         }
         self.conn = None;
-        for (_, mut route) in self.routes.drain() {
+        for route in self.routes.drain().flat_map(|(_, routes)| routes) {
+            let mut route = route;
             route.break_with(LOST);
         }
     }
