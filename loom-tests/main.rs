@@ -920,6 +920,32 @@ mod hub {
         });
     }
 
+    /// A stream returning to a topic nobody watched, racing its driver
+    /// parking with its upstream shut (it broke while idle): the driver is
+    /// woken to open again, not left until its linger ends.
+    #[test]
+    fn a_stream_returning_to_an_idle_topic_wakes_its_parked_driver() {
+        model(|| {
+            let (broker, opened) = broker_with_hub(EPOCH);
+            let first = broker.subscribe(&topics(&["room"]), None).unwrap();
+            let link = new_link(&opened).unwrap();
+            drop(first);
+
+            let returning = {
+                let broker = broker.clone();
+                thread::spawn(move || broker.subscribe(&topics(&["room"]), None).unwrap())
+            };
+            // Parked while nobody watches; a lost wake-up is a deadlock.
+            loom::future::block_on(poll_fn(|cx| match link_status(&broker, &link, Some(cx)) {
+                (true, _) => Poll::Ready(()),
+                _ => Poll::Pending,
+            }));
+            let stream = returning.join().unwrap();
+            assert!(new_link(&opened).is_none(), "the slot kept its driver");
+            drop(stream);
+        });
+    }
+
     /// Closing the broker racing a first stream's subscribe and its
     /// driver's open: either the subscribe is refused and no slot is made,
     /// or the driver is woken by the close, drops its upstream, and the

@@ -11,8 +11,9 @@
 //!   longer ago has neither; the hub's stats count the same;
 //! - every stream got exactly what the model says: each bus event
 //!   published while the topic's upstream was open, a `resync` where the
-//!   upstream broke, and on a resume, the replay when the topic's slot
-//!   lasted since the stream left off, a `resync` (expired) otherwise.
+//!   upstream broke (or first thing, for one arriving while it is broken),
+//!   and on a resume, the replay when the topic's slot lasted since the
+//!   stream left off, a `resync` (expired) otherwise.
 
 use std::time::Duration;
 
@@ -186,6 +187,10 @@ impl Run {
         model.left_at = None;
         let slot = model.slots_made;
         let (owed, upto) = match resume.map(|i| &self.left[i]) {
+            // Arriving during an outage, it is told.
+            None if model.recovering => {
+                (vec![Owed::Resync(ResyncReason::Upstream)], model.log.len())
+            }
             None => (Vec::new(), model.log.len()),
             Some(left) if left.slot == slot && !made => {
                 (model.log[left.upto..].to_vec(), model.log.len())

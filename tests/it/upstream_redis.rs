@@ -515,6 +515,91 @@ async fn a_dropped_broker_lets_go_of_its_subscriptions_and_its_connection() {
     .await;
 }
 
+/// Two hubs on clones of one `RedisPubSub` share its connection and each
+/// channel's one `SUBSCRIBE`: both get every message, and the channel is
+/// unsubscribed only once neither watches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_on_one_connection_each_get_every_message() {
+    let redis = RedisServer::start().await;
+    let pubsub = RedisPubSub::new(&redis.url())
+        .expect("URL")
+        .timeout(Duration::from_millis(500));
+    let hub_on = |pubsub: RedisPubSub| {
+        Broker::builder()
+            .hub(Hub::new(pubsub).linger(SHORT_LINGER))
+            .build()
+    };
+    let (a, b) = (hub_on(pubsub.clone()), hub_on(pubsub));
+    let mut on_a = subscribe(&a, &["room:1"], None);
+    let mut on_b = subscribe(&b, &["room:1"], None);
+    subscribed(&redis, &a, "room:1", 1).await;
+    hub_becomes(&b, "b's upstream to be open", |h| h.open == 1).await;
+    assert_eq!(pubsub_clients(&redis).await, 1);
+    for n in 0..20 {
+        let data = format!("m{n}");
+        assert_eq!(publish(&redis, "room:1", data.as_bytes()).await, 1);
+        next_event(&mut on_a, "room:1", &data).await;
+        next_event(&mut on_b, "room:1", &data).await;
+    }
+    for broker in [&a, &b] {
+        let stats = hub(broker);
+        assert_eq!((stats.opens, stats.failures), (1, 0), "{stats:?}");
+    }
+    // One hub letting go leaves the other's subscription in place.
+    drop(on_a);
+    hub_becomes(&a, "a's upstream to close", |h| h.upstreams == 0).await;
+    assert_eq!(numsub(&redis, "room:1").await, 1);
+    assert_eq!(publish(&redis, "room:1", b"still").await, 1);
+    next_event(&mut on_b, "room:1", "still").await;
+    drop(on_b);
+    numsub_becomes(&redis, "room:1", 0).await;
+}
+
+/// A channel Redis refuses to subscribe to (an ACL) fails alone: the
+/// connection stays, and the other channels' streams are not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_redis_refuses_fails_alone() {
+    let redis = RedisServer::start().await;
+    let _: String = redis
+        .query(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("rooms")
+                .arg("on")
+                .arg(">secret")
+                .arg("~*")
+                .arg("resetchannels")
+                .arg("&room:*")
+                .arg("+@all"),
+        )
+        .await;
+    let url = format!("redis://rooms:secret@{}/", redis.addr());
+    let broker = Broker::builder()
+        .hub(
+            Hub::new(
+                RedisPubSub::new(&url)
+                    .expect("URL")
+                    .timeout(Duration::from_millis(500)),
+            )
+            .linger(SHORT_LINGER)
+            .retry(Duration::from_millis(20), Duration::from_millis(100)),
+        )
+        .build();
+    let mut room = subscribe(&broker, &["room:1"], None);
+    subscribed(&redis, &broker, "room:1", 1).await;
+    let mut secret = subscribe(&broker, &["secret:1"], None);
+    next_resync(&mut secret, ResyncReason::Upstream).await;
+    // Refused again and again, at each back-off...
+    hub_becomes(&broker, "several refusals", |h| h.failures >= 5).await;
+    assert_eq!(numsub(&redis, "secret:1").await, 0);
+    // ... while room:1 keeps its one connection and subscription.
+    assert_eq!(hub(&broker).opens, 1);
+    assert_eq!(pubsub_clients(&redis).await, 1);
+    assert_eq!(publish(&redis, "room:1", b"undisturbed").await, 1);
+    next_event(&mut room, "room:1", "undisturbed").await;
+    assert!(room.try_next().is_none(), "no resync on room:1");
+}
+
 /// The `/health` JSON of a server.
 async fn health_of(addr: std::net::SocketAddr) -> serde_json::Value {
     let reply = client::fetch(addr, Method::GET, "/health", &[], "").await;
