@@ -5,9 +5,12 @@
 # EventSource (undici) and npm's `eventsource` are cut off the same way and
 # must resume by themselves, and so must Python's requests-sse; two Python
 # parsers (sseclient-py, httpx-sse) get live events and resume from an id;
-# and with two replicas of the demo on one redis-server of its own behind a
+# with two replicas of the demo on one redis-server of its own behind a
 # balancer, Node's and npm's EventSource are cut off from one replica and
-# resume on the other. Screenshots and a JSON report go to e2e/artifacts/.
+# resume on the other; and on the `upstream` example (topics fed from that
+# Redis's pub/sub), they are cut off and resume within the linger, ten
+# streams of a topic on one Redis subscription. Screenshots and a JSON
+# report go to e2e/artifacts/.
 #
 #   bash e2e/run.sh
 #
@@ -176,3 +179,30 @@ A_URL=$REPLICA_URL
 start_replica b
 B_URL=$REPLICA_URL
 A_URL=$A_URL B_URL=$B_URL timeout --kill-after=5 90 node $ES_FLAG "$E2E/replicas.test.mjs"
+
+step "topics fed from Redis pub/sub (the upstream example): EventSource resumes within the linger, one subscription"
+UPSTREAM_BIN=$(cargo build --example upstream --message-format=json-render-diagnostics |
+    node -e '
+        let exe = "";
+        for (const line of require("fs").readFileSync(0, "utf8").split("\n")) {
+            if (!line.startsWith("{")) continue;
+            const m = JSON.parse(line);
+            if (m.reason === "compiler-artifact" && m.target.name === "upstream" && m.executable) exe = m.executable;
+        }
+        if (!exe) { console.error("e2e: cargo reported no upstream executable"); process.exit(1); }
+        console.log(exe);
+    ')
+UPSTREAM_LOG=$ARTIFACTS/upstream.log
+"$UPSTREAM_BIN" --addr 127.0.0.1:0 --redis "redis://127.0.0.1:$REDIS_PORT" --linger-ms 10000 >"$UPSTREAM_LOG" 2>&1 &
+UPSTREAM_PID=$!
+EXTRA_PIDS+=("$UPSTREAM_PID")
+UPSTREAM_URL=
+for _ in $(seq 300); do
+    UPSTREAM_URL=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$UPSTREAM_LOG" | head -n 1)
+    [ -n "$UPSTREAM_URL" ] && break
+    kill -0 "$UPSTREAM_PID" 2>/dev/null || { echo "e2e: the upstream example exited:" >&2; cat "$UPSTREAM_LOG" >&2; exit 1; }
+    sleep 0.1
+done
+[ -n "$UPSTREAM_URL" ] || { echo "e2e: the upstream example did not listen:" >&2; cat "$UPSTREAM_LOG" >&2; exit 1; }
+echo "upstream example pid $UPSTREAM_PID at $UPSTREAM_URL"
+UPSTREAM_URL=$UPSTREAM_URL REDIS_PORT=$REDIS_PORT timeout --kill-after=5 90 node $ES_FLAG "$E2E/upstream.test.mjs"
