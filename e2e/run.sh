@@ -49,19 +49,40 @@ if [ ! -f "$E2E/node_modules/playwright-core/package.json" ] ||
 fi
 node -e 'console.log("playwright-core " + require(process.argv[1]).version)' "$E2E/node_modules/playwright-core/package.json"
 
+# example_bin NAME: builds the example and prints where cargo put it
+# (CARGO_TARGET_DIR or a configured target-dir included).
+example_bin() {
+    cargo build --example "$1" --message-format=json-render-diagnostics |
+        node -e '
+            const name = process.argv[1];
+            let exe = "";
+            for (const line of require("fs").readFileSync(0, "utf8").split("\n")) {
+                if (!line.startsWith("{")) continue;
+                const m = JSON.parse(line);
+                if (m.reason === "compiler-artifact" && m.target.name === name && m.executable) exe = m.executable;
+            }
+            if (!exe) { console.error(`e2e: cargo reported no ${name} executable`); process.exit(1); }
+            console.log(exe);
+        ' "$1"
+}
+
+# listening_url LOG PID WHAT: waits (30 s at most) for the process PID to
+# print `listening on http://...` into LOG, and prints that URL.
+listening_url() {
+    local log=$1 pid=$2 what=$3 url=
+    for _ in $(seq 300); do
+        url=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" | head -n 1)
+        [ -n "$url" ] && { echo "$url"; return 0; }
+        kill -0 "$pid" 2>/dev/null || { echo "e2e: $what exited:" >&2; cat "$log" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "e2e: $what did not print its address within 30 s:" >&2
+    cat "$log" >&2
+    return 1
+}
+
 step "build the demo"
-# Where cargo put it (CARGO_TARGET_DIR or a configured target-dir included).
-DEMO_BIN=$(cargo build --example demo --message-format=json-render-diagnostics |
-    node -e '
-        let exe = "";
-        for (const line of require("fs").readFileSync(0, "utf8").split("\n")) {
-            if (!line.startsWith("{")) continue;
-            const m = JSON.parse(line);
-            if (m.reason === "compiler-artifact" && m.target.name === "demo" && m.executable) exe = m.executable;
-        }
-        if (!exe) { console.error("e2e: cargo reported no demo executable"); process.exit(1); }
-        console.log(exe);
-    ')
+DEMO_BIN=$(example_bin demo)
 echo "$DEMO_BIN"
 
 step "start the demo"
@@ -96,18 +117,7 @@ trap 'exit 143' TERM
 # Port 0: the kernel picks a free port, the demo prints it.
 "$DEMO_BIN" --addr 127.0.0.1:0 >"$DEMO_LOG" 2>&1 &
 DEMO_PID=$!
-DEMO_URL=
-for _ in $(seq 300); do
-    DEMO_URL=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$DEMO_LOG" | head -n 1)
-    [ -n "$DEMO_URL" ] && break
-    kill -0 "$DEMO_PID" 2>/dev/null || { echo "e2e: the demo exited:" >&2; cat "$DEMO_LOG" >&2; exit 1; }
-    sleep 0.1
-done
-if [ -z "$DEMO_URL" ]; then
-    echo "e2e: the demo did not print its address within 30 s:" >&2
-    cat "$DEMO_LOG" >&2
-    exit 1
-fi
+DEMO_URL=$(listening_url "$DEMO_LOG" "$DEMO_PID" "the demo")
 echo "demo pid $DEMO_PID at $DEMO_URL"
 
 step "browser test"
@@ -181,28 +191,11 @@ B_URL=$REPLICA_URL
 A_URL=$A_URL B_URL=$B_URL timeout --kill-after=5 90 node $ES_FLAG "$E2E/replicas.test.mjs"
 
 step "topics fed from Redis pub/sub (the upstream example): EventSource resumes within the linger, one subscription"
-UPSTREAM_BIN=$(cargo build --example upstream --message-format=json-render-diagnostics |
-    node -e '
-        let exe = "";
-        for (const line of require("fs").readFileSync(0, "utf8").split("\n")) {
-            if (!line.startsWith("{")) continue;
-            const m = JSON.parse(line);
-            if (m.reason === "compiler-artifact" && m.target.name === "upstream" && m.executable) exe = m.executable;
-        }
-        if (!exe) { console.error("e2e: cargo reported no upstream executable"); process.exit(1); }
-        console.log(exe);
-    ')
+UPSTREAM_BIN=$(example_bin upstream)
 UPSTREAM_LOG=$ARTIFACTS/upstream.log
 "$UPSTREAM_BIN" --addr 127.0.0.1:0 --redis "redis://127.0.0.1:$REDIS_PORT" --linger-ms 10000 >"$UPSTREAM_LOG" 2>&1 &
 UPSTREAM_PID=$!
 EXTRA_PIDS+=("$UPSTREAM_PID")
-UPSTREAM_URL=
-for _ in $(seq 300); do
-    UPSTREAM_URL=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$UPSTREAM_LOG" | head -n 1)
-    [ -n "$UPSTREAM_URL" ] && break
-    kill -0 "$UPSTREAM_PID" 2>/dev/null || { echo "e2e: the upstream example exited:" >&2; cat "$UPSTREAM_LOG" >&2; exit 1; }
-    sleep 0.1
-done
-[ -n "$UPSTREAM_URL" ] || { echo "e2e: the upstream example did not listen:" >&2; cat "$UPSTREAM_LOG" >&2; exit 1; }
+UPSTREAM_URL=$(listening_url "$UPSTREAM_LOG" "$UPSTREAM_PID" "the upstream example")
 echo "upstream example pid $UPSTREAM_PID at $UPSTREAM_URL"
 UPSTREAM_URL=$UPSTREAM_URL REDIS_PORT=$REDIS_PORT timeout --kill-after=5 90 node $ES_FLAG "$E2E/upstream.test.mjs"

@@ -69,6 +69,17 @@ impl From<Message> for Seen {
     }
 }
 
+/// Publishes `data` on `room:1` of the bus and returns its id as `sub`
+/// got it, which must be all `sub` gets.
+async fn bus_event(bus: &Bus, sub: &mut Subscription, data: &str) -> EventId {
+    bus.publish("room:1", data.to_owned());
+    settle().await;
+    match &drain(sub)[..] {
+        [Seen::Event(got, id)] if got == data => *id,
+        other => panic!("expected only {data:?}, got {other:?}"),
+    }
+}
+
 fn data(seen: &[Seen]) -> Vec<&str> {
     seen.iter()
         .filter_map(|s| match s {
@@ -136,11 +147,7 @@ async fn a_stream_back_within_the_linger_resumes_without_a_reopen() {
     let broker = hub_broker(&bus);
     let mut sub = subscribe(&broker, "room:1", None);
     settle().await;
-    bus.publish("room:1", "one");
-    settle().await;
-    let [Seen::Event(_, last)] = drain(&mut sub)[..] else {
-        panic!()
-    };
+    let last = bus_event(&bus, &mut sub, "one").await;
     drop(sub);
     // While nobody watches, within the linger, events still come in.
     sleep(LINGER / 2).await;
@@ -171,11 +178,7 @@ async fn a_resume_onto_a_reopened_upstream_starts_with_a_resync() {
     let broker = hub_broker(&bus);
     let mut sub = subscribe(&broker, "room:1", None);
     settle().await;
-    bus.publish("room:1", "one");
-    settle().await;
-    let [Seen::Event(_, last)] = drain(&mut sub)[..] else {
-        panic!()
-    };
+    let last = bus_event(&bus, &mut sub, "one").await;
     drop(sub);
     sleep(LINGER * 2).await;
     // Lost: nobody was subscribed to the bus.
@@ -630,11 +633,7 @@ async fn the_resync_is_retained_in_the_order_for_clients_resuming_across_it() {
     let broker = hub_broker(&bus);
     let mut sub = subscribe(&broker, "room:1", None);
     settle().await;
-    bus.publish("room:1", "before");
-    settle().await;
-    let [Seen::Event(_, before)] = drain(&mut sub)[..] else {
-        panic!()
-    };
+    let before = bus_event(&bus, &mut sub, "before").await;
     bus.break_channel("room:1");
     sleep(RETRY_MIN * 2).await;
     bus.publish("room:1", "after");
