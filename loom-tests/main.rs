@@ -566,6 +566,7 @@ fn stream_entry(epoch: u64, seq: u64, topic: &str) -> tower_sse::broker::Mirrore
         topic: topic.into(),
         event_type: None,
         data: format!("{epoch}/{seq}").into(),
+        direct: None,
     }
 }
 

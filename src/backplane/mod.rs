@@ -72,6 +72,8 @@
 mod reader;
 mod stream;
 
+pub(crate) use self::stream::APPEND;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -276,11 +278,7 @@ impl Replica {
         let Some(mut commands) = shared.commands.clone() else {
             return Err(BackplaneError::Unavailable("no connection to Redis".into()));
         };
-        let token = format!(
-            "{:x}.{:x}",
-            shared.nonce,
-            shared.tokens.fetch_add(1, Ordering::Relaxed)
-        );
+        let token = self.token();
         let deadline = tokio::time::Instant::now() + shared.publish_timeout;
         // Where a retry looks for the first attempt: past any seq known now.
         let known = self.broker.mirror_top_seen().to_string();
@@ -289,9 +287,7 @@ impl Replica {
             let mut call = shared.scripts.publish.key(&shared.stream);
             call.key(&shared.meta)
                 .arg(stream::new_epoch().to_string())
-                .arg(stream::stream_retention(
-                    self.broker.retained_events_limit(),
-                ))
+                .arg(self.retention())
                 .arg(&event.topic)
                 .arg(event.event_type.as_deref().unwrap_or(""))
                 .arg(&event.data[..])
@@ -334,6 +330,96 @@ impl Replica {
             .parse()
             .map_err(|_| BackplaneError::Unavailable(format!("redis: bad epoch {epoch:?}")))?;
         Ok(EventId::new(epoch, crate::broker::local_seq(seq)))
+    }
+
+    /// Runs `script` (one that writes the stream beside other keys, its
+    /// keys the stream's and the meta hash's, then `args`) once Redis
+    /// answers, within the publish timeout, trying again on a connection
+    /// that broke: the script must be safe to run twice. The error says
+    /// why, for logs.
+    pub(crate) async fn run_script(
+        &self,
+        script: &redis::Script,
+        args: &[Vec<u8>],
+    ) -> Result<redis::Value, String> {
+        let mut commands = self.connection()?;
+        let deadline = tokio::time::Instant::now() + self.shared.publish_timeout;
+        let mut attempt = 0;
+        loop {
+            let mut call = script.key(&self.shared.stream);
+            call.key(&self.shared.meta);
+            for arg in args {
+                call.arg(&arg[..]);
+            }
+            let answer =
+                tokio::time::timeout_at(deadline, call.invoke_async::<redis::Value>(&mut commands))
+                    .await;
+            match answer {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error))
+                    if attempt < PUBLISH_ATTEMPTS
+                        && (error.is_io_error() || error.is_connection_dropped()) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep_until(
+                        (tokio::time::Instant::now() + RETRY_PAUSE * attempt).min(deadline),
+                    )
+                    .await;
+                }
+                Ok(Err(error)) => return Err(format!("redis: {error}")),
+                Err(_) => {
+                    return Err(format!(
+                        "redis: no answer within {:?}",
+                        self.shared.publish_timeout
+                    ))
+                }
+            }
+        }
+    }
+
+    /// A connection for commands, if the reader is in step with the
+    /// stream: what a store kept beside the stream (the mailbox) runs its
+    /// scripts on, refused at once as publishes are.
+    pub(crate) fn connection(&self) -> Result<ConnectionManager, String> {
+        let shared = &self.shared;
+        if !shared.health.up.load(Ordering::Acquire) {
+            return Err(shared.health.reason());
+        }
+        shared
+            .commands
+            .clone()
+            .ok_or_else(|| "no connection to Redis".to_owned())
+    }
+
+    /// The stream's key and its meta hash's key.
+    pub(crate) fn keys(&self) -> (&str, &str) {
+        (&self.shared.stream, &self.shared.meta)
+    }
+
+    /// A fresh publish token of this replica.
+    pub(crate) fn token(&self) -> String {
+        let shared = &self.shared;
+        format!(
+            "{:x}.{:x}",
+            shared.nonce,
+            shared.tokens.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The `only` field of a direct message for `subscription`, one of
+    /// this replica's.
+    pub(crate) fn only(&self, subscription: &crate::Subscription) -> String {
+        stream::only_field(self.shared.nonce, subscription.key())
+    }
+
+    /// How many entries the stream keeps.
+    pub(crate) fn retention(&self) -> usize {
+        stream::stream_retention(self.broker.retained_events_limit())
+    }
+
+    /// A new epoch, for a stream that has none.
+    pub(crate) fn new_epoch() -> u64 {
+        stream::new_epoch()
     }
 
     /// The backplane's health and the mirror's place in the stream.

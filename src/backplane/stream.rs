@@ -6,7 +6,11 @@
 //!   `at` (publish time by Redis's clock, milliseconds since the Unix
 //!   epoch, so that every replica counts an event's age alike) and `tok`
 //!   (the publishing replica's token for it, so that a retried publish
-//!   finds itself instead of appending twice);
+//!   finds itself instead of appending twice); an entry that is a direct
+//!   message (a notification or reply of the mailbox kept in Redis) has
+//!   `key` (what names it for taking it back) and `only` (empty: for every
+//!   stream watching its topic; `NONCE.SUB`: for subscription `SUB` of the
+//!   replica whose nonce is `NONCE`) too;
 //! - `KEY:meta` is a hash: `epoch`, the epoch of the stream's ids, and
 //!   `seq`, the last seq given.
 
@@ -15,11 +19,49 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Script, Value};
 
-use crate::broker::Mirrored;
+use crate::broker::{Mirrored, MirroredDirect};
 
-/// Appends one event: the epoch (created if the stream has none, the
-/// stream then started afresh), the next seq, the entry, trimmed to about
-/// the retention. Returns `{epoch, seq}`.
+/// A Lua function, `append(stream, meta, epoch_if_none, retention,
+/// topic, type, data, extra)`, that every script writing the stream
+/// starts with: the epoch (created if the stream has none, the stream then
+/// started afresh), the next seq, the entry with the explicit id `SEQ-0`
+/// and the fields `extra` besides the common ones, trimmed to about the
+/// retention. Returns `{epoch, seq}`, or an error reply (the seq not taken).
+///
+/// An entry something else appended with a larger id (`XADD KEY *`, say)
+/// makes the append impossible: it then answers an error that says so,
+/// rather than consuming seqs no entry has.
+pub(crate) const APPEND: &str = r"
+local function append(stream, meta, new_epoch, retention, topic, etype, data, extra)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = new_epoch
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
+  end
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local now = redis.call('TIME')
+  local at = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+  local args = {'XADD', stream, 'MAXLEN', '~', retention, seq .. '-0',
+    'epoch', epoch, 'topic', topic, 'type', etype, 'data', data, 'at', at}
+  for _, field in ipairs(extra) do
+    args[#args + 1] = field
+  end
+  local added = redis.pcall(unpack(args))
+  if type(added) == 'table' and added.err then
+    redis.call('HINCRBY', meta, 'seq', -1)
+    if string.find(added.err, 'equal or smaller', 1, true) then
+      return redis.error_reply('FOREIGN the stream holds an entry this backplane did not write at or past '
+        .. seq .. '-0: the key must be the backplane\'s alone (delete it to start afresh)')
+    end
+    return added
+  end
+  return {epoch, seq}
+end
+";
+
+/// Appends one event (see [`APPEND`]), its field `tok` the publishing
+/// replica's token for it. Returns `{epoch, seq}`.
 ///
 /// A publish whose connection broke may have been appended or not; it is
 /// sent again with the same token and `retry` set to the stream's seq as
@@ -27,19 +69,11 @@ use crate::broker::Mirrored;
 /// its token among the (at most [`RETRY_WINDOW`]) newest entries after
 /// that seq, returning that entry's seq instead of appending twice.
 ///
-/// An entry something else appended with a larger id (`XADD KEY *`, say)
-/// makes the append impossible: the script then gives the seq back and
-/// answers an error that says so, rather than consuming seqs no entry has.
-///
 /// KEYS: stream, meta. ARGV: epoch if none, retention, topic, type, data,
 /// token, retry (a seq, or empty on a first attempt), retry window.
-pub(super) const PUBLISH: &str = r"
+const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
-elseif ARGV[7] ~= '' then
+if epoch and ARGV[7] ~= '' then
   -- Newest first: the first attempt was a moment ago.
   local after = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[7] .. '-0', 'COUNT', ARGV[8])
   for _, entry in ipairs(after) do
@@ -51,22 +85,7 @@ elseif ARGV[7] ~= '' then
     end
   end
 end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-local now = redis.call('TIME')
-local at = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0',
-  'epoch', epoch, 'topic', ARGV[3], 'type', ARGV[4], 'data', ARGV[5], 'at', at,
-  'tok', ARGV[6])
-if type(added) == 'table' and added.err then
-  -- Not appended: the seq is not taken.
-  redis.call('HINCRBY', KEYS[2], 'seq', -1)
-  if string.find(added.err, 'equal or smaller', 1, true) then
-    return redis.error_reply('FOREIGN the stream holds an entry this backplane did not write at or past '
-      .. seq .. '-0: the key must be the backplane\'s alone (delete it to start afresh)')
-  end
-  return added
-end
-return {epoch, seq}
+return append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {'tok', ARGV[6]})
 ";
 
 /// Most entries the stream keeps, whatever the broker's retained count:
@@ -127,7 +146,7 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
-            publish: Script::new(PUBLISH),
+            publish: Script::new(&format!("{APPEND}{PUBLISH}")),
             ensure_epoch: Script::new(ENSURE_EPOCH),
             restart: Script::new(RESTART),
         }
@@ -180,6 +199,7 @@ pub(super) fn parse_entry(
     fields: &HashMap<String, Value>,
     epoch: u64,
     now_millis: u64,
+    nonce: u64,
 ) -> Option<Mirrored> {
     let stream_seq = entry_seq(id)?;
     let text = |name: &str| -> Option<String> {
@@ -191,13 +211,41 @@ pub(super) fn parse_entry(
     let data: Vec<u8> = redis::from_redis_value_ref(fields.get("data")?).ok()?;
     let at: u64 = text("at")?.parse().ok()?;
     let event_type = text("type")?;
+    let direct = match text("key") {
+        None => None,
+        Some(key) => Some(MirroredDirect {
+            key: key.parse().ok()?,
+            only: direct_only(&text("only")?, nonce)?,
+        }),
+    };
     Some(Mirrored {
         stream_seq,
         age: Duration::from_millis(now_millis.saturating_sub(at)),
         topic: text("topic")?,
         event_type: (!event_type.is_empty()).then_some(event_type),
         data: data.into(),
+        direct,
     })
+}
+
+/// The `only` field of a direct message: `None` for every stream watching
+/// its topic, `Some(sub)` for one of this replica's subscriptions, or
+/// `Some(usize::MAX)`, a key no subscription has, for another replica's.
+/// `None` outer: not a field this backplane wrote.
+fn direct_only(only: &str, nonce: u64) -> Option<Option<usize>> {
+    if only.is_empty() {
+        return Some(None);
+    }
+    let (owner, sub) = only.split_once('.')?;
+    let owner = u64::from_str_radix(owner, 16).ok()?;
+    let sub: usize = sub.parse().ok()?;
+    Some(Some(if owner == nonce { sub } else { usize::MAX }))
+}
+
+/// The `only` field that sends a direct message to subscription `sub` of
+/// the replica whose nonce is `nonce`.
+pub(crate) fn only_field(nonce: u64, sub: usize) -> String {
+    format!("{nonce:x}.{sub}")
 }
 
 #[cfg(test)]
@@ -220,23 +268,54 @@ mod tests {
             ("data", "hi"),
             ("at", "1000"),
         ]);
-        let entry = parse_entry("12-0", &good, 7, 1500).expect("parses");
+        let entry = parse_entry("12-0", &good, 7, 1500, 1).expect("parses");
         assert_eq!(entry.stream_seq, 12);
         assert_eq!(entry.age, Duration::from_millis(500));
         assert_eq!(entry.event_type, None);
         assert_eq!(&entry.data[..], b"hi");
         // Another epoch, another writer's id, a missing field: skipped.
-        assert!(parse_entry("12-0", &good, 8, 1500).is_none());
-        assert!(parse_entry("1712345678901-3", &good, 7, 1500).is_none());
-        assert!(parse_entry("x-0", &good, 7, 1500).is_none());
+        assert!(parse_entry("12-0", &good, 8, 1500, 1).is_none());
+        assert!(parse_entry("1712345678901-3", &good, 7, 1500, 1).is_none());
+        assert!(parse_entry("x-0", &good, 7, 1500, 1).is_none());
         let mut partial = good.clone();
         partial.remove("data");
-        assert!(parse_entry("12-0", &partial, 7, 1500).is_none());
+        assert!(parse_entry("12-0", &partial, 7, 1500, 1).is_none());
         // A publish time in the future counts as now.
         assert_eq!(
-            parse_entry("12-0", &good, 7, 10).unwrap().age,
+            parse_entry("12-0", &good, 7, 10, 1).unwrap().age,
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn a_direct_message_is_for_every_stream_or_for_one_of_this_replica() {
+        let mut direct = fields(&[
+            ("epoch", "7"),
+            ("topic", "$client/bob"),
+            ("type", "notification"),
+            ("data", "{}"),
+            ("at", "1000"),
+            ("key", "42"),
+            ("only", ""),
+        ]);
+        let parsed = |fields: &HashMap<String, Value>| {
+            parse_entry("3-0", fields, 7, 1000, 0xab).and_then(|entry| entry.direct)
+        };
+        let every = MirroredDirect {
+            key: 42,
+            only: None,
+        };
+        assert_eq!(parsed(&direct), Some(every));
+        direct.insert("only".into(), Value::BulkString(b"ab.5".to_vec()));
+        assert_eq!(parsed(&direct).unwrap().only, Some(5));
+        direct.insert("only".into(), Value::BulkString(b"cd.5".to_vec()));
+        assert_eq!(parsed(&direct).unwrap().only, Some(usize::MAX));
+        // A direct message with a field that does not parse is not one.
+        direct.insert("only".into(), Value::BulkString(b"ab".to_vec()));
+        assert!(parse_entry("3-0", &direct, 7, 1000, 0xab).is_none());
+        direct.insert("only".into(), Value::BulkString(b"".to_vec()));
+        direct.insert("key".into(), Value::BulkString(b"x".to_vec()));
+        assert!(parse_entry("3-0", &direct, 7, 1000, 0xab).is_none());
     }
 
     #[test]

@@ -71,6 +71,25 @@ pub struct Mirrored {
     pub event_type: Option<String>,
     /// Its payload.
     pub data: Bytes,
+    /// A direct message rather than an event: see [`MirroredDirect`].
+    pub direct: Option<MirroredDirect>,
+}
+
+/// A stream entry that is a direct message (a notification or a reply of a
+/// mailbox kept in the shared engine): it takes its place and its id in the
+/// stream like any entry, the same on every replica, but it is never
+/// retained. It goes to the subscriptions watching its topic (a reserved
+/// topic of direct messages) when the entry is mirrored, or to one of them,
+/// and never to a reader that joins later: entries of a backfill are
+/// skipped, since what a mailbox holds is sent again to a stream as it
+/// opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MirroredDirect {
+    /// Names the message for taking it back from inboxes unread.
+    pub key: u64,
+    /// Only for the subscription of this key, if it still watches the
+    /// topic; `None`: for every subscription watching it.
+    pub only: Option<usize>,
 }
 
 /// A mirrored broker's place in its stream, in [`BrokerStats`](super::BrokerStats).
@@ -104,6 +123,9 @@ pub struct MirrorOutcome {
     pub duplicates: usize,
     /// Entries refused: not an event this broker takes.
     pub skipped: usize,
+    /// Entries that were direct messages (handed to the subscriptions
+    /// they were for, if any).
+    pub direct: usize,
     /// Stream entries missing before an entry (a lost stretch).
     pub missed: u64,
 }
@@ -132,6 +154,7 @@ impl Broker {
     ///     topic: "a".into(),
     ///     event_type: None,
     ///     data: format!("{seq}").into(),
+    ///     direct: None,
     /// };
     /// broker.mirror([entry(1), entry(2)]);
     /// let Some(Message::Event(first)) = sub.try_next() else { panic!() };
@@ -180,7 +203,8 @@ impl Broker {
             let mut first = None;
             for entry in entries {
                 first.get_or_insert(entry.stream_seq);
-                self.mirror_one(&mut state, entry, now, &mut outcome, &mut wakers);
+                let backfill = reset.is_some();
+                self.mirror_one(&mut state, entry, backfill, now, &mut outcome, &mut wakers);
             }
             if reset.is_some() {
                 // The backfill is the stream's tail: what came before it
@@ -203,6 +227,7 @@ impl Broker {
         &self,
         state: &mut State,
         entry: Mirrored,
+        backfill: bool,
         now: Duration,
         outcome: &mut MirrorOutcome,
         wakers: &mut Vec<Waker>,
@@ -232,6 +257,15 @@ impl Broker {
             mirror.stream_seq = entry.stream_seq;
             mirror.top = mirror.top.max(entry.stream_seq);
         }
+        if let Some(direct) = entry.direct {
+            if self.mirror_direct(state, entry, direct, backfill, wakers) {
+                outcome.direct += 1;
+            } else {
+                state.skip_mirrored();
+                outcome.skipped += 1;
+            }
+            return;
+        }
         let Ok(topic) = Topic::new(&entry.topic) else {
             state.skip_mirrored();
             outcome.skipped += 1;
@@ -254,6 +288,56 @@ impl Broker {
         let entry = prepared.stamp(state.epoch, seq, at, topic_key, topic);
         state.append(Arc::new(entry), limits, now);
         outcome.appended += 1;
+    }
+
+    /// Hands a direct message of the stream to the subscriptions it is for
+    /// (none in a backfill); false if it is not one this broker takes.
+    /// `state`'s seq already stands at the entry's.
+    fn mirror_direct(
+        &self,
+        state: &mut State,
+        entry: Mirrored,
+        direct: MirroredDirect,
+        backfill: bool,
+        wakers: &mut Vec<Waker>,
+    ) -> bool {
+        let topic = match entry.topic.strip_prefix('$') {
+            Some(name) if Topic::new(name).is_ok() => Topic::reserved(name),
+            _ => return false,
+        };
+        if !topic.is_direct_only() {
+            return false;
+        }
+        let seq = local_seq(entry.stream_seq);
+        let event = Event {
+            event_type: entry.event_type,
+            topic: entry.topic,
+            data: entry.data,
+        };
+        let limits = &self.shared.limits;
+        let Ok(prepared) = Prepared::new(event, Origin::Crate, usize::MAX, limits.max_bytes) else {
+            return false;
+        };
+        let Some(&topic_key) = state.topic_index.get(&topic).filter(|_| !backfill) else {
+            // Nobody here watches it (or it is history): taken, not sent.
+            return true;
+        };
+        let watchers: Vec<usize> = state.topics[topic_key]
+            .watchers
+            .iter()
+            .map(|(_, &sub)| sub)
+            .filter(|&sub| direct.only.is_none_or(|only| only == sub))
+            .collect();
+        if watchers.is_empty() {
+            return true;
+        }
+        state.counters.direct += 1;
+        let now = self.shared.clock.now();
+        let entry = Arc::new(prepared.stamp(state.epoch, seq, now, topic_key, topic));
+        for sub in watchers {
+            state.push_direct(sub, direct.key, &entry, wakers);
+        }
+        true
     }
 
     /// Records the stream's last seq as the reader saw it, for the lag in

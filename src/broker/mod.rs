@@ -49,8 +49,8 @@ pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_T
 pub use self::hub::HubStats;
 pub(crate) use self::hub::{Joined, Link, LinkStatus, Opener};
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
-pub(crate) use self::mirror::local_seq;
-pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored, MAX_STREAM_SEQ};
+pub(crate) use self::mirror::{local_seq, stream_seq};
+pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored, MirroredDirect, MAX_STREAM_SEQ};
 pub(crate) use self::subscription::Frames;
 
 /// Default bound on retained events.

@@ -850,6 +850,7 @@ mod tests {
             topic: "a".into(),
             event_type: None,
             data: format!("{seq}").into(),
+            direct: None,
         }
     }
 

@@ -33,6 +33,9 @@ pub enum SendError {
         /// A wait to suggest (`Retry-After`).
         retry_after: Duration,
     },
+    /// The store the mailbox is kept in (Redis) did not answer: `503
+    /// Service Unavailable`. The notification may or may not be held.
+    Unavailable(Unavailable),
 }
 
 impl fmt::Display for SendError {
@@ -49,11 +52,42 @@ impl fmt::Display for SendError {
                 f.write_str("the sender holds as many notifications as one sender may")
             }
             SendError::Full { .. } => f.write_str("the mailbox is full"),
+            SendError::Unavailable(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for SendError {}
+
+/// The store a mailbox is kept in (Redis) could not be reached or did not
+/// answer in time. Only a mailbox kept across the network
+/// ([`RedisMailbox`](super::RedisMailbox)) gives it; the routes answer
+/// `503 Service Unavailable` with `Retry-After`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    pub(crate) reason: String,
+    pub(crate) retry_after: Duration,
+}
+
+impl Unavailable {
+    /// What went wrong, for logs.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// A wait to suggest (`Retry-After`).
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the mailbox's store is unavailable: {}", self.reason)
+    }
+}
+
+impl std::error::Error for Unavailable {}
 
 /// Why [`Mailbox::reply`](super::Mailbox::reply) refused a reply; each refusal is distinct.
 #[derive(Clone, Debug)]
@@ -85,6 +119,9 @@ pub enum ReplyError {
     /// The payload could not be serialized; the error is its
     /// [`source`](std::error::Error::source).
     Payload(Arc<serde_json::Error>),
+    /// The store the mailbox is kept in did not answer: `503`. The reply
+    /// may or may not have been taken.
+    Unavailable(Unavailable),
 }
 
 impl PartialEq for ReplyError {
@@ -95,6 +132,7 @@ impl PartialEq for ReplyError {
             (Full { retry_after }, Full { retry_after: r }) => retry_after == r,
             // Two serde errors are alike if they say the same.
             (Payload(a), Payload(b)) => a.to_string() == b.to_string(),
+            (Unavailable(a), Unavailable(b)) => a == b,
             (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
         }
     }
@@ -115,6 +153,7 @@ impl fmt::Display for ReplyError {
             }
             ReplyError::Full { .. } => f.write_str("the mailbox has no room for this reply"),
             ReplyError::Payload(e) => write!(f, "the reply is not serializable: {e}"),
+            ReplyError::Unavailable(e) => e.fmt(f),
         }
     }
 }

@@ -78,9 +78,12 @@ mod error;
 mod janitor;
 mod notification;
 mod record;
+#[cfg(all(feature = "redis", not(loom)))]
+mod redis;
 #[cfg(not(loom))]
 mod routes;
 mod state;
+mod store;
 mod stream;
 
 use std::fmt;
@@ -93,13 +96,16 @@ use crate::clock::{Clock, SystemClock};
 use crate::sync::{lock, Arc, Mutex};
 use crate::{Broker, Event, Subscription};
 
-pub use self::error::{ReplyError, SendError};
+pub use self::error::{ReplyError, SendError, Unavailable};
 #[cfg(not(loom))]
 pub use self::janitor::Janitor;
 pub use self::notification::Notification;
 pub use self::record::{Reply, Status, TraceId};
+#[cfg(all(feature = "redis", not(loom)))]
+pub use self::redis::{RedisMailbox, UNAVAILABLE_RETRY_AFTER};
 #[cfg(not(loom))]
 pub use self::routes::{MailboxLayer, MailboxRoutes, ResponseBody, ResponseFuture};
+pub use self::store::MailboxStore;
 pub use self::stream::{Connection, MAX_CLIENT_ID_LEN};
 
 use self::record::Record;
@@ -169,6 +175,46 @@ struct Limits {
     retry_after: Duration,
 }
 
+impl Limits {
+    /// What `notification` counts against the byte bounds, if it can be
+    /// held at all: valid ids, a payload within the limit, and a cost
+    /// within the per-target and per-sender bounds.
+    fn check(&self, notification: &Notification) -> Result<usize, SendError> {
+        let (to, from, payload) = (&notification.to, &notification.from, &notification.payload);
+        if !valid_client_id(to) || !valid_client_id(from) {
+            return Err(SendError::InvalidClientId);
+        }
+        if payload.len() > self.max_payload {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload,
+            });
+        }
+        let cost = RECORD_OVERHEAD + to.len() + from.len() + payload.len();
+        let room = self.per_target_bytes.min(self.per_sender_bytes);
+        if cost > room {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                limit: room.saturating_sub(cost - payload.len()),
+            });
+        }
+        Ok(cost)
+    }
+
+    /// A reply's payload as JSON text, if within the limit.
+    fn reply_payload(&self, payload: impl serde::Serialize) -> Result<Vec<u8>, ReplyError> {
+        let payload = serde_json::to_vec(&payload)
+            .map_err(|e| ReplyError::Payload(std::sync::Arc::new(e)))?;
+        if payload.len() > self.max_payload {
+            return Err(ReplyError::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload,
+            });
+        }
+        Ok(payload)
+    }
+}
+
 /// Counters of a mailbox, from [`Mailbox::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -202,6 +248,9 @@ pub struct MailboxStats {
 pub struct MailboxBuilder {
     broker: Broker,
     clock: Box<dyn Clock>,
+    /// A clock other than the system's was given: a mailbox kept in Redis
+    /// then reads time from it too, rather than from Redis.
+    clock_given: bool,
     limits: Limits,
 }
 
@@ -273,6 +322,7 @@ impl MailboxBuilder {
     /// Reads time for expiry from `clock`.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Box::new(clock);
+        self.clock_given = true;
         self
     }
 
@@ -301,6 +351,7 @@ impl Mailbox {
         MailboxBuilder {
             broker,
             clock: Box::new(SystemClock::new()),
+            clock_given: false,
             limits: Limits {
                 ttl: DEFAULT_TTL,
                 per_target: DEFAULT_PER_TARGET,
@@ -330,6 +381,9 @@ impl Mailbox {
     /// is over its share ([`SendError::SenderOverShare`]) or the mailbox is
     /// full ([`SendError::Full`]).
     pub fn send(&self, notification: Notification) -> Result<TraceId, SendError> {
+        let shared = &self.shared;
+        let limits = &shared.limits;
+        let cost = limits.check(&notification)?;
         let Notification {
             to,
             from,
@@ -338,28 +392,6 @@ impl Mailbox {
             ttl,
         } = notification;
         let (to, from) = (to.as_str(), from.as_str());
-        if !valid_client_id(to) || !valid_client_id(from) {
-            return Err(SendError::InvalidClientId);
-        }
-        if payload.len() > self.shared.limits.max_payload {
-            return Err(SendError::TooLarge {
-                size: payload.len(),
-                limit: self.shared.limits.max_payload,
-            });
-        }
-        let cost = RECORD_OVERHEAD + to.len() + from.len() + payload.len();
-        let shared = &self.shared;
-        let limits = &shared.limits;
-        if cost > limits.per_target_bytes.min(limits.per_sender_bytes) {
-            let overhead = cost - payload.len();
-            return Err(SendError::TooLarge {
-                size: payload.len(),
-                limit: limits
-                    .per_target_bytes
-                    .min(limits.per_sender_bytes)
-                    .saturating_sub(overhead),
-            });
-        }
         let mut state = lock(&shared.state);
         let now = shared.clock.now();
         state.purge_expired(&shared.broker, now);
@@ -449,15 +481,7 @@ impl Mailbox {
         by: &str,
         payload: impl serde::Serialize,
     ) -> Result<Status, ReplyError> {
-        let payload = serde_json::to_vec(&payload)
-            .map_err(|e| ReplyError::Payload(std::sync::Arc::new(e)))?;
-        let limit = self.shared.limits.max_payload;
-        if payload.len() > limit {
-            return Err(ReplyError::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
+        let payload = self.shared.limits.reply_payload(payload)?;
         let shared = &self.shared;
         let limits = &shared.limits;
         let mut state = lock(&shared.state);

@@ -269,25 +269,97 @@ impl Record {
 
     /// The data of the `notification` frame.
     pub(crate) fn notification_json(&self) -> Vec<u8> {
-        let value = serde_json::json!({
-            "trace": self.trace,
-            "from": &*self.from,
-            "payload": json_value(&self.payload),
-            "expects_reply": self.expects_reply,
-            "created": rfc3339(self.created),
-        });
-        serde_json::to_vec(&value).unwrap_or_default()
+        notification_json(
+            &self.trace,
+            &self.from,
+            &self.payload,
+            self.expects_reply,
+            self.created,
+        )
     }
 
     /// The data of the `notification.reply` frame.
     pub(crate) fn reply_json(&self) -> Vec<u8> {
-        let reply = self.reply.as_ref();
-        let value = serde_json::json!({
-            "trace": self.trace,
-            "by": reply.map(|r| r.by.as_str()),
-            "payload": reply.map(|r| json_value(&r.payload)),
-            "at": reply.map(|r| rfc3339(r.at)),
-        });
-        serde_json::to_vec(&value).unwrap_or_default()
+        self.reply
+            .as_ref()
+            .map(|reply| reply_json(&self.trace, reply))
+            .unwrap_or_default()
     }
+}
+
+/// The data of a `notification` frame: `{"trace","from","payload",
+/// "expects_reply","created"}`.
+pub(crate) fn notification_json(
+    trace: &TraceId,
+    from: &str,
+    payload: &Bytes,
+    expects_reply: bool,
+    created: SystemTime,
+) -> Vec<u8> {
+    let value = serde_json::json!({
+        "trace": trace,
+        "from": from,
+        "payload": json_value(payload),
+        "expects_reply": expects_reply,
+        "created": rfc3339(created),
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// A status from the frames' data a store kept for it (a store that keeps
+/// those rather than the record's fields, so as to hold each payload once):
+/// the notification's, and the reply's if there is one.
+pub(crate) fn status_from_frames(
+    to: &str,
+    notification: &[u8],
+    delivered_at: Option<SystemTime>,
+    reply: Option<&[u8]>,
+) -> Option<Status> {
+    #[derive(serde::Deserialize)]
+    struct Sent {
+        trace: String,
+        from: String,
+        expects_reply: bool,
+        created: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        by: String,
+        payload: serde_json::Value,
+        at: String,
+    }
+    let sent: Sent = serde_json::from_slice(notification).ok()?;
+    let reply = match reply {
+        Some(data) => {
+            let answer: Answer = serde_json::from_slice(data).ok()?;
+            Some(Reply {
+                by: answer.by,
+                payload: Bytes::from(serde_json::to_vec(&answer.payload).ok()?),
+                at: humantime::parse_rfc3339(&answer.at).ok()?,
+            })
+        }
+        None => None,
+    };
+    Some(Status {
+        trace: TraceId::parse(&sent.trace)?,
+        from: sent.from,
+        to: to.to_owned(),
+        expects_reply: sent.expects_reply,
+        created: humantime::parse_rfc3339(&sent.created).ok()?,
+        delivered: delivered_at.is_some(),
+        delivered_at,
+        replied: reply.is_some(),
+        reply,
+    })
+}
+
+/// The data of a `notification.reply` frame: `{"trace","by","payload","at"}`.
+pub(crate) fn reply_json(trace: &TraceId, reply: &Reply) -> Vec<u8> {
+    let value = serde_json::json!({
+        "trace": trace,
+        "by": reply.by,
+        "payload": json_value(&reply.payload),
+        "at": rfc3339(reply.at),
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
 }

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Mailbox, ReplyError, TraceId};
+use super::{MailboxStore, ReplyError, TraceId, Unavailable};
 use crate::response::{json, json_error as error, method_not_allowed, with_retry_after};
 pub use crate::response::{ResponseBody, ResponseFuture};
 
@@ -50,7 +50,7 @@ type Identify = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 #[derive(Clone)]
 #[must_use]
 pub struct MailboxLayer {
-    mailbox: Mailbox,
+    mailbox: Arc<dyn MailboxStore>,
     identify: Identify,
     prefix: Arc<str>,
 }
@@ -58,7 +58,15 @@ pub struct MailboxLayer {
 impl MailboxLayer {
     /// Serves `mailbox`'s routes under `/notifications`, with no identity
     /// (every request gets `401`) until [`identify`](MailboxLayer::identify).
-    pub fn new(mailbox: Mailbox) -> Self {
+    /// The mailbox is a [`Mailbox`](super::Mailbox) or a `RedisMailbox`
+    /// (any [`MailboxStore`]); with one kept in Redis, a route that cannot
+    /// reach it answers `503` with `Retry-After`.
+    pub fn new(mailbox: impl MailboxStore) -> Self {
+        Self::shared(Arc::new(mailbox))
+    }
+
+    /// The same, for a store already shared.
+    pub fn shared(mailbox: Arc<dyn MailboxStore>) -> Self {
         Self {
             mailbox,
             identify: Arc::new(|_| None),
@@ -178,43 +186,60 @@ where
         let Some(trace) = trace else {
             return answer(not_found());
         };
-        let mailbox = &self.layer.mailbox;
-        match action {
-            Action::Status => answer(match mailbox.status_for(&trace, &client) {
-                Some(status) => json(StatusCode::OK, &serde_json::json!(status)),
-                None => not_found(),
+        let mailbox = self.layer.mailbox.clone();
+        ResponseFuture::later(match action {
+            Action::Status => Box::pin(async move {
+                match mailbox.status_for(&trace, &client).await {
+                    Ok(Some(status)) => json(StatusCode::OK, &serde_json::json!(status)),
+                    Ok(None) => not_found(),
+                    Err(e) => unavailable(&e),
+                }
             }),
-            Action::Ack => answer(if mailbox.ack(&trace, &client) {
-                let mut response = Response::new(Bytes::new());
-                *response.status_mut() = StatusCode::NO_CONTENT;
-                response
-            } else {
-                not_found()
+            Action::Ack => Box::pin(async move {
+                match mailbox.ack(&trace, &client).await {
+                    Ok(true) => {
+                        let mut response = Response::new(Bytes::new());
+                        *response.status_mut() = StatusCode::NO_CONTENT;
+                        response
+                    }
+                    Ok(false) => not_found(),
+                    Err(e) => unavailable(&e),
+                }
             }),
-            Action::Reply => {
-                let mailbox = mailbox.clone();
-                let limit = mailbox.shared.limits.max_payload;
-                ResponseFuture::later(Box::pin(reply(mailbox, trace, client, body, limit)))
-            }
-        }
+            Action::Reply => Box::pin(reply(mailbox, trace, client, body)),
+        })
     }
 }
 
+/// `503` with `Retry-After`: the mailbox's store did not answer.
+fn unavailable(e: &Unavailable) -> Response<Bytes> {
+    tracing::warn!(error = %e, "a mailbox route could not reach its store");
+    with_retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the mailbox is unavailable, try again later",
+        ),
+        e.retry_after(),
+    )
+}
+
 async fn reply<ReqBody>(
-    mailbox: Mailbox,
+    mailbox: Arc<dyn MailboxStore>,
     trace: TraceId,
     client: String,
     body: ReqBody,
-    limit: usize,
 ) -> Response<Bytes>
 where
     ReqBody: http_body::Body,
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // Refuse what is not the caller's before reading a byte of the body.
-    if !mailbox.is_target(&trace, &client) {
-        return not_found();
+    match mailbox.is_target(&trace, &client).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(e) => return unavailable(&e),
     }
+    let limit = mailbox.max_payload();
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -239,7 +264,7 @@ where
             )
         }
     };
-    match mailbox.reply(&trace, &client, payload) {
+    match mailbox.reply(&trace, &client, payload).await {
         Ok(status) => json(StatusCode::OK, &serde_json::json!(status)),
         Err(ReplyError::NotFound | ReplyError::NotTarget) => not_found(),
         Err(e @ (ReplyError::AlreadyReplied | ReplyError::NoReplyExpected)) => {
@@ -255,5 +280,6 @@ where
             retry_after,
         ),
         Err(e @ ReplyError::Payload(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(ReplyError::Unavailable(e)) => unavailable(&e),
     }
 }

@@ -83,7 +83,7 @@ impl crate::sse::StreamHook for Mailbox {
         // The browser's own `Last-Event-ID` proves what arrived, and only
         // if the broker could resume from it.
         let proof = last_event_id.filter(|_| !subscription.starts_with_resync());
-        Box::new(self.connect(subscription, client, proof))
+        crate::sse::StreamGuard::new(self.connect(subscription, client, proof))
     }
 }
 

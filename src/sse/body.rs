@@ -112,8 +112,9 @@ pub(crate) struct EventStream {
     max_batch_bytes: usize,
     coalesce: Option<Coalesce>,
     slot: StreamSlot,
-    /// Held for its drop: a hook hears that the stream ended.
-    _guard: Option<StreamGuard>,
+    /// Held for its drop: a hook hears that the stream ended. It may hold
+    /// the events back until the hook is done opening the stream.
+    guard: Option<StreamGuard>,
 }
 
 impl EventStream {
@@ -131,13 +132,16 @@ impl EventStream {
             max_batch_bytes,
             coalesce,
             slot,
-            _guard: guard,
+            guard,
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(self.hand_out(first)));
+        }
+        if let Some(guard) = &mut self.guard {
+            std::task::ready!(guard.poll_ready(cx));
         }
         let coalescing = &self.slot.streams().coalescing;
         let window = coalescing.window(self.coalesce);

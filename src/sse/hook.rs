@@ -3,12 +3,62 @@
 //! here, and so can an app's own presence tracking.
 
 use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use super::authorize::Rejection;
 use crate::broker::{Subscription, Topic};
 
-/// What a hook keeps for one stream, dropped when the stream ends.
-pub type StreamGuard = Box<dyn Any + Send>;
+/// What a hook keeps for one stream, dropped when the stream ends, and
+/// what the stream waits for before it sends its first event.
+///
+/// A hook whose store is across the network (a mailbox kept in Redis)
+/// cannot finish opening a stream in [`opened`](StreamHook::opened): it
+/// starts the work there and holds the stream's events back with
+/// [`ready_after`](StreamGuard::ready_after) until it is done, so that no
+/// id reaches the client before the hook has recorded what it sent.
+pub struct StreamGuard {
+    _keep: Box<dyn Any + Send>,
+    ready: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl StreamGuard {
+    /// Keeps `keep` for the stream's lifetime; the stream starts at once.
+    pub fn new(keep: impl Any + Send) -> Self {
+        Self {
+            _keep: Box::new(keep),
+            ready: None,
+        }
+    }
+
+    /// Holds the stream's events (and keep-alives) back until `ready`
+    /// completes. It should complete soon whatever happens (give it a
+    /// timeout): the client sees nothing but the `retry:` hint meanwhile.
+    pub fn ready_after(mut self, ready: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.ready = Some(Box::pin(ready));
+        self
+    }
+
+    /// Whether the stream may send events: ready at once unless
+    /// [`ready_after`](StreamGuard::ready_after) holds it back.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(ready) = &mut self.ready {
+            std::task::ready!(ready.as_mut().poll(cx));
+            self.ready = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl fmt::Debug for StreamGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamGuard")
+            .field("ready", &self.ready.is_none())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Takes part in every stream of the events route whose grant names a
 /// client ([`Grant::client`](crate::Grant::client)): adds a topic of its
@@ -45,9 +95,9 @@ pub type StreamGuard = Box<dyn Any + Send>;
 ///     fn opened(&self, client: &str, _: &Subscription, _: Option<&str>) -> StreamGuard {
 ///         if client == "alice" {
 ///             self.0.fetch_add(1, Ordering::Relaxed);
-///             return Box::new(Leaving(self.0.clone()));
+///             return StreamGuard::new(Leaving(self.0.clone()));
 ///         }
-///         Box::new(())
+///         StreamGuard::new(())
 ///     }
 /// }
 ///

@@ -874,6 +874,7 @@ fn an_id_of_a_newer_epoch_proves_nothing_about_a_copy_sent_in_an_older_one() {
         topic: "news".into(),
         event_type: None,
         data: "x".into(),
+        direct: None,
     };
     broker.mirror_reset(2, (1..=3).map(entry));
     let seen = broker.mirrored_id(3).to_string();

@@ -11,6 +11,8 @@ mod health;
 mod http;
 mod mailbox;
 mod mailbox_http;
+#[cfg(feature = "redis")]
+mod mailbox_redis;
 mod mirror_model;
 mod mode;
 mod model;

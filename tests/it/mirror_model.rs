@@ -159,6 +159,7 @@ fn entry(epoch: u64, seq: u64, topic: usize) -> Mirrored {
         topic: TOPICS[topic].into(),
         event_type: None,
         data: data(epoch, seq).into(),
+        direct: None,
     }
 }
 
