@@ -21,8 +21,11 @@
 //! An event published on either reaches the streams of both, with the same
 //! id, and a stream cut from one resumes on the other with nothing missed.
 //! Each replica's mode is degraded (and `/ready` 503) while it is not in
-//! step with Redis; publishing then answers 503. Notifications stay with
-//! the replica they were sent on.
+//! step with Redis; publishing then answers 503. The mailbox is kept in
+//! Redis too: a notification sent on one replica reaches its target's
+//! streams on either, held ones are delivered wherever the target
+//! connects, and status, reply and ack work on both, even once the replica
+//! that took the send is gone.
 //!
 //! Then open <http://127.0.0.1:3000> in two tabs, or try it from a shell:
 //!
@@ -86,7 +89,9 @@
 //!   "expects_reply"?: bool, "ttl_secs"?: int}`: sends a notification from
 //!   NAME and answers `{"trace": "..."}`. No `as` → 401; a body that is not
 //!   that JSON, an invalid name or TTL → 400; a payload over 64 KiB → 413;
-//!   the mailbox full → 503; all with `{"error": "..."}`. Refused with 503
+//!   the sender over its share → 429 and the mailbox full → 507, with
+//!   `Retry-After`; with `--redis`, Redis unreachable → 503 with
+//!   `Retry-After`; all with `{"error": "..."}`. Refused with 503
 //!   while the server is not writable, like every write.
 //! - `GET /notifications/{trace}?as=NAME`: the status, for its sender or
 //!   target only (`{"trace", "from", "to", "expects_reply", "created",
@@ -142,6 +147,7 @@ fn main() -> std::process::ExitCode {
 mod demo {
     use std::future::IntoFuture;
     use std::process::ExitCode;
+    use std::sync::Arc;
     use std::time::Duration;
 
     use axum::body::Bytes;
@@ -157,7 +163,7 @@ mod demo {
     use serde::Deserialize;
     use serde_json::{json, Value};
     use tower_sse::backplane::{BackplaneError, RedisBackplane, Replica};
-    use tower_sse::mailbox::{Mailbox, MailboxLayer, Notification, SendError};
+    use tower_sse::mailbox::{Mailbox, MailboxLayer, MailboxStore, Notification, SendError};
     use tower_sse::mode::ServerMode;
     use tower_sse::tcp::TcpTuning;
     use tower_sse::{
@@ -216,7 +222,8 @@ mod demo {
         /// With `--redis`: where events are published, for every replica.
         replica: Option<Replica>,
         mode: ServerMode,
-        mailbox: Mailbox,
+        /// In memory, or with `--redis` kept in Redis for every replica.
+        mailbox: Arc<dyn MailboxStore>,
     }
 
     async fn run(options: Options) -> std::io::Result<()> {
@@ -246,10 +253,28 @@ mod demo {
         // stream, and each new stream starts with the current one.
         broker.follow_mode(&mode);
         // Notifications travel on the same broker, each on its target's
-        // private topic. The janitor stops when its handle is dropped, at
-        // the end of `run`: it lives exactly as long as the server.
-        let mailbox = Mailbox::new(broker.clone());
-        let _janitor = mailbox.spawn_janitor(JANITOR_INTERVAL);
+        // private topic. In memory, a janitor purges expired ones; it stops
+        // when its handle is dropped, at the end of `run`: it lives exactly
+        // as long as the server. With Redis, the mailbox is kept there for
+        // every replica (each of its steps purges what expired).
+        let mut _janitor = None;
+        let (mailbox, events): (Arc<dyn MailboxStore>, _) = match &replica {
+            Some(replica) => {
+                let mailbox = Mailbox::builder(broker.clone()).redis(replica);
+                (
+                    Arc::new(mailbox.clone()),
+                    SseLayer::new(broker.clone()).hook(mailbox),
+                )
+            }
+            None => {
+                let mailbox = Mailbox::new(broker.clone());
+                _janitor = Some(mailbox.spawn_janitor(JANITOR_INTERVAL));
+                (
+                    Arc::new(mailbox.clone()),
+                    SseLayer::new(broker.clone()).mailbox(mailbox),
+                )
+            }
+        };
         let shutdown = Shutdown::new()
             .broker(&broker)
             .mode(&mode)
@@ -258,12 +283,9 @@ mod demo {
 
         // Any topic the request names, and, with `?as=NAME`, NAME's
         // notifications and replies.
-        let events = SseLayer::new(broker.clone())
-            .path("/events")
-            .authorize(authorize)
-            .mailbox(mailbox.clone());
+        let events = events.path("/events").authorize(authorize);
         // Status, reply and ack of notifications, for the caller `?as=` names.
-        let notifications = MailboxLayer::new(mailbox.clone())
+        let notifications = MailboxLayer::shared(mailbox.clone())
             .identify(|parts: &Parts| toy_identity(parts.uri.query()));
         // Refuses POST/PUT/PATCH/DELETE with 503 unless the server is
         // writable, replies and acks included; the admin switches must
@@ -577,7 +599,7 @@ mod demo {
         if let Some(ttl) = ttl {
             notification = notification.ttl(ttl);
         }
-        let sent = app.mailbox.send(notification);
+        let sent = app.mailbox.send(notification).await;
         match sent {
             Ok(trace) => Json(json!({ "trace": trace })).into_response(),
             Err(e @ SendError::TooLarge { .. }) => {
@@ -593,6 +615,11 @@ mod demo {
             Err(ref e @ SendError::Full { retry_after }) => retry_later(
                 error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
                 retry_after,
+            ),
+            // Redis did not answer: the notification may or may not be held.
+            Err(SendError::Unavailable(e)) => retry_later(
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                e.retry_after(),
             ),
             // An invalid name, a payload that cannot be encoded.
             Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -614,7 +641,10 @@ mod demo {
             "lag_reports": s.lag_reports,
             "resyncs": s.resyncs,
             "topics": s.topics,
-            "mailbox": app.mailbox.stats(),
+            "mailbox": match app.mailbox.stats().await {
+                Ok(stats) => json!(stats),
+                Err(e) => json!({ "error": e.to_string() }),
+            },
             "backplane": app.replica.as_ref().map(Replica::stats),
         }))
     }

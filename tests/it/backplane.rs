@@ -14,7 +14,6 @@ use tower_sse::{
     Broker, Event, EventId, Message, PublishError, ResyncReason, Subscription, Topics,
 };
 
-use eventsource_stream::Event as SseEvent;
 use http::{Method, StatusCode};
 
 use crate::support::client;
@@ -697,7 +696,7 @@ async fn two_demo_processes_on_one_redis_behave_as_one_service() {
     // told, `/health` says why, publishing answers 503 until it is back.
     let mut redis = redis;
     redis.kill();
-    let degraded = next_of_type(&mut on_a, "server.state").await;
+    let degraded = on_a.next_of_type("server.state").await;
     assert!(
         degraded.data.contains(r#""mode":"degraded""#),
         "{degraded:?}"
@@ -715,7 +714,7 @@ async fn two_demo_processes_on_one_redis_behave_as_one_service() {
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     redis.restart().await;
     // Its data is gone: a new epoch, and a resync rather than a silent gap.
-    let resync = next_of_type(&mut on_a, "resync").await;
+    let resync = on_a.next_of_type("resync").await;
     for demo in [&a, &b] {
         eventually_async("the demo to be ready again", || async {
             client::fetch(demo.addr(), Method::GET, "/ready", &[], "")
@@ -733,15 +732,6 @@ async fn two_demo_processes_on_one_redis_behave_as_one_service() {
 }
 
 /// The next event of type `kind` on `stream`, passing over the others.
-async fn next_of_type(stream: &mut crate::support::sse::Client, kind: &str) -> SseEvent {
-    loop {
-        let event = stream.next_event().await;
-        if event.event == kind {
-            return event;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_refuses_a_redis_url_that_does_not_parse() {
     let output = tokio::process::Command::new(Demo::binary())

@@ -10,8 +10,12 @@ use tower_sse::backplane::{RedisBackplane, Replica};
 use tower_sse::mailbox::{Mailbox, Notification, RedisMailbox, ReplyError, SendError};
 use tower_sse::{Broker, Event, Message, Subscription};
 
+use http::{Method, StatusCode};
+
+use crate::support::client;
+use crate::support::process::Demo;
 use crate::support::redis::RedisServer;
-use crate::support::wait::{eventually, within};
+use crate::support::wait::{eventually, eventually_async, within};
 
 fn replica(url: &str) -> Replica {
     RedisBackplane::new(url)
@@ -138,4 +142,212 @@ async fn redis_unreachable_gives_unavailable_and_a_restart_without_data_empties_
     assert_eq!(stats.held, 0, "a Redis without its data holds nothing");
     assert_eq!(on_a.status(&trace).await.unwrap(), None);
     let _ = a.broker().publish(Event::new("t").topic("x").data("{}"));
+}
+
+/// Sends a notification through a demo's `/notify`; the answer.
+async fn notify(demo: &Demo, from: &str, body: &str) -> client::Reply {
+    client::fetch(
+        demo.addr(),
+        Method::POST,
+        &format!("/notify?as={from}"),
+        &[],
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_demo_processes_are_one_mailbox_even_once_the_one_that_took_the_send_is_gone() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = Demo::start(&["--redis", &url], &[]).await;
+    let b = Demo::start(&["--redis", &url], &[]).await;
+    for demo in [&a, &b] {
+        eventually_async("the demo to be ready (in step with Redis)", || async {
+            client::fetch(demo.addr(), Method::GET, "/ready", &[], "")
+                .await
+                .status
+                == StatusCode::OK
+        })
+        .await;
+    }
+    let sent = notify(
+        &a,
+        "alice",
+        r#"{"to": "bob", "payload": "lunch?", "expects_reply": true}"#,
+    )
+    .await;
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.text());
+    let trace = sent.json()["trace"].as_str().unwrap().to_owned();
+    // A goes away for good, right after answering.
+    drop(a);
+
+    // Bob connects to B: what A took is there.
+    let mut bob = client::get(b.addr(), "/events?as=bob", &[]).await;
+    let held = bob.next_of_type("notification").await;
+    let data: serde_json::Value = serde_json::from_str(&held.data).unwrap();
+    assert_eq!(data["trace"], trace.as_str());
+    assert_eq!(data["payload"], "lunch?");
+    // The status, for its sender, on B.
+    let status_path = format!("/notifications/{trace}?as=alice");
+    let status = client::fetch(b.addr(), Method::GET, &status_path, &[], "").await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.text());
+    assert_eq!(status.json()["delivered"], false);
+    // Bob replies on B; Alice, connecting to B, gets the reply.
+    let reply_path = format!("/notifications/{trace}/reply?as=bob");
+    let replied = client::fetch(b.addr(), Method::POST, &reply_path, &[], r#""yes""#).await;
+    assert_eq!(replied.status, StatusCode::OK, "{}", replied.text());
+    let mut alice = client::get(b.addr(), "/events?as=alice", &[]).await;
+    let reply = alice.next_of_type("notification.reply").await;
+    assert!(reply.data.contains(r#""yes""#), "{reply:?}");
+    let status = client::fetch(b.addr(), Method::GET, &status_path, &[], "").await;
+    assert_eq!(
+        (
+            status.json()["delivered"].clone(),
+            status.json()["replied"].clone()
+        ),
+        (true.into(), true.into())
+    );
+
+    // Redis gone: the mailbox's routes answer 503 with Retry-After.
+    redis.kill();
+    eventually_async("B to see Redis gone", || async {
+        client::fetch(b.addr(), Method::GET, "/ready", &[], "")
+            .await
+            .status
+            == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let refused = notify(&b, "alice", r#"{"to": "bob", "payload": 1}"#).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.header("retry-after").is_some());
+    let status = client::fetch(b.addr(), Method::GET, &status_path, &[], "").await;
+    assert_eq!(
+        status.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        status.text()
+    );
+    assert!(status.header("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_on_one_replica_racing_a_confirmation_on_another_ends_as_one_process_would() {
+    let redis = RedisServer::start().await;
+    let (_a, on_a) = node(&redis).await;
+    let (_b, on_b) = node(&redis).await;
+    const N: usize = 40;
+    let mut traces = Vec::new();
+    for i in 0..N {
+        let ask = Notification::to("bob")
+            .from(if i % 2 == 0 { "alice" } else { "carol" })
+            .json(&i)
+            .unwrap()
+            .expects_reply();
+        traces.push(on_a.send(ask).await.unwrap());
+    }
+    // Each record: a reply on A and an ack on B at the same moment, and a
+    // second reply on B racing the first.
+    let races = traces.iter().map(|trace| {
+        let (on_a, on_b, trace) = (on_a.clone(), on_b.clone(), trace.clone());
+        tokio::spawn(async move {
+            let (first, ack, second) = tokio::join!(
+                on_a.reply(&trace, "bob", "from A"),
+                on_b.ack(&trace, "bob"),
+                on_b.reply(&trace, "bob", "from B"),
+            );
+            (first, ack.unwrap(), second)
+        })
+    });
+    let mut outcomes = Vec::new();
+    for race in races {
+        outcomes.push(race.await.unwrap());
+    }
+    for (trace, (first, ack, second)) in traces.iter().zip(outcomes) {
+        assert!(ack, "bob is the target");
+        // Exactly one reply won, and the record holds that one.
+        let won = match (&first, &second) {
+            (Ok(_), Err(ReplyError::AlreadyReplied)) => "from A",
+            (Err(ReplyError::AlreadyReplied), Ok(_)) => "from B",
+            other => panic!("not exactly one reply won: {other:?}"),
+        };
+        let status = on_b.status(trace).await.unwrap().unwrap();
+        assert!(status.delivered && status.replied);
+        let reply = status.reply.unwrap();
+        assert_eq!(reply.payload, serde_json::to_vec(won).unwrap());
+    }
+    // Each confirmed once, whoever confirmed it first.
+    let stats = on_a.stats().await.unwrap();
+    assert_eq!(
+        (stats.sent, stats.delivered, stats.held),
+        (N as u64, N as u64, N)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_on_two_replicas_each_get_it_and_either_id_proves_it() {
+    let redis = RedisServer::start().await;
+    let (_a, on_a) = node(&redis).await;
+    let (_b, on_b) = node(&redis).await;
+    let (mut tab_a, _g1) = on_a.subscribe("bob", None).await.unwrap();
+    let (mut tab_b, _g2) = on_b.subscribe("bob", None).await.unwrap();
+    let first = on_b.send(note("bob", "alice", "one")).await.unwrap();
+    let second = on_a.send(note("bob", "alice", "two")).await.unwrap();
+    // Live on both tabs, the same ids on both, in the stream's order.
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        seen_a.push(next_event(&mut tab_a).await);
+        seen_b.push(next_event(&mut tab_b).await);
+    }
+    assert_eq!(seen_a, seen_b);
+    let traces: Vec<&str> = seen_a
+        .iter()
+        .map(|(_, _, d)| d["trace"].as_str().unwrap())
+        .collect();
+    assert_eq!(traces, [first.as_str(), second.as_str()]);
+    // Tab A reconnects to B with the first id only: the first is proven,
+    // the second is sent again, to that stream alone.
+    let first_id = seen_a[0].1.clone();
+    let (mut again, _g3) = on_b.subscribe("bob", Some(&first_id)).await.unwrap();
+    assert!(on_a.status(&first).await.unwrap().unwrap().delivered);
+    assert!(!on_a.status(&second).await.unwrap().unwrap().delivered);
+    let (_, resent_id, data) = next_event(&mut again).await;
+    assert_eq!(data["trace"], second.as_str());
+    // Tab B, still open, was not sent that copy: a third goes live to
+    // both, and tab B's next event is it.
+    let third = on_a.send(note("bob", "alice", "three")).await.unwrap();
+    let (_, _, data) = next_event(&mut tab_b).await;
+    assert_eq!(data["trace"], third.as_str());
+    // The copy's id, shown on A, proves the second there.
+    let (_tab, _g4) = on_a.subscribe("bob", Some(&resent_id)).await.unwrap();
+    assert!(on_b.status(&second).await.unwrap().unwrap().delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_send_acknowledged_survives_a_redis_crash_with_appendfsync_always() {
+    let mut redis = RedisServer::start_persistent().await;
+    let (a, on_a) = node(&redis).await;
+    let mut traces = Vec::new();
+    for i in 0..20 {
+        traces.push(
+            on_a.send(note("bob", "alice", &i.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    redis.kill();
+    redis.restart().await;
+    in_step(&a).await;
+    let (_b, on_b) = node(&redis).await;
+    assert_eq!(on_b.stats().await.unwrap().held, 20);
+    let (mut bob, _guard) = on_b.subscribe("bob", None).await.unwrap();
+    for trace in &traces {
+        let (_, _, data) = next_event(&mut bob).await;
+        assert_eq!(data["trace"], trace.as_str());
+    }
 }

@@ -8,6 +8,7 @@
 mod backplane;
 mod broker;
 mod health;
+mod hook;
 mod http;
 mod mailbox;
 mod mailbox_http;

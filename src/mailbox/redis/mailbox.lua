@@ -13,7 +13,8 @@
 --
 -- Keys under the prefix P:
 --   P:m        hash: serial, fseq (finish order), held, bytes, counters
---   P:r:TRACE  hash: a record (from, to, er, exp, serial, cost, nd = the
+--   P:r:TRACE  hash: a record (stok = the token of the step that sent it,
+--              from, to, er, exp, serial, cost, nd = the
 --              notification frame's data, ep/last and aep/all = where its
 --              frames went, dl = delivered at; rby, rcost, rd, rep/rlast,
 --              raep/rall, rseen, rtok for its reply)
@@ -164,8 +165,13 @@ end
 if OP == 'send' then
   local trace, from, to, er, ttl, cost, data =
     ARGV[14], ARGV[15], ARGV[16], ARGV[17], tonumber(ARGV[18]), tonumber(ARGV[19]), ARGV[20]
-  -- A send retried after a broken connection that had gone through.
-  if redis.call('EXISTS', rk(trace)) == 1 then return {'ok'} end
+  -- A send retried after a broken connection that had gone through (the
+  -- same step's token); any other record under this trace is a clash.
+  local taken = redis.call('HGET', rk(trace), 'stok')
+  if taken then
+    if taken == TOKEN then return {'ok'} end
+    return redis.error_reply('a notification with trace ' .. trace .. ' is held already')
+  end
   purge(256)
   if not sender_has_room(from, 1, cost) then
     count('refused_sender', 1)
@@ -210,7 +216,7 @@ if OP == 'send' then
     if forget(t) then count('dropped', 1) end
   end
   local expires = now + ttl
-  redis.call('HSET', rk(trace), 'from', from, 'to', to, 'er', er, 'exp', expires,
+  redis.call('HSET', rk(trace), 'stok', TOKEN, 'from', from, 'to', to, 'er', er, 'exp', expires,
     'serial', serial, 'cost', cost, 'nd', data, 'ep', epoch, 'last', seq, 'aep', epoch, 'all', seq)
   redis.call('ZADD', P .. ':exp', expires, trace)
   redis.call('ZADD', P .. ':t:' .. to, serial, trace)

@@ -109,9 +109,12 @@ struct Shared {
     limits: Limits,
     /// Open streams per client, on this replica.
     online: Mutex<HashMap<Box<str>, usize>>,
-    /// Serials for trace ids (keyed per process, so unique across them).
-    serial: AtomicU64,
 }
+
+/// Serials for trace ids: one count for the process, however many
+/// mailboxes it runs (the ids are keyed per process, so unique across
+/// processes too).
+static SERIAL: AtomicU64 = AtomicU64::new(0);
 
 impl MailboxBuilder {
     /// Builds a mailbox kept in Redis beside `replica`'s stream, shared by
@@ -130,7 +133,6 @@ impl MailboxBuilder {
                 clock: self.clock_given.then_some(self.clock),
                 limits: self.limits,
                 online: Mutex::default(),
-                serial: AtomicU64::new(0),
             }),
         }
     }
@@ -206,7 +208,7 @@ impl RedisMailbox {
     pub async fn send(&self, notification: Notification) -> Result<TraceId, SendError> {
         let limits = &self.shared.limits;
         let cost = limits.check(&notification)?;
-        let serial = self.shared.serial.fetch_add(1, Ordering::Relaxed) + 1;
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed) + 1;
         let trace = TraceId::generate(serial);
         let data = notification_json(
             &trace,

@@ -125,6 +125,16 @@ impl Client {
         .await
     }
 
+    /// The next event of type `kind`, skipping any other.
+    pub async fn next_of_type(&mut self, kind: &str) -> SseEvent {
+        loop {
+            let event = self.next_event().await;
+            if event.event == kind {
+                return event;
+            }
+        }
+    }
+
     /// The next `n` events.
     pub async fn events(&mut self, n: usize) -> Vec<SseEvent> {
         let mut events = Vec::with_capacity(n);
