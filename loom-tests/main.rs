@@ -570,6 +570,38 @@ fn stream_entry(epoch: u64, seq: u64, topic: &str) -> tower_sse::broker::Mirrore
     }
 }
 
+/// Backplane: a direct message of the stream (a notification of the
+/// mailbox kept in Redis) mirrored while a stream of its client
+/// subscribes reaches that stream exactly when the stream's seam is
+/// before it; a stream subscribed after it has a seam at or past it, and
+/// is sent a copy by its opening instead (the mailbox's `connect` step
+/// compares the two). Never both, never neither.
+#[test]
+fn a_direct_entry_racing_a_subscribe_reaches_it_exactly_when_its_seam_is_before() {
+    use tower_sse::loom_internals::subscribe_client;
+    model(|| {
+        let broker = mirror_joined(EPOCH, &[]);
+        let mirror = {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                let mut entry = stream_entry(EPOCH, 1, "$client/bob");
+                entry.direct = Some(tower_sse::broker::MirroredDirect { key: 2, only: None });
+                broker.mirror([entry]);
+            })
+        };
+        let (mut sub, seam) = subscribe_client(&broker, "bob");
+        mirror.join().unwrap();
+        let mut seen = Vec::new();
+        drain(&mut sub, &mut seen);
+        let got = event_seqs(&seen);
+        if seam < 1 {
+            assert_eq!(got, vec![broker.mirrored_id(1).seq()], "{seen:?}");
+        } else {
+            assert!(got.is_empty(), "{seen:?}");
+        }
+    });
+}
+
 /// A mirrored broker, already joined to the stream's epoch `epoch` with
 /// `backfill` (epoch 1 being its own until then).
 fn mirror_joined(epoch: u64, backfill: &[(u64, &str)]) -> Broker {

@@ -216,6 +216,17 @@ pub mod loom_internals {
     pub fn link_release(broker: &Broker, link: &Link) -> bool {
         broker.link_release(&link.0)
     }
+
+    /// A subscription to the private topic of `client` (`$client/NAME`, as
+    /// the mailbox makes it), and the stream seq its seam stands at.
+    pub fn subscribe_client(broker: &Broker, client: &str) -> (Subscription, u64) {
+        let topic = crate::broker::Topic::reserved(&format!("client/{client}"));
+        let sub = broker
+            .subscribe(&crate::Topics::one(topic), None)
+            .expect("broker open");
+        let seam = crate::broker::stream_seq(sub.seam().seq());
+        (sub, seam)
+    }
 }
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -433,3 +433,99 @@ fn a_publish_wakes_only_the_watchers_of_its_topic() {
         .unwrap();
     assert_eq!(counter.0.load(Ordering::SeqCst), 1_000);
 }
+
+/// A direct message of a shared stream (what a mailbox kept in Redis
+/// appends), for the mirrored broker's tests below.
+fn direct_entry(seq: u64, topic: &str, only: Option<usize>) -> tower_sse::broker::Mirrored {
+    tower_sse::broker::Mirrored {
+        stream_seq: seq,
+        age: Duration::ZERO,
+        topic: topic.into(),
+        event_type: Some("notification".into()),
+        data: format!("direct {seq}").into(),
+        direct: Some(tower_sse::broker::MirroredDirect { key: seq, only }),
+    }
+}
+
+fn event_entry(seq: u64, topic: &str) -> tower_sse::broker::Mirrored {
+    tower_sse::broker::Mirrored {
+        direct: None,
+        event_type: None,
+        ..direct_entry(seq, topic, None)
+    }
+}
+
+/// A mirrored broker joined to an empty stream of epoch 9.
+fn joined_mirror() -> Broker {
+    let broker = Broker::builder()
+        .epoch(1)
+        .retain_forever()
+        .mirrored()
+        .build();
+    broker.mirror_reset(9, []);
+    broker
+}
+
+/// A stream of `client`'s private topic and the public topic `a`.
+fn client_stream(
+    broker: &Broker,
+    client: &str,
+) -> (tower_sse::Subscription, tower_sse::mailbox::Connection) {
+    tower_sse::mailbox::Mailbox::new(broker.clone())
+        .subscribe(client, None)
+        .unwrap()
+}
+
+#[test]
+fn a_mirrored_direct_message_reaches_its_watchers_under_the_stream_id_and_is_never_replayed() {
+    let broker = joined_mirror();
+    let (mut bob, _c1) = client_stream(&broker, "bob");
+    let (mut ann, _c2) = client_stream(&broker, "ann");
+    let outcome = broker.mirror([
+        direct_entry(1, "$client/bob", None),
+        event_entry(2, "$system"),
+        direct_entry(3, "$client/bob", Some(usize::MAX)),
+    ]);
+    assert_eq!((outcome.direct, outcome.skipped), (2, 1));
+    match bob.try_next() {
+        Some(Message::Event(event)) => {
+            assert_eq!(event.id(), broker.mirrored_id(1));
+            assert_eq!(
+                (event.event_type(), event.data()),
+                ("notification", "direct 1")
+            );
+        }
+        other => panic!("expected the direct message, got {other:?}"),
+    }
+    // The one for a subscription of another replica reached nobody here,
+    // and nobody else got anything: no lag for the seqs it took.
+    assert!(bob.try_next().is_none());
+    assert!(ann.try_next().is_none());
+    // A stream resuming from before it is not sent it again: never retained.
+    let mailbox = tower_sse::mailbox::Mailbox::new(broker.clone());
+    let before = broker.mirrored_id(0).to_string();
+    let (mut again, _c3) = mailbox.subscribe("bob", Some(&before)).unwrap();
+    assert!(again.try_next().is_none());
+    assert_eq!(broker.stats().retained_events, 0);
+}
+
+#[test]
+fn a_direct_message_in_a_backfill_reaches_nobody_and_a_bad_one_is_skipped() {
+    let broker = joined_mirror();
+    let (mut bob, _c) = client_stream(&broker, "bob");
+    // Rejoining with a tail holding a direct message: history, not news.
+    let outcome = broker.mirror_reset(9, [direct_entry(1, "$client/bob", None)]);
+    assert_eq!(outcome.skipped, 0);
+    let mut messages = Vec::new();
+    while let Some(message) = bob.try_next() {
+        messages.push(message);
+    }
+    assert!(
+        messages.iter().all(|m| !matches!(m, Message::Event(_))),
+        "{messages:?}"
+    );
+    // Not a topic of direct messages: the public `a`, the system topic.
+    let outcome = broker.mirror([direct_entry(2, "a", None), direct_entry(3, "$system", None)]);
+    assert_eq!((outcome.direct, outcome.skipped), (0, 2));
+    assert_eq!(broker.stats().mirror.unwrap().skipped, 2);
+}

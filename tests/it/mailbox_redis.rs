@@ -351,3 +351,46 @@ async fn what_send_acknowledged_survives_a_redis_crash_with_appendfsync_always()
         assert_eq!(data["trace"], trace.as_str());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_503_with_retry_after_while_redis_is_unreachable() {
+    use http_body_util::Full;
+    use tower::Layer;
+    use tower_sse::mailbox::MailboxLayer;
+
+    let mut redis = RedisServer::start().await;
+    let (a, on_a) = node(&redis).await;
+    let ask = Notification::to("bob")
+        .from("alice")
+        .json("?")
+        .unwrap()
+        .expects_reply();
+    let trace = on_a.send(ask).await.unwrap();
+    let routes = MailboxLayer::new(on_a.clone())
+        .identify(|parts: &http::request::Parts| parts.uri.query().map(str::to_owned))
+        .layer(tower::service_fn(
+            |_: http::Request<Full<bytes::Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(
+                    Full::<bytes::Bytes>::default(),
+                ))
+            },
+        ));
+    let ask = |method: Method, path: String| {
+        let mut request = client::request(method, &path);
+        *request.body_mut() = Full::from(r#""ok""#);
+        client::call(routes.clone(), request)
+    };
+    let status = ask(Method::GET, format!("/notifications/{trace}?alice")).await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.text());
+    redis.kill();
+    eventually("the replica to see Redis gone", || !a.stats().connected).await;
+    for (method, path) in [
+        (Method::GET, format!("/notifications/{trace}?alice")),
+        (Method::POST, format!("/notifications/{trace}/reply?bob")),
+        (Method::POST, format!("/notifications/{trace}/ack?bob")),
+    ] {
+        let refused = ask(method, path.clone()).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(refused.header("retry-after"), Some("5"), "{path}");
+    }
+}
