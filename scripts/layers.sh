@@ -26,6 +26,10 @@ forbid "src/broker/*.rs" 'crate::(sse|mailbox|mode|response|health|require_writa
 # The hub's driver sits on the broker alone: no HTTP, no layer.
 forbid "src/upstream/*.rs" 'crate::(sse|mailbox|mode|response|health|require_writable|shutdown|serve|axum|tcp|backplane)|\bhttp(_body)?::|\bhyper' \
     "src/upstream imports from above it"
+# The backplane sits on the broker (and reports in the mode): the mailbox
+# kept in Redis builds on it, never the other way round.
+forbid "src/backplane/*.rs" 'crate::(sse|mailbox|response|health|require_writable|shutdown|serve|axum|tcp|upstream)|\bhttp(_body)?::|\bhyper' \
+    "src/backplane imports from above it"
 # The events route knows the mailbox only through its hook.
 forbid "src/sse/*.rs" 'crate::(mailbox|mode|health|require_writable|shutdown|serve|axum)' \
     "src/sse imports from above it"

@@ -72,6 +72,16 @@
 //! as a notification is for its target: sent to each stream of the sender
 //! as it opens, until the sender's `Last-Event-ID` shows it arrived. Until
 //! then the notification is not finished, and a full mailbox keeps it.
+//!
+//! # Many replicas
+//!
+//! A `Mailbox` holds what it was sent in its own process. Replicas behind
+//! a load balancer keep one mailbox in Redis instead (feature `redis`):
+//! `RedisMailbox`, built with `MailboxBuilder::redis` from a backplane
+//! replica, with the same bounds and the same delivery, each change one
+//! atomic step in Redis, its frames carried by the backplane's stream.
+//! [`MailboxStore`] is what both are to the routes, and to an app that runs
+//! either.
 
 mod error;
 #[cfg(not(loom))]

@@ -17,7 +17,8 @@ pub use crate::response::{ResponseBody, ResponseFuture};
 
 type Identify = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
-/// Serves a [`Mailbox`]'s routes and passes every other request on:
+/// Serves a mailbox's routes (a [`Mailbox`](super::Mailbox), or any
+/// [`MailboxStore`]) and passes every other request on:
 ///
 /// | route | who | answers |
 /// |---|---|---|
