@@ -11,6 +11,12 @@
 // 3. reconnects by itself with Last-Event-ID, lands on B, and gets exactly
 //    the two it missed, then the next live one, with no resync.
 //
+// Then the mailbox, kept in Redis by both replicas, with each client as
+// `?as=NAME` on A: a notification sent on B reaches it live on A; cut off
+// and pointed at B, it misses one sent on A, reconnects to B with the id A
+// gave it, and gets exactly the one it missed (the first, proven by that
+// id, is not sent again); the status on A says the first is delivered.
+//
 //   A_URL=http://127.0.0.1:PORT B_URL=http://127.0.0.1:PORT node replicas.test.mjs
 //
 // (`bash e2e/run.sh` starts a redis-server and the two replicas for it.)
@@ -62,6 +68,63 @@ async function scenario(name, Source, proxy, upstream, a, b, n0) {
   }
 }
 
+async function notifyVia(base, from, to, n) {
+  const response = await fetch(new URL(`/notify?as=${from}`, base), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ to, payload: { n } }),
+    signal: AbortSignal.timeout(5_000),
+  });
+  const answer = await response.json();
+  if (!response.ok || typeof answer.trace !== "string") {
+    throw new Failure(`POST ${base}/notify: ${response.status} ${JSON.stringify(answer)}`);
+  }
+  return answer.trace;
+}
+
+async function statusVia(base, as, trace) {
+  const response = await fetch(new URL(`/notifications/${trace}?as=${as}`, base), {
+    signal: AbortSignal.timeout(5_000),
+  });
+  if (!response.ok) throw new Failure(`GET status ${trace}: ${response.status}`);
+  return response.json();
+}
+
+async function mailboxScenario(name, Source, proxy, upstream, a, b, who) {
+  log(`--- ${name}: the mailbox across replicas`);
+  upstream.port = Number(a.port);
+  const before = proxy.eventRequests().length;
+  const { source, seen } = open(Source, `http://127.0.0.1:${proxy.port}/events?as=${who}`);
+  try {
+    await waitFor("the stream to open on A", () => seen.opens, (n) => n === 1);
+    const first = await notifyVia(b, "alice", who, 1);
+    await waitFor("the notification sent on B", () => seen.notifications.length, (n) => n >= 1);
+    check(seen.notifications[0].trace === first,
+      `${name}: a notification sent on B reaches it live on A`, seen.notifications);
+
+    proxy.sever();
+    upstream.port = Number(b.port);
+    await waitFor("the client to notice the cut", () => seen.errors, (n) => n >= 1);
+    const second = await notifyVia(a, "alice", who, 2);
+    const reconnect = await waitFor("its own reconnect (held at the balancer)",
+      () => proxy.eventRequests().slice(before).find((r) => r.cut), Boolean);
+    check(reconnect.headers["last-event-id"] === seen.notifications[0].id,
+      `${name}: it reconnects with Last-Event-ID = the notification's id on A`, reconnect.headers);
+    proxy.heal();
+
+    await waitFor("the one it missed, from B", () => seen.notifications.length, (n) => n >= 2);
+    const second_status = await statusVia(a, "alice", second);
+    const first_status = await statusVia(a, "alice", first);
+    check(same(seen.notifications.map((m) => m.trace), [first, second]),
+      `${name}: on B it gets exactly the one sent while away, not the first again`, seen.notifications);
+    check(first_status.delivered === true && second_status.delivered === false,
+      `${name}: the id A gave proved the first on B; the second awaits proof`,
+      { first_status, second_status });
+  } finally {
+    source.close();
+  }
+}
+
 async function main() {
   if (!A_URL || !B_URL) throw new Failure("A_URL and B_URL are not set (run bash e2e/run.sh)");
   if (typeof EventSource !== "function") {
@@ -74,6 +137,8 @@ async function main() {
   try {
     await scenario("Node's EventSource (undici)", EventSource, proxy, upstream, a, b, 100);
     await scenario("npm eventsource", NpmEventSource, proxy, upstream, a, b, 200);
+    await mailboxScenario("Node's EventSource (undici)", EventSource, proxy, upstream, a, b, "bob");
+    await mailboxScenario("npm eventsource", NpmEventSource, proxy, upstream, a, b, "carol");
   } finally {
     await proxy.close();
   }

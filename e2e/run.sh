@@ -7,7 +7,9 @@
 # parsers (sseclient-py, httpx-sse) get live events and resume from an id;
 # with two replicas of the demo on one redis-server of its own behind a
 # balancer, Node's and npm's EventSource are cut off from one replica and
-# resume on the other; and on the `upstream` example (topics fed from that
+# resume on the other, their notifications (the mailbox kept in Redis)
+# following them, the id one replica gave proving delivery on the other;
+# and on the `upstream` example (topics fed from that
 # Redis's pub/sub), they are cut off and resume within the linger, ten
 # streams of a topic on one Redis subscription. Screenshots and a JSON
 # report go to e2e/artifacts/.
@@ -152,7 +154,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$E2E/requirements.txt" -nt "$VENV/.installe
 fi
 DEMO_URL=$DEMO_URL timeout --kill-after=5 120 "$VENV/bin/python" "$E2E/python_clients.py"
 
-step "two replicas of the demo on one Redis, behind a balancer: EventSource resumes across them"
+step "two replicas of the demo on one Redis, behind a balancer: EventSource resumes across them, and its notifications follow"
 bash scripts/ensure-redis.sh e2e
 free_port() {
     node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'

@@ -212,10 +212,14 @@ export async function publishTo(base, n) {
 }
 
 /// Opens an EventSource of class `Source` on `url` and records what it
-/// does: opens, errors, messages (`{id, n}`) and resync frames.
+/// does: opens, errors, messages (`{id, n}`), notifications (`{id,
+/// trace}`) and resync frames.
 export function openSource(Source, url) {
   const source = new Source(url);
-  const seen = { opens: 0, errors: 0, messages: [], resyncs: [] };
+  const seen = { opens: 0, errors: 0, messages: [], notifications: [], resyncs: [] };
+  source.addEventListener("notification", (event) => {
+    seen.notifications.push({ id: event.lastEventId, trace: JSON.parse(event.data).trace });
+  });
   source.addEventListener("open", () => seen.opens++);
   source.addEventListener("error", () => seen.errors++);
   source.addEventListener("message", (event) => {
