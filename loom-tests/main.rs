@@ -585,7 +585,7 @@ fn a_direct_entry_racing_a_subscribe_reaches_it_exactly_when_its_seam_is_before(
             let broker = broker.clone();
             thread::spawn(move || {
                 let mut entry = stream_entry(EPOCH, 1, "$client/bob");
-                entry.direct = Some(tower_sse::broker::MirroredDirect { key: 2, only: None });
+                entry.direct = Some(tower_sse::broker::MirroredDirect { key: 2 });
                 broker.mirror([entry]);
             })
         };

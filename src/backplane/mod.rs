@@ -406,12 +406,6 @@ impl Replica {
         )
     }
 
-    /// The `only` field of a direct message for `subscription`, one of
-    /// this replica's.
-    pub(crate) fn only(&self, subscription: &crate::Subscription) -> String {
-        stream::only_field(self.shared.nonce, subscription.key())
-    }
-
     /// How many entries the stream keeps.
     pub(crate) fn retention(&self) -> usize {
         stream::stream_retention(self.broker.retained_events_limit())

@@ -368,7 +368,7 @@ impl Reader {
         let mut last = None;
         for entry in ids {
             last = Some(entry);
-            match parse_entry(&entry.id, &entry.map, epoch, now, self.shared.nonce) {
+            match parse_entry(&entry.id, &entry.map, epoch, now) {
                 Some(entry) => entries.push(entry),
                 None => {
                     tracing::debug!(id = %entry.id, "skipping a stream entry this backplane did not write");

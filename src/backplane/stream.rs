@@ -8,9 +8,7 @@
 //!   (the publishing replica's token for it, so that a retried publish
 //!   finds itself instead of appending twice); an entry that is a direct
 //!   message (a notification or reply of the mailbox kept in Redis) has
-//!   `key` (what names it for taking it back) and `only` (empty: for every
-//!   stream watching its topic; `NONCE.SUB`: for subscription `SUB` of the
-//!   replica whose nonce is `NONCE`) too;
+//!   `key` too (what names it for taking it back);
 //! - `KEY:meta` is a hash: `epoch`, the epoch of the stream's ids, and
 //!   `seq`, the last seq given.
 
@@ -199,7 +197,6 @@ pub(super) fn parse_entry(
     fields: &HashMap<String, Value>,
     epoch: u64,
     now_millis: u64,
-    nonce: u64,
 ) -> Option<Mirrored> {
     let stream_seq = entry_seq(id)?;
     let text = |name: &str| -> Option<String> {
@@ -215,7 +212,6 @@ pub(super) fn parse_entry(
         None => None,
         Some(key) => Some(MirroredDirect {
             key: key.parse().ok()?,
-            only: direct_only(&text("only")?, nonce)?,
         }),
     };
     Some(Mirrored {
@@ -226,26 +222,6 @@ pub(super) fn parse_entry(
         data: data.into(),
         direct,
     })
-}
-
-/// The `only` field of a direct message: `None` for every stream watching
-/// its topic, `Some(sub)` for one of this replica's subscriptions, or
-/// `Some(usize::MAX)`, a key no subscription has, for another replica's.
-/// `None` outer: not a field this backplane wrote.
-fn direct_only(only: &str, nonce: u64) -> Option<Option<usize>> {
-    if only.is_empty() {
-        return Some(None);
-    }
-    let (owner, sub) = only.split_once('.')?;
-    let owner = u64::from_str_radix(owner, 16).ok()?;
-    let sub: usize = sub.parse().ok()?;
-    Some(Some(if owner == nonce { sub } else { usize::MAX }))
-}
-
-/// The `only` field that sends a direct message to subscription `sub` of
-/// the replica whose nonce is `nonce`.
-pub(crate) fn only_field(nonce: u64, sub: usize) -> String {
-    format!("{nonce:x}.{sub}")
 }
 
 #[cfg(test)]
@@ -268,27 +244,27 @@ mod tests {
             ("data", "hi"),
             ("at", "1000"),
         ]);
-        let entry = parse_entry("12-0", &good, 7, 1500, 1).expect("parses");
+        let entry = parse_entry("12-0", &good, 7, 1500).expect("parses");
         assert_eq!(entry.stream_seq, 12);
         assert_eq!(entry.age, Duration::from_millis(500));
         assert_eq!(entry.event_type, None);
         assert_eq!(&entry.data[..], b"hi");
         // Another epoch, another writer's id, a missing field: skipped.
-        assert!(parse_entry("12-0", &good, 8, 1500, 1).is_none());
-        assert!(parse_entry("1712345678901-3", &good, 7, 1500, 1).is_none());
-        assert!(parse_entry("x-0", &good, 7, 1500, 1).is_none());
+        assert!(parse_entry("12-0", &good, 8, 1500).is_none());
+        assert!(parse_entry("1712345678901-3", &good, 7, 1500).is_none());
+        assert!(parse_entry("x-0", &good, 7, 1500).is_none());
         let mut partial = good.clone();
         partial.remove("data");
-        assert!(parse_entry("12-0", &partial, 7, 1500, 1).is_none());
+        assert!(parse_entry("12-0", &partial, 7, 1500).is_none());
         // A publish time in the future counts as now.
         assert_eq!(
-            parse_entry("12-0", &good, 7, 10, 1).unwrap().age,
+            parse_entry("12-0", &good, 7, 10).unwrap().age,
             Duration::ZERO
         );
     }
 
     #[test]
-    fn a_direct_message_is_for_every_stream_or_for_one_of_this_replica() {
+    fn a_direct_message_has_a_key() {
         let mut direct = fields(&[
             ("epoch", "7"),
             ("topic", "$client/bob"),
@@ -296,26 +272,12 @@ mod tests {
             ("data", "{}"),
             ("at", "1000"),
             ("key", "42"),
-            ("only", ""),
         ]);
-        let parsed = |fields: &HashMap<String, Value>| {
-            parse_entry("3-0", fields, 7, 1000, 0xab).and_then(|entry| entry.direct)
-        };
-        let every = MirroredDirect {
-            key: 42,
-            only: None,
-        };
-        assert_eq!(parsed(&direct), Some(every));
-        direct.insert("only".into(), Value::BulkString(b"ab.5".to_vec()));
-        assert_eq!(parsed(&direct).unwrap().only, Some(5));
-        direct.insert("only".into(), Value::BulkString(b"cd.5".to_vec()));
-        assert_eq!(parsed(&direct).unwrap().only, Some(usize::MAX));
-        // A direct message with a field that does not parse is not one.
-        direct.insert("only".into(), Value::BulkString(b"ab".to_vec()));
-        assert!(parse_entry("3-0", &direct, 7, 1000, 0xab).is_none());
-        direct.insert("only".into(), Value::BulkString(b"".to_vec()));
+        let entry = parse_entry("3-0", &direct, 7, 1000).expect("parses");
+        assert_eq!(entry.direct, Some(MirroredDirect { key: 42 }));
+        // A key that does not parse: not an entry of this backplane.
         direct.insert("key".into(), Value::BulkString(b"x".to_vec()));
-        assert!(parse_entry("3-0", &direct, 7, 1000, 0xab).is_none());
+        assert!(parse_entry("3-0", &direct, 7, 1000).is_none());
     }
 
     #[test]

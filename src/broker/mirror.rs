@@ -79,17 +79,13 @@ pub struct Mirrored {
 /// mailbox kept in the shared engine): it takes its place and its id in the
 /// stream like any entry, the same on every replica, but it is never
 /// retained. It goes to the subscriptions watching its topic (a reserved
-/// topic of direct messages) when the entry is mirrored, or to one of them,
-/// and never to a reader that joins later: entries of a backfill are
-/// skipped, since what a mailbox holds is sent again to a stream as it
-/// opens.
+/// topic of direct messages) when the entry is mirrored, and never to a
+/// reader that joins later: entries of a backfill are skipped, since what
+/// a mailbox holds is sent again to a stream as it opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MirroredDirect {
     /// Names the message for taking it back from inboxes unread.
     pub key: u64,
-    /// Only for the subscription of this key, if it still watches the
-    /// topic; `None`: for every subscription watching it.
-    pub only: Option<usize>,
 }
 
 /// A mirrored broker's place in its stream, in [`BrokerStats`](super::BrokerStats).
@@ -124,7 +120,7 @@ pub struct MirrorOutcome {
     /// Entries refused: not an event this broker takes.
     pub skipped: usize,
     /// Entries that were direct messages (handed to the subscriptions
-    /// they were for, if any).
+    /// watching their topic, if any).
     pub direct: usize,
     /// Stream entries missing before an entry (a lost stretch).
     pub missed: u64,
@@ -290,8 +286,9 @@ impl Broker {
         outcome.appended += 1;
     }
 
-    /// Hands a direct message of the stream to the subscriptions it is for
-    /// (none in a backfill); false if it is not one this broker takes.
+    /// Hands a direct message of the stream to the subscriptions watching
+    /// its topic (none in a backfill); false if it is not one this broker
+    /// takes.
     /// `state`'s seq already stands at the entry's.
     fn mirror_direct(
         &self,
@@ -326,7 +323,6 @@ impl Broker {
             .watchers
             .iter()
             .map(|(_, &sub)| sub)
-            .filter(|&sub| direct.only.is_none_or(|only| only == sub))
             .collect();
         if watchers.is_empty() {
             return true;

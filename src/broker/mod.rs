@@ -49,7 +49,7 @@ pub use crate::wire::{EventId, ParseEventIdError, ResyncReason, RESERVED_EVENT_T
 pub use self::hub::HubStats;
 pub(crate) use self::hub::{Joined, Link, LinkStatus, Opener};
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
-pub(crate) use self::mirror::{local_seq, stream_seq};
+pub(crate) use self::mirror::{local_seq, stream_seq, LOCAL_MASK};
 pub use self::mirror::{MirrorOutcome, MirrorStats, Mirrored, MirroredDirect, MAX_STREAM_SEQ};
 pub(crate) use self::subscription::Frames;
 
@@ -435,22 +435,46 @@ impl Broker {
         event: Event,
     ) -> Result<EventId, PublishError> {
         debug_assert!(Arc::ptr_eq(&self.shared, sub.shared()));
+        self.send_direct_to_key(sub.key(), topic, key, event)?
+            .ok_or(PublishError::InvalidTopic)
+    }
+
+    /// The same, for the subscription of key `sub` (what
+    /// [`Subscription::key`] gave), if one still watches `topic`: for a
+    /// task that outlived the subscription it was handed. A key reused
+    /// since by another subscription reaches it only if it watches
+    /// `topic` too (for a client's private topic: the same client).
+    /// `None`, sending nothing, if none does.
+    pub(crate) fn send_direct_to_key(
+        &self,
+        sub: usize,
+        topic: &Topic,
+        key: u64,
+        event: Event,
+    ) -> Result<Option<EventId>, PublishError> {
         let prepared = self.prepare(event, Origin::Crate)?;
         let mut wakers = Vec::new();
-        let seq = {
+        let id = {
             let mut state = lock(&self.shared.state);
             if state.closed {
                 return Err(PublishError::Closed);
             }
             let Some(&topic_key) = state.topic_index.get(topic) else {
-                return Err(PublishError::InvalidTopic);
+                return Ok(None);
             };
+            if !state.topics[topic_key]
+                .watchers
+                .iter()
+                .any(|(_, &s)| s == sub)
+            {
+                return Ok(None);
+            }
             let entry = self.direct_entry(&mut state, topic_key, topic.clone(), prepared)?;
-            state.push_direct(sub.key(), key, &entry, &mut wakers);
+            state.push_direct(sub, key, &entry, &mut wakers);
             EventId::new(state.epoch, entry.seq)
         };
         wakers.into_iter().for_each(Waker::wake);
-        Ok(seq)
+        Ok(Some(id))
     }
 
     /// Takes back the unread direct messages named `key` from the

@@ -394,3 +394,30 @@ async fn every_route_answers_503_with_retry_after_while_redis_is_unreachable() {
         assert_eq!(refused.header("retry-after"), Some("5"), "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opening_costs_the_shared_stream_nothing_however_often_a_client_reconnects() {
+    let redis = RedisServer::start().await;
+    let (_a, on_a) = node(&redis).await;
+    let (_b, on_b) = node(&redis).await;
+    for i in 0..10 {
+        on_a.send(note("bob", "alice", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    let xlen = redis::cmd("XLEN").arg("test:events").clone();
+    let length = || redis.query::<usize>(&xlen);
+    assert_eq!(length().await, 10, "one entry per send");
+    // Bob reconnects again and again, without proof: each stream gets its
+    // own copy of all ten, and the stream every replica reads (and its
+    // retention, which everyone's resume relies on) does not grow.
+    for _ in 0..20 {
+        let (mut sub, _guard) = on_b.subscribe("bob", None).await.unwrap();
+        for i in 0..10 {
+            let (_, _, data) = next_event(&mut sub).await;
+            assert_eq!(data["payload"], i.to_string());
+        }
+    }
+    assert_eq!(length().await, 10);
+    assert_eq!(on_a.stats().await.unwrap().published, 10 + 20 * 10);
+}

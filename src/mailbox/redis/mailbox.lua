@@ -14,10 +14,11 @@
 -- Keys under the prefix P:
 --   P:m        hash: serial, fseq (finish order), held, bytes, counters
 --   P:r:TRACE  hash: a record (stok = the token of the step that sent it,
---              from, to, er, exp, serial, cost, nd = the
---              notification frame's data, ep/last and aep/all = where its
---              frames went, dl = delivered at; rby, rcost, rd, rep/rlast,
---              raep/rall, rseen, rtok for its reply)
+--              from, to, er, exp, serial, cost, nd = the notification
+--              frame's data, ep/last/lastk = its newest frame to any
+--              stream, aep/all = its newest frame to every stream, dl =
+--              delivered at; rby, rcost, rd, rep/rlast/rlastk, raep/rall,
+--              rseen, rtok for its reply)
 --   P:t:TO     zset by serial: a target's notifications, oldest first
 --   P:tb       hash: bytes held per target
 --   P:sc, P:sb hash: count and bytes per sender
@@ -45,12 +46,12 @@ local function rk(trace) return P .. ':r:' .. trace end
 local function num(v) return tonumber(v or '0') or 0 end
 local function count(field, by) redis.call('HINCRBY', M, field, by) end
 
--- Appends a direct message to the stream: for every stream watching the
--- topic (`only` empty) or for one. Returns epoch, seq, or nil and the error.
-local function frame(topic, etype, data, key, only)
+-- Appends a direct message to the stream, for every stream watching the
+-- topic. Returns epoch, seq, or nil and the error.
+local function frame(topic, etype, data, key)
   appended_n = appended_n + 1
   local added = append(KEYS[1], KEYS[2], NEW_EPOCH, RETENTION, topic, etype, data,
-    {'tok', TOKEN .. '.' .. appended_n, 'key', key, 'only', only})
+    {'tok', TOKEN .. '.' .. appended_n, 'key', key})
   if added.err then return nil, added end
   count('published', 1)
   return added[1], added[2]
@@ -156,12 +157,6 @@ local function key(serial, reply)
   return tostring(serial * 2 + (reply and 1 or 0))
 end
 
--- Whether a frame at stream seq `seq` of `epoch` is at or before the
--- stream seq `at` of `at_epoch`.
-local function at_or_before(epoch, seq, at_epoch, at)
-  return epoch ~= false and epoch ~= nil and epoch == at_epoch and num(seq) <= num(at)
-end
-
 if OP == 'send' then
   local trace, from, to, er, ttl, cost, data =
     ARGV[14], ARGV[15], ARGV[16], ARGV[17], tonumber(ARGV[18]), tonumber(ARGV[19]), ARGV[20]
@@ -210,14 +205,15 @@ if OP == 'send' then
     end
   end
   local serial = redis.call('HINCRBY', M, 'serial', 1)
-  local epoch, seq = frame('$client/' .. to, 'notification', data, key(serial, false), '')
+  local epoch, seq = frame('$client/' .. to, 'notification', data, key(serial, false))
   if not epoch then return seq end
   for _, t in ipairs(drop) do
     if forget(t) then count('dropped', 1) end
   end
   local expires = now + ttl
   redis.call('HSET', rk(trace), 'stok', TOKEN, 'from', from, 'to', to, 'er', er, 'exp', expires,
-    'serial', serial, 'cost', cost, 'nd', data, 'ep', epoch, 'last', seq, 'aep', epoch, 'all', seq)
+    'serial', serial, 'cost', cost, 'nd', data, 'ep', epoch, 'last', seq, 'lastk', 0,
+    'aep', epoch, 'all', seq)
   redis.call('ZADD', P .. ':exp', expires, trace)
   redis.call('ZADD', P .. ':t:' .. to, serial, trace)
   redis.call('HINCRBY', P .. ':tb', to, cost)
@@ -275,10 +271,10 @@ if OP == 'reply' then
       return {'full'}
     end
   end
-  local epoch, seq = frame('$client/' .. from, 'notification.reply', data, key(num(f[6]), true), '')
+  local epoch, seq = frame('$client/' .. from, 'notification.reply', data, key(num(f[6]), true))
   if not epoch then return seq end
   redis.call('HSET', r, 'rby', by, 'rcost', cost, 'rd', data, 'rtok', rtok, 'rat', wall,
-    'rep', epoch, 'rlast', seq, 'raep', epoch, 'rall', seq)
+    'rep', epoch, 'rlast', seq, 'rlastk', 0, 'raep', epoch, 'rall', seq)
   count('bytes', cost)
   redis.call('HINCRBY', P .. ':sb', from, cost)
   -- Answering proves it arrived.
@@ -287,41 +283,66 @@ if OP == 'reply' then
   return {'ok', record(trace)}
 end
 
+-- Where frames of a record went are kept as stream seq and own-frame
+-- index: `S.0` for an entry of the stream (the same id on every replica),
+-- `S.K` for a copy a replica sent one stream of its own (an id between
+-- two entries). Both compare as pairs.
+local function at_or_before(epoch, s, k, at_epoch, at_s, at_k)
+  if not epoch or epoch ~= at_epoch then return false end
+  s, k, at_s, at_k = num(s), num(k), num(at_s), num(at_k)
+  return s < at_s or (s == at_s and k <= at_k)
+end
+
 if OP == 'connect' then
   -- A stream of `client` opened, subscribed at stream seq `seam` of
-  -- `seam_epoch` (what the stream will get from the log from there on),
-  -- resumed after stream seq `seen` of `seen_epoch` if its client proved
-  -- what it received (else `seen` is empty): confirm what it proves,
-  -- send the rest to that one stream (`only`).
-  local client, seen_epoch, seen, seam_epoch, seam, only =
+  -- `seam_epoch` (what it gets from the stream from there on), resumed
+  -- after `seen` and `seen_k` of `seen_epoch` if its client proved what
+  -- it received (else `seen` is empty): confirm what that proves, and
+  -- answer what this stream must be sent a copy of (every other
+  -- unconfirmed notification, every unseen reply, unless one went to
+  -- every stream after it subscribed). The replica sends the copies and
+  -- records them with `copied` before the stream shows any id.
+  local client, seen_epoch, seen, seen_k, seam_epoch, seam =
     ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19]
   local proof = seen ~= ''
   purge(256)
+  local copies = {}
   for _, trace in ipairs(redis.call('ZRANGE', P .. ':t:' .. client, 0, -1)) do
-    local r = rk(trace)
-    local f = redis.call('HMGET', r, 'dl', 'ep', 'last', 'aep', 'all', 'nd', 'serial')
+    local f = redis.call('HMGET', rk(trace), 'dl', 'ep', 'last', 'lastk', 'aep', 'all', 'nd', 'serial')
     if not f[1] then
-      if proof and at_or_before(f[2], f[3], seen_epoch, seen) then
+      if proof and at_or_before(f[2], f[3], f[4], seen_epoch, seen, seen_k) then
         mark_delivered(trace)
-      elseif not (f[4] == seam_epoch and num(f[5]) > num(seam)) then
-        local epoch, seq = frame('$client/' .. client, 'notification', f[6], key(num(f[7]), false), only)
-        if not epoch then return seq end
-        if epoch == f[2] then seq = math.max(seq, num(f[3])) end
-        redis.call('HSET', r, 'ep', epoch, 'last', seq)
+      elseif not (f[5] == seam_epoch and num(f[6]) > num(seam)) then
+        copies[#copies + 1] = {'n', trace, f[7], key(num(f[8]), false)}
       end
     end
   end
   for _, trace in ipairs(redis.call('ZRANGE', P .. ':ur:' .. client, 0, -1)) do
-    local r = rk(trace)
-    local f = redis.call('HMGET', r, 'rep', 'rlast', 'raep', 'rall', 'rd', 'serial')
-    if proof and at_or_before(f[1], f[2], seen_epoch, seen) then
+    local f = redis.call('HMGET', rk(trace), 'rep', 'rlast', 'rlastk', 'raep', 'rall', 'rd', 'serial')
+    if proof and at_or_before(f[1], f[2], f[3], seen_epoch, seen, seen_k) then
       mark_reply_seen(trace, client)
-    elseif not (f[3] == seam_epoch and num(f[4]) > num(seam)) then
-      local epoch, seq = frame('$client/' .. client, 'notification.reply', f[5], key(num(f[6]), true), only)
-      if not epoch then return seq end
-      if epoch == f[1] then seq = math.max(seq, num(f[2])) end
-      redis.call('HSET', r, 'rep', epoch, 'rlast', seq)
+    elseif not (f[4] == seam_epoch and num(f[5]) > num(seam)) then
+      copies[#copies + 1] = {'r', trace, f[6], key(num(f[7]), true)}
     end
+  end
+  return {'ok', copies}
+end
+
+if OP == 'copied' then
+  -- The copies a replica sent one stream, `kind trace epoch s k` each:
+  -- each record's newest frame, if this one is newer (or of a newer
+  -- epoch: the stream's epoch only changes forwards in time).
+  local i = 14
+  while ARGV[i] do
+    local kind, trace, epoch, s, k = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local r = rk(trace)
+    local names = kind == 'n' and {'ep', 'last', 'lastk'} or {'rep', 'rlast', 'rlastk'}
+    local f = redis.call('HMGET', r, names[1], names[2], names[3])
+    if f[1] and not at_or_before(epoch, s, k, f[1], f[2], f[3]) then
+      redis.call('HSET', r, names[1], epoch, names[2], s, names[3], k)
+    end
+    count('published', 1)
+    i = i + 5
   end
   return {'ok'}
 end

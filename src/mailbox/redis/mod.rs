@@ -21,7 +21,8 @@ use crate::backplane::{Replica, APPEND};
 use crate::broker::EventId;
 use crate::clock::Clock;
 use crate::sse::StreamGuard;
-use crate::Subscription;
+use crate::wire::{NOTIFICATION_EVENT, REPLY_EVENT};
+use crate::{Event, Subscription};
 
 /// What a refusal for an unreachable store suggests (`Retry-After`).
 pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -45,13 +46,15 @@ const PURGE_BATCH: usize = 256;
 ///   appended to the backplane's stream in the same step that holds it, as
 ///   a direct message for the client's private topic: every replica's
 ///   reader hands it to the streams of that client open there, under the
-///   same id on every replica, and never retains it. A stream that opens
-///   is sent what is held for its client as entries for that one stream.
-///   Since every frame's id is the stream's, a `Last-Event-ID` proves
-///   receipt on any replica, exactly as in one process. The stream opening
-///   holds its events back until Redis answered (at most the publish
-///   timeout), so that no id reaches the client before what it stands for
-///   is recorded.
+///   same id on every replica, and never retains it.
+/// - **A stream that opens** is sent a copy of what is held for its client
+///   by its own replica, as a frame of that stream alone (nothing reaches
+///   the shared stream, however often clients reconnect), and the copies'
+///   ids are recorded in Redis before the stream shows any id: its events
+///   wait for both steps (at most twice the publish timeout). So every
+///   stream open while a notification is unconfirmed holds a copy whose id
+///   is recorded, and a `Last-Event-ID` at or past the newest recorded one
+///   proves receipt, on any replica, exactly as in one process.
 /// - **Expiry is part of every step.** Each operation first purges what
 ///   expired (the oldest 256 at most), by the mailbox's clock, inside its
 ///   own atomic step: no janitor, nothing for replicas to race on.
@@ -412,19 +415,20 @@ impl RedisMailbox {
         }
     }
 
-    /// What a step needs of a subscription, taken at once: the step may
-    /// run after it was handed on.
+    /// What the opening needs of a subscription, taken at once: it runs
+    /// after the subscription was handed on.
     fn probe(&self, subscription: &Subscription) -> Probe {
         Probe {
             seam: subscription.seam(),
-            only: self.shared.replica.only(subscription),
+            key: subscription.key(),
         }
     }
 
     /// A stream of `client` opened (`probe`): confirm what its
-    /// `Last-Event-ID` (`proof`) shows it received, and send the rest of
-    /// what is held for it, and of the replies it has not seen, to that
-    /// one stream (unless it gets it from the stream already).
+    /// `Last-Event-ID` (`proof`) shows it received, send that one stream a
+    /// copy of everything else held for it and of the replies it has not
+    /// seen (unless it gets one from the stream already), and record where
+    /// the copies went, all before the stream shows any id.
     async fn connect(
         &self,
         client: &str,
@@ -432,28 +436,88 @@ impl RedisMailbox {
         proof: Option<&str>,
     ) -> Result<(), Unavailable> {
         let seam = probe.seam;
-        let stream = crate::broker::stream_seq;
         let seen = proof
             .and_then(|id| id.parse::<EventId>().ok())
             .filter(|id| id.epoch() == seam.epoch());
-        let (seen_epoch, seen) = match seen {
-            Some(id) => (id.epoch().to_string(), stream(id.seq()).to_string()),
-            None => (String::new(), String::new()),
+        let (seen_epoch, seen_s, seen_k) = match seen {
+            Some(id) => {
+                let (s, k) = split(id);
+                (id.epoch().to_string(), s.to_string(), k.to_string())
+            }
+            None => Default::default(),
         };
-        self.step(
-            "connect",
-            &[
-                client.as_bytes(),
-                seen_epoch.as_bytes(),
-                seen.as_bytes(),
-                seam.epoch().to_string().as_bytes(),
-                stream(seam.seq()).to_string().as_bytes(),
-                probe.only.as_bytes(),
-            ],
-        )
-        .await
-        .map(drop)
+        let answer = self
+            .step(
+                "connect",
+                &[
+                    client.as_bytes(),
+                    seen_epoch.as_bytes(),
+                    seen_s.as_bytes(),
+                    seen_k.as_bytes(),
+                    seam.epoch().to_string().as_bytes(),
+                    split(seam).0.to_string().as_bytes(),
+                ],
+            )
+            .await?;
+        let Some(Value::Array(copies)) = answer.rest.first() else {
+            return Ok(());
+        };
+        let broker = self.shared.replica.broker();
+        let topic = client_topic(client);
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        for copy in copies {
+            let Value::Array(fields) = copy else { continue };
+            let [kind, trace, data, key] = &fields[..] else {
+                continue;
+            };
+            let (Some(kind), Some(trace), Some(key)) = (
+                text(kind),
+                text(trace),
+                text(key).and_then(|k| k.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            let Ok(data) = redis::from_redis_value_ref::<Vec<u8>>(data) else {
+                continue;
+            };
+            let event_type = if kind == "r" {
+                REPLY_EVENT
+            } else {
+                NOTIFICATION_EVENT
+            };
+            let event = Event::new(event_type).data(data);
+            // Gone (the stream ended) or the broker closed: nothing sent,
+            // nothing to record; it stays unconfirmed.
+            let Ok(Some(id)) = broker.send_direct_to_key(probe.key, &topic, key, event) else {
+                continue;
+            };
+            let (s, k) = split(id);
+            sent.extend(
+                [
+                    kind,
+                    trace,
+                    id.epoch().to_string(),
+                    s.to_string(),
+                    k.to_string(),
+                ]
+                .map(String::into_bytes),
+            );
+        }
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+        self.step("copied", &args).await.map(drop)
     }
+}
+
+/// An id as the mailbox's store keeps it: the stream seq it falls at or
+/// after, and which of a replica's own frames after it (0: the entry).
+fn split(id: EventId) -> (u64, u64) {
+    (
+        crate::broker::stream_seq(id.seq()),
+        id.seq() & crate::broker::LOCAL_MASK,
+    )
 }
 
 /// A stream of a client, counted open until dropped.
@@ -514,7 +578,7 @@ impl crate::sse::StreamHook for RedisMailbox {
 /// A subscription's place in the stream, and how to address it alone.
 struct Probe {
     seam: EventId,
-    only: String,
+    key: usize,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
