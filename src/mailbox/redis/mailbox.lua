@@ -12,7 +12,8 @@
 -- then its arguments.
 --
 -- Keys under the prefix P:
---   P:m        hash: serial, fseq (finish order), held, bytes, counters
+--   P:m        hash: serial, fseq (finish order), rseq (reply order),
+--              held, bytes, counters
 --   P:r:TRACE  hash: a record (stok = the token of the step that sent it,
 --              from, to, er, exp, serial, cost, nd = the notification
 --              frame's data, ep/last/lastk = its newest frame to any
@@ -25,7 +26,7 @@
 --   P:sf:FROM  zset by finish order: a sender's finished notifications
 --   P:fin      zset by finish order: every finished notification
 --   P:exp      zset by expiry: every notification
---   P:ur:FROM  zset by serial: replies their sender has not shown it saw
+--   P:ur:FROM  zset by reply order: replies their sender has not shown it saw
 
 local P = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -279,7 +280,8 @@ if OP == 'reply' then
   redis.call('HINCRBY', P .. ':sb', from, cost)
   -- Answering proves it arrived.
   mark_delivered(trace)
-  redis.call('ZADD', P .. ':ur:' .. from, num(f[6]), trace)
+  -- In reply order, as a new stream of the sender is sent them.
+  redis.call('ZADD', P .. ':ur:' .. from, redis.call('HINCRBY', M, 'rseq', 1), trace)
   return {'ok', record(trace)}
 end
 
