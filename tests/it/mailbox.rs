@@ -11,15 +11,10 @@ use tower_sse::mailbox::{
 };
 use tower_sse::{Broker, ManualClock, Message, Subscription};
 
-const CLIENTS: [&str; 3] = ["ann", "bob", "cy"];
-const EPOCH: u64 = 5;
-const PER_TARGET: usize = 3;
-const PER_SENDER: usize = 4;
-const CAPACITY: usize = 6;
-const PER_TARGET_BYTES: usize = 1000;
-const PER_SENDER_BYTES: usize = 1200;
-const CAPACITY_BYTES: usize = 2000;
-const RETRY_AFTER: Duration = Duration::from_secs(7);
+use crate::support::mailbox_bounds::{
+    CAPACITY, CAPACITY_BYTES, CLIENTS, EPOCH, PER_SENDER, PER_SENDER_BYTES, PER_TARGET,
+    PER_TARGET_BYTES, RETRY_AFTER,
+};
 
 #[derive(Clone, Debug)]
 enum Op {

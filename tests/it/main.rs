@@ -14,6 +14,8 @@ mod mailbox;
 mod mailbox_http;
 #[cfg(feature = "redis")]
 mod mailbox_redis;
+#[cfg(feature = "redis")]
+mod mailbox_redis_model;
 mod mirror_model;
 mod mode;
 mod model;

@@ -3,7 +3,7 @@
 //! test owns, an SSE reader, raw sockets, bounded waits, a seeded
 //! generator, the full stack of the mode tests, and a process of its own
 //! for a test that measures the whole process, and an in-memory pub/sub
-//! bus for the hub's upstream. Two are deliberate
+//! bus for the hub's upstream, and the mailbox models' bounds. Two are deliberate
 //! second implementations that share no code with the crate: a parser
 //! written from the SSE standard and a sequential model of the broker.
 
@@ -11,6 +11,7 @@ pub mod broker_model;
 pub mod bus;
 pub mod client;
 pub mod inner;
+pub mod mailbox_bounds;
 pub mod process;
 pub mod raw;
 #[cfg(feature = "redis")]
