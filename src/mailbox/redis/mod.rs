@@ -540,7 +540,9 @@ impl Drop for Present {
 
 /// The events route plugs the mailbox into the streams of named clients,
 /// as for the in-memory mailbox; the stream's events wait until Redis has
-/// answered the opening (at most the publish timeout).
+/// answered the opening (at most twice the publish timeout). Each opening
+/// runs as a task on the current tokio runtime (the events route always
+/// has one), aborted if the stream ends first.
 impl crate::sse::StreamHook for RedisMailbox {
     fn topic(&self, client: &str) -> Result<Option<crate::Topic>, crate::Rejection> {
         if !valid_client_id(client) {
