@@ -56,6 +56,12 @@ pub(crate) fn stream_seq(seq: u64) -> u64 {
     seq >> LOCAL_BITS
 }
 
+/// The least a stream may hold unread of the stream's direct messages
+/// before it is cut; the most is an eighth of the retained bytes if larger
+/// (1 MiB for the default 8 MiB: a whole per-target share of a mailbox's
+/// notifications and as much again of replies).
+const MIN_UNREAD_DIRECT: usize = 256 * 1024;
+
 /// One entry of the shared stream, as a backplane's reader read it, for
 /// [`Broker::mirror`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +195,11 @@ impl Broker {
             }
             if let Some(epoch) = reset {
                 state.reset(epoch, &mut wakers);
+                // Direct messages of the old epoch's stream that did not
+                // reach a stream are gone with it: a stream watching such
+                // a topic ends before it shows an id of the new epoch, so
+                // none of its ids can stand for them.
+                state.cut_direct_watchers(&mut wakers);
                 if let Some(mirror) = &mut state.mirror {
                     mirror.stream_seq = 0;
                     mirror.top = 0;
@@ -245,6 +256,9 @@ impl Broker {
         if entry.stream_seq > mirror.stream_seq + 1 && (mirror.stream_seq > 0 || mirror.joined) {
             let missed = entry.stream_seq - mirror.stream_seq - 1;
             state.lose_stretch(local_seq(entry.stream_seq) - 1, missed, wakers);
+            // The stretch may have held direct messages: a stream watching
+            // such a topic ends rather than show an id past them.
+            state.cut_direct_watchers(wakers);
             outcome.missed += missed;
         }
         let seq = local_seq(entry.stream_seq);
@@ -330,8 +344,19 @@ impl Broker {
         state.counters.direct += 1;
         let now = self.shared.clock.now();
         let entry = Arc::new(prepared.stamp(state.epoch, seq, now, topic_key, topic));
+        // What one stream may hold unread of them: a reader that stopped
+        // reading is cut past it rather than hold ever more.
+        let most = (limits.max_bytes / 8).max(MIN_UNREAD_DIRECT);
         for sub in watchers {
             state.push_direct(sub, direct.key, &entry, wakers);
+            let unread: usize = state.subs[sub]
+                .inbox
+                .iter()
+                .map(|d| d.entry.frame.len())
+                .sum();
+            if unread > most {
+                state.cut(sub, wakers);
+            }
         }
         true
     }

@@ -328,6 +328,12 @@ impl Broker {
     }
 
     /// Validates and encodes `event`, outside the lock.
+    /// Whether the crate's own `event` (a notification's frame, say) is one
+    /// this broker would send: within its size limit, say.
+    pub(crate) fn check_own(&self, event: Event) -> Result<(), PublishError> {
+        self.prepare(event, Origin::Crate).map(drop)
+    }
+
     fn prepare(&self, event: Event, origin: Origin) -> Result<Prepared, PublishError> {
         Prepared::new(
             event,

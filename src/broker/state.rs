@@ -98,6 +98,10 @@ pub(crate) struct SubSlot {
     pub(crate) in_window: bool,
     /// Something for it came during its window: wake it when the window ends.
     pub(crate) woken_in_window: bool,
+    /// Ended by the broker before it shows anything more (see
+    /// [`State::cut`]): its next read ends the stream, and nothing more is
+    /// put in its inbox.
+    pub(crate) cut: bool,
 }
 
 /// Retention limits, fixed at build time.
@@ -440,12 +444,43 @@ impl State {
         out: &mut Vec<Waker>,
     ) {
         let slot = &mut self.subs[sub];
+        if slot.cut {
+            return;
+        }
         slot.inbox.push_back(Direct {
             key,
             entry: entry.clone(),
         });
         slot.take_waker(out);
         self.direct_bytes += entry.frame.len();
+    }
+
+    /// Ends subscription `sub` before it shows anything more: its inbox is
+    /// emptied (what it held is freed at once, even for a reader that never
+    /// reads again), nothing more goes in, and its next read ends the
+    /// stream. Its client reconnects from the last id it read, so nothing
+    /// it had not read counts as read.
+    pub(crate) fn cut(&mut self, sub: usize, out: &mut Vec<Waker>) {
+        let slot = &mut self.subs[sub];
+        slot.cut = true;
+        let freed: usize = slot.inbox.drain(..).map(|d| d.entry.frame.len()).sum();
+        slot.take_waker(out);
+        self.direct_bytes -= freed;
+    }
+
+    /// Cuts every subscription watching a topic of direct messages: their
+    /// stream lost direct messages it cannot be told of otherwise (a lost
+    /// stretch, or a new epoch, of a mirrored stream that carries them).
+    pub(crate) fn cut_direct_watchers(&mut self, out: &mut Vec<Waker>) {
+        let watchers: Vec<usize> = self
+            .topics
+            .iter()
+            .filter(|(_, topic)| topic.name.is_direct_only())
+            .flat_map(|(_, topic)| topic.watchers.iter().map(|(_, &sub)| sub))
+            .collect();
+        for sub in watchers {
+            self.cut(sub, out);
+        }
     }
 
     /// Removes the unread direct messages named `key` from the inboxes of

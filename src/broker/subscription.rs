@@ -431,6 +431,11 @@ impl Reader {
 
     /// The next message, if one is available now, with the lock held.
     fn next_locked(&mut self, state: &mut State) -> Option<Message> {
+        if state.subs[self.key].cut {
+            // Ended by the broker (`State::cut`): nothing more, as closed.
+            self.finished = true;
+            return None;
+        }
         self.skip_seen(state);
         let next = self.peek(state)?;
         Some(self.take(state, next))
@@ -472,6 +477,9 @@ impl Reader {
     /// of an event evicted since. Returns false when the stream must be
     /// cut: the event it was slicing is gone.
     fn fill(&mut self, state: &mut State, batch: &mut Batch, max_bytes: usize) -> bool {
+        if state.subs[self.key].cut {
+            return false;
+        }
         self.skip_seen(state);
         loop {
             let room = max_bytes.saturating_sub(batch.len());
@@ -617,7 +625,7 @@ impl Subscription {
         }
         self.with_state(|sub, state, _| match sub.next_locked(state) {
             Some(message) => Poll::Ready(Some(message)),
-            None if state.closed => {
+            None if state.closed || sub.finished => {
                 sub.finished = true;
                 Poll::Ready(None)
             }

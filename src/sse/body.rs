@@ -141,7 +141,11 @@ impl EventStream {
             return Poll::Ready(Some(self.hand_out(first)));
         }
         if let Some(guard) = &mut self.guard {
-            std::task::ready!(guard.poll_ready(cx));
+            if std::task::ready!(guard.poll_ready(cx)).is_break() {
+                // The hook could not finish opening the stream.
+                self.hand_out(Bytes::new());
+                return Poll::Ready(None);
+            }
         }
         let coalescing = &self.slot.streams().coalescing;
         let window = coalescing.window(self.coalesce);

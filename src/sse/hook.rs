@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,10 +19,11 @@ use crate::broker::{Subscription, Topic};
 /// cannot finish opening a stream in [`opened`](StreamHook::opened): it
 /// starts the work there and holds the stream's events back with
 /// [`ready_after`](StreamGuard::ready_after) until it is done, so that no
-/// id reaches the client before the hook has recorded what it sent.
+/// id reaches the client before the hook has recorded what it sent, or
+/// ends the stream there if it could not do it.
 pub struct StreamGuard {
     _keep: Box<dyn Any + Send>,
-    ready: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ready: Option<Pin<Box<dyn Future<Output = ControlFlow<()>> + Send>>>,
 }
 
 impl StreamGuard {
@@ -34,21 +36,32 @@ impl StreamGuard {
     }
 
     /// Holds the stream's events (and keep-alives) back until `ready`
-    /// completes. It should complete soon whatever happens (give it a
-    /// timeout): the client sees nothing but the `retry:` hint meanwhile.
-    pub fn ready_after(mut self, ready: impl Future<Output = ()> + Send + 'static) -> Self {
+    /// completes: with `Continue` the stream goes on; with `Break` it ends
+    /// there, having shown nothing but its `retry:` hint (its client comes
+    /// back after it, from the id it had). It should complete soon
+    /// whatever happens (give it a timeout).
+    pub fn ready_after(
+        mut self,
+        ready: impl Future<Output = ControlFlow<()>> + Send + 'static,
+    ) -> Self {
         self.ready = Some(Box::pin(ready));
         self
     }
 
-    /// Whether the stream may send events: ready at once unless
+    /// Whether the stream may send events (`Continue`) or must end
+    /// (`Break`): `Continue` at once unless
     /// [`ready_after`](StreamGuard::ready_after) holds it back.
-    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<ControlFlow<()>> {
         if let Some(ready) = &mut self.ready {
-            std::task::ready!(ready.as_mut().poll(cx));
+            let verdict = std::task::ready!(ready.as_mut().poll(cx));
             self.ready = None;
+            if verdict.is_break() {
+                // Ends for good: asked again, still ended.
+                self.ready = Some(Box::pin(std::future::ready(ControlFlow::Break(()))));
+            }
+            return Poll::Ready(verdict);
         }
-        Poll::Ready(())
+        Poll::Ready(ControlFlow::Continue(()))
     }
 }
 

@@ -529,3 +529,74 @@ fn a_direct_message_in_a_backfill_reaches_nobody_and_a_bad_one_is_skipped() {
     assert_eq!((outcome.direct, outcome.skipped), (0, 2));
     assert_eq!(broker.stats().mirror.unwrap().skipped, 2);
 }
+
+/// Everything `sub` yields now, and whether it has ended.
+fn drain(sub: &mut tower_sse::Subscription) -> (Vec<Message>, bool) {
+    let mut got = Vec::new();
+    while let Some(message) = sub.try_next() {
+        got.push(message);
+    }
+    (got, sub.is_finished())
+}
+
+#[test]
+fn a_lost_stretch_or_a_new_epoch_ends_the_streams_of_direct_topics_before_any_id_past_it() {
+    for reset in [false, true] {
+        let broker = joined_mirror();
+        let (mut bob, _c1) = client_stream(&broker, "bob");
+        let mut public = broker.subscribe(&topics(&["a"]), None).unwrap();
+        broker.mirror([direct_entry(1, "$client/bob")]);
+        if reset {
+            // The stream lost its data: a new epoch, whose first entries
+            // may have held direct messages this mirror never saw.
+            broker.mirror_reset(10, [event_entry(1, "a"), event_entry(2, "a")]);
+        } else {
+            // Entries 2 to 4 trimmed before this mirror read them.
+            broker.mirror([event_entry(5, "a")]);
+        }
+        let (got, ended) = drain(&mut bob);
+        assert!(ended, "reset {reset}: {got:?}");
+        // It showed the direct message it had, and no id past the break.
+        let ids: Vec<_> = got
+            .iter()
+            .filter_map(|m| match m {
+                Message::Event(e) => Some(e.id()),
+                _ => None,
+            })
+            .collect();
+        assert!(ids.len() <= 1, "reset {reset}: {got:?}");
+        // A stream of public topics only is told as ever, and goes on.
+        let (got, ended) = drain(&mut public);
+        assert!(!ended && !got.is_empty(), "reset {reset}: {got:?}");
+    }
+}
+
+#[test]
+fn a_stream_that_stops_reading_the_shared_streams_direct_messages_is_cut_and_holds_nothing() {
+    let broker = Broker::builder()
+        .epoch(1)
+        .retain_bytes(1 << 20)
+        .retain_forever()
+        .mirrored()
+        .build();
+    broker.mirror_reset(9, []);
+    let (mut bob, _c) = client_stream(&broker, "bob");
+    let big = "x".repeat(16 * 1024);
+    let entries = (1..=40).map(|seq| tower_sse::broker::Mirrored {
+        data: big.clone().into(),
+        ..direct_entry(seq, "$client/bob")
+    });
+    broker.mirror(entries);
+    // 40 x 16 KiB unread is past what one stream may hold (256 KiB here):
+    // cut, its inbox freed at once, nothing more put in.
+    assert_eq!(broker.stats().direct_bytes, 0);
+    broker.mirror([direct_entry(41, "$client/bob")]);
+    assert_eq!(broker.stats().direct_bytes, 0);
+    let (got, ended) = drain(&mut bob);
+    assert!(ended && got.is_empty(), "{got:?}");
+    // Another client's stream is not touched.
+    let (mut ann, _c2) = client_stream(&broker, "ann");
+    broker.mirror([direct_entry(42, "$client/ann")]);
+    let (got, ended) = drain(&mut ann);
+    assert!(!ended && got.len() == 1, "{got:?}");
+}

@@ -421,3 +421,46 @@ async fn a_stream_opening_costs_the_shared_stream_nothing_however_often_a_client
     assert_eq!(length().await, 10);
     assert_eq!(on_a.stats().await.unwrap().published, 10 + 20 * 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_opening_cannot_reach_redis_ends_before_showing_any_id() {
+    use http_body_util::{BodyExt, Empty};
+    use tower::{Layer, ServiceExt};
+    use tower_sse::{Grant, Rejection, SseLayer, Topics};
+
+    let mut redis = RedisServer::start().await;
+    let (a, on_a) = node(&redis).await;
+    on_a.send(note("bob", "alice", "held")).await.unwrap();
+    let authorize = |_: &http::request::Parts| -> Result<Grant, Rejection> {
+        Ok(Grant::new(Topics::parse(["public"]).unwrap()).client("bob"))
+    };
+    let events = SseLayer::new(a.broker().clone())
+        .authorize(authorize)
+        .hook(on_a.clone())
+        .layer(tower::service_fn(
+            |_: http::Request<Empty<bytes::Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
+            },
+        ));
+    let open = || async {
+        let request = http::Request::get("/events").body(Empty::new()).unwrap();
+        let body = events.clone().oneshot(request).await.unwrap().into_body();
+        within("the stream", body.collect()).await
+    };
+    // With Redis: the held notification comes (the stream stays open).
+    let request = http::Request::get("/events").body(Empty::new()).unwrap();
+    let mut body = events.clone().oneshot(request).await.unwrap().into_body();
+    let mut seen = String::new();
+    while !seen.contains("event: notification") {
+        let frame = within("a frame", body.frame()).await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap()));
+    }
+    // Without: the stream ends after its retry hint, having shown no id
+    // (one would seem to prove the held notification, never sent to it).
+    redis.kill();
+    eventually("the replica to see Redis gone", || !a.stats().connected).await;
+    let ended = open().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&ended);
+    assert!(text.starts_with("retry:"), "{text}");
+    assert!(!text.contains("id:"), "{text}");
+}

@@ -62,7 +62,13 @@ end
 local function forget(trace)
   local r = rk(trace)
   local f = redis.call('HMGET', r, 'from', 'to', 'cost', 'rcost')
-  if not f[1] then return false end
+  if not f[1] then
+    -- The record went some other way (evicted, deleted by hand): its
+    -- trace must not stay where purges and forgetting look for it.
+    redis.call('ZREM', P .. ':exp', trace)
+    redis.call('ZREM', P .. ':fin', trace)
+    return false
+  end
   local from, to, cost = f[1], f[2], num(f[3])
   local total = cost + num(f[4])
   redis.call('DEL', r)
@@ -231,8 +237,16 @@ local function record(trace)
   return redis.call('HGETALL', rk(trace))
 end
 
+-- Whether a record is past its TTL though not purged yet (more expired at
+-- once than one step purges): it counts as gone, as once purged.
+local function expired(trace)
+  local exp = redis.call('HGET', rk(trace), 'exp')
+  return exp and num(exp) <= now
+end
+
 if OP == 'status' then
   purge(256)
+  if expired(ARGV[14]) then return {'ok', {}} end
   return {'ok', record(ARGV[14])}
 end
 
@@ -243,7 +257,7 @@ end
 if OP == 'ack' then
   local trace, client = ARGV[14], ARGV[15]
   purge(256)
-  if redis.call('HGET', rk(trace), 'to') ~= client then return {'no'} end
+  if redis.call('HGET', rk(trace), 'to') ~= client or expired(trace) then return {'no'} end
   mark_delivered(trace)
   return {'ok'}
 end
@@ -311,7 +325,7 @@ if OP == 'connect' then
   local copies = {}
   for _, trace in ipairs(redis.call('ZRANGE', P .. ':t:' .. client, 0, -1)) do
     local f = redis.call('HMGET', rk(trace), 'dl', 'ep', 'last', 'lastk', 'aep', 'all', 'nd', 'serial')
-    if not f[1] then
+    if not f[1] and not expired(trace) then
       if proof and at_or_before(f[2], f[3], f[4], seen_epoch, seen, seen_k) then
         mark_delivered(trace)
       elseif not (f[5] == seam_epoch and num(f[6]) > num(seam)) then
@@ -321,7 +335,9 @@ if OP == 'connect' then
   end
   for _, trace in ipairs(redis.call('ZRANGE', P .. ':ur:' .. client, 0, -1)) do
     local f = redis.call('HMGET', rk(trace), 'rep', 'rlast', 'rlastk', 'raep', 'rall', 'rd', 'serial')
-    if proof and at_or_before(f[1], f[2], f[3], seen_epoch, seen, seen_k) then
+    if expired(trace) then
+      -- Gone, as once purged.
+    elseif proof and at_or_before(f[1], f[2], f[3], seen_epoch, seen, seen_k) then
       mark_reply_seen(trace, client)
     elseif not (f[4] == seam_epoch and num(f[5]) > num(seam)) then
       copies[#copies + 1] = {'r', trace, f[6], key(num(f[7]), true)}

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -220,6 +221,13 @@ impl RedisMailbox {
             notification.expects_reply,
             SystemTime::now(),
         );
+        // A frame the replicas' brokers would refuse would reach nobody,
+        // though held: refused here, as the payload over the limit it is.
+        self.fits(NOTIFICATION_EVENT, &data)
+            .map_err(|limit| SendError::TooLarge {
+                size: notification.payload.len(),
+                limit,
+            })?;
         let ttl = millis(notification.ttl.unwrap_or(limits.ttl));
         let answer = self
             .step(
@@ -249,6 +257,18 @@ impl RedisMailbox {
                 retry_after: limits.retry_after,
             }),
             other => Err(SendError::Unavailable(unexpected(other))),
+        }
+    }
+
+    /// Whether a frame of `event_type` with `data` is one the broker sends;
+    /// if not, about the largest payload it would take.
+    fn fits(&self, event_type: &str, data: &[u8]) -> Result<(), usize> {
+        let event = Event::new(event_type.to_owned()).data(data.to_vec());
+        match self.replica().broker().check_own(event) {
+            Err(crate::PublishError::TooLarge { size, limit }) => {
+                Err(limit.saturating_sub(size.saturating_sub(data.len())))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -289,6 +309,11 @@ impl RedisMailbox {
             at: SystemTime::now(),
         };
         let data = reply_json(trace, &reply);
+        self.fits(REPLY_EVENT, &data)
+            .map_err(|limit| ReplyError::TooLarge {
+                size: reply.payload.len(),
+                limit,
+            })?;
         // Names this reply, so that one retried after a broken connection
         // that went through is answered as taken, not as a second reply.
         let token = self.shared.replica.token();
@@ -383,24 +408,24 @@ impl RedisMailbox {
     /// Opens an in-process stream of `client`'s notifications, for
     /// transports other than the events route: subscribes to the client's
     /// private topic, then sends it what is held for it. Keep the guard as
-    /// long as the subscription is read. Fails only if the broker is
-    /// closed; if Redis cannot be reached, the stream gets what is held
-    /// the next time it opens (a warning is logged).
+    /// long as the subscription is read. Fails if Redis cannot be reached
+    /// (a stream that could not be sent what is held must not go on: its
+    /// ids would seem to prove what it never got), or the broker is closed.
     pub async fn subscribe(
         &self,
         client: &str,
         last_event_id: Option<&str>,
-    ) -> Result<(Subscription, StreamGuard), crate::Closed> {
+    ) -> Result<(Subscription, StreamGuard), Unavailable> {
         let topics = crate::Topics::one(client_topic(client));
-        let subscription = self.replica().broker().subscribe(&topics, last_event_id)?;
+        let subscription = self
+            .replica()
+            .broker()
+            .subscribe(&topics, last_event_id)
+            .map_err(|_| unavailable("the broker is closed".into()))?;
         let proof = last_event_id.filter(|_| !subscription.starts_with_resync());
         let present = self.present(client);
-        if let Err(e) = self
-            .connect(client, &self.probe(&subscription), proof)
-            .await
-        {
-            tracing::warn!(error = %e, client, "could not send a stream what the mailbox holds for it");
-        }
+        self.connect(client, &self.probe(&subscription), proof)
+            .await?;
         Ok((subscription, StreamGuard::new(present)))
     }
 
@@ -466,19 +491,20 @@ impl RedisMailbox {
         let topic = client_topic(client);
         let mut sent: Vec<Vec<u8>> = Vec::new();
         for copy in copies {
-            let Value::Array(fields) = copy else { continue };
-            let [kind, trace, data, key] = &fields[..] else {
-                continue;
+            let parsed = match copy {
+                Value::Array(fields) => match &fields[..] {
+                    [kind, trace, data, key] => Some((
+                        text(kind),
+                        text(trace),
+                        redis::from_redis_value_ref::<Vec<u8>>(data).ok(),
+                        text(key).and_then(|k| k.parse::<u64>().ok()),
+                    )),
+                    _ => None,
+                },
+                _ => None,
             };
-            let (Some(kind), Some(trace), Some(key)) = (
-                text(kind),
-                text(trace),
-                text(key).and_then(|k| k.parse::<u64>().ok()),
-            ) else {
-                continue;
-            };
-            let Ok(data) = redis::from_redis_value_ref::<Vec<u8>>(data) else {
-                continue;
+            let Some((Some(kind), Some(trace), Some(data), Some(key))) = parsed else {
+                return Err(unexpected("a copy that does not read"));
             };
             let event_type = if kind == "r" {
                 REPLY_EVENT
@@ -486,10 +512,13 @@ impl RedisMailbox {
                 NOTIFICATION_EVENT
             };
             let event = Event::new(event_type).data(data);
-            // Gone (the stream ended) or the broker closed: nothing sent,
-            // nothing to record; it stays unconfirmed.
-            let Ok(Some(id)) = broker.send_direct_to_key(probe.key, &topic, key, event) else {
-                continue;
+            let id = match broker.send_direct_to_key(probe.key, &topic, key, event) {
+                Ok(Some(id)) => id,
+                // The stream is gone: nothing to send it, nothing to record.
+                Ok(None) => return Ok(()),
+                // Not sent (the broker closed, or had no id left for it):
+                // the stream must not go on without it.
+                Err(e) => return Err(unavailable(format!("a copy was not sent: {e}"))),
             };
             let (s, k) = split(id);
             sent.extend(
@@ -564,16 +593,21 @@ impl crate::sse::StreamHook for RedisMailbox {
         let probe = self.probe(subscription);
         let mailbox = self.clone();
         let client = client.to_owned();
-        let (done, ready) = tokio::sync::oneshot::channel::<()>();
+        let (done, ready) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            if let Err(e) = mailbox.connect(&client, &probe, proof.as_deref()).await {
-                tracing::warn!(error = %e, client, "could not send a stream what the mailbox holds for it");
-            }
-            drop(done);
+            let verdict = match mailbox.connect(&client, &probe, proof.as_deref()).await {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, client, "ending a stream whose opening failed: it comes back after its retry hint");
+                    ControlFlow::Break(())
+                }
+            };
+            let _ = done.send(verdict);
         });
-        StreamGuard::new((present, AbortOnDrop(task))).ready_after(async move {
-            let _ = ready.await;
-        })
+        // A task that ended without a verdict (aborted, panicked) did not
+        // open the stream either.
+        StreamGuard::new((present, AbortOnDrop(task)))
+            .ready_after(async move { ready.await.unwrap_or(ControlFlow::Break(())) })
     }
 }
 
