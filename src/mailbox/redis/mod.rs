@@ -55,16 +55,22 @@ const PURGE_BATCH: usize = 256;
 ///   wait for both steps (at most twice the publish timeout). So every
 ///   stream open while a notification is unconfirmed holds a copy whose id
 ///   is recorded, and a `Last-Event-ID` at or past the newest recorded one
-///   proves receipt, on any replica, exactly as in one process.
-/// - **Expiry is part of every step.** Each operation first purges what
-///   expired (the oldest 256 at most), by the mailbox's clock, inside its
-///   own atomic step: no janitor, nothing for replicas to race on.
+///   proves receipt, on any replica. A stream that could not be sent its
+///   copies ends before it shows any id, and so does one that may have
+///   missed a direct message of the shared stream (its reader lost a
+///   stretch, or the stream a new epoch): none of its ids can stand for
+///   what it never got.
+/// - **Expiry is part of every step** that reads records: each first
+///   purges what expired (the oldest 256 at most, any other expired record
+///   counting as gone), by the mailbox's clock, inside its own atomic
+///   step: no janitor, nothing for replicas to race on.
 ///   [`purge_expired`](RedisMailbox::purge_expired) does it on demand.
 /// - **Faults.** Redis unreachable (or the replica's reader not in step):
 ///   every operation fails at once or within the backplane's publish
 ///   timeout with [`Unavailable`]; the routes answer `503` with
 ///   `Retry-After`; open streams keep serving what they can, and a stream
-///   that opens meanwhile is sent what is held when it next opens. What
+///   of a named client that opens meanwhile ends after its `retry:` hint
+///   (its client comes back until Redis answers). What
 ///   `send` acknowledged is in Redis: a replica that dies right after loses
 ///   nothing. What survives a Redis restart is what Redis persisted (with
 ///   `appendfsync always`, everything acknowledged; without persistence,
