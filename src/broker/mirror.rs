@@ -223,7 +223,6 @@ impl Broker {
                     mirror.joined = true;
                 }
                 state.breaks.reset_seq = state.next_seq - 1;
-                state.restamp_inboxes();
             }
         }
         wakers.into_iter().for_each(Waker::wake);

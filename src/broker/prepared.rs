@@ -122,26 +122,3 @@ impl Prepared {
         }
     }
 }
-
-impl Entry {
-    /// The same message under another id: a mirror's reset gives unread
-    /// direct messages ids of the new epoch.
-    pub(crate) fn restamp(&self, epoch: u64, seq: u64) -> Entry {
-        let body = &self.frame[self.id_line..];
-        let mut encoded = Vec::with_capacity(wire::ID_HEADROOM + body.len());
-        encoded.resize(wire::ID_HEADROOM, 0);
-        encoded.extend_from_slice(body);
-        let frame = wire::stamp_id(encoded, EventId::new(epoch, seq));
-        Entry {
-            seq,
-            at: self.at,
-            topic_key: self.topic_key,
-            topic: self.topic.clone(),
-            event_type: self.event_type.clone(),
-            data: self.data.clone(),
-            id_line: frame.len() - body.len(),
-            frame,
-            cost: self.cost,
-        }
-    }
-}

@@ -349,9 +349,10 @@ impl State {
     }
 
     /// A mirrored log starts again under a new epoch: everything of the
-    /// log goes, and every reader made before resyncs (see `Breaks`).
-    /// Unread direct messages stay, for [`restamp_inboxes`](State::restamp_inboxes)
-    /// once the new epoch's backfill is in.
+    /// log goes, and every reader made before resyncs (see `Breaks`). The
+    /// mirror cuts the readers of direct messages ([`cut_direct_watchers`](
+    /// State::cut_direct_watchers)): no id of the new epoch can stand for
+    /// what they had unread.
     pub(crate) fn reset(&mut self, epoch: u64, out: &mut Vec<Waker>) {
         while !self.log.is_empty() {
             self.evict_front();
@@ -368,55 +369,6 @@ impl State {
         }
         self.breaks.resets += 1;
         self.take_all_wakers(out);
-    }
-
-    /// After a reset and its backfill: the unread direct messages get ids
-    /// of the new epoch, after everything the reset brought in, in the
-    /// order they had, so that they follow the reader's resync at once
-    /// rather than wait for a reconnect. A message in several inboxes stays
-    /// one entry. One being handed out in slices goes (its frame changed
-    /// under the stream, which is cut), and so does any left once the
-    /// seqs between two stream entries run out (the mailbox sends it again
-    /// at the client's next connection).
-    pub(crate) fn restamp_inboxes(&mut self) {
-        let mut unread: Vec<Arc<Entry>> = Vec::new();
-        for (_, slot) in self.subs.iter() {
-            unread.extend(slot.inbox.iter().map(|d| d.entry.clone()));
-        }
-        if unread.is_empty() {
-            return;
-        }
-        unread.sort_by_key(|entry| entry.seq);
-        unread.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        let mut renamed = HashMap::with_capacity(unread.len());
-        for old in unread {
-            let Some(seq) = self.take_seq() else {
-                break;
-            };
-            let new = Arc::new(old.restamp(self.epoch, seq));
-            renamed.insert(Arc::as_ptr(&old) as usize, new);
-        }
-        let mut freed = 0;
-        let mut held = 0;
-        for (_, slot) in self.subs.iter_mut() {
-            let sending = slot.sending.map(|(seq, _)| seq);
-            let inbox = std::mem::take(&mut slot.inbox);
-            for direct in inbox {
-                freed += direct.entry.frame.len();
-                if sending == Some(direct.entry.seq) {
-                    continue;
-                }
-                let Some(entry) = renamed.get(&(Arc::as_ptr(&direct.entry) as usize)) else {
-                    continue;
-                };
-                held += entry.frame.len();
-                slot.inbox.push_back(Direct {
-                    key: direct.key,
-                    entry: entry.clone(),
-                });
-            }
-        }
-        self.direct_bytes = self.direct_bytes - freed + held;
     }
 
     /// A stream entry a mirror could not take.
