@@ -271,61 +271,24 @@ impl Replica {
         if self.broker.is_closed() {
             return Err(BackplaneError::Publish(PublishError::Closed));
         }
-        let shared = &self.shared;
-        if !shared.health.up.load(Ordering::Acquire) {
-            return Err(BackplaneError::Unavailable(shared.health.reason()));
-        }
-        let Some(mut commands) = shared.commands.clone() else {
-            return Err(BackplaneError::Unavailable("no connection to Redis".into()));
-        };
         let token = self.token();
-        let deadline = tokio::time::Instant::now() + shared.publish_timeout;
         // Where a retry looks for the first attempt: past any seq known now.
         let known = self.broker.mirror_top_seen().to_string();
-        let mut attempt = 0;
-        let (epoch, seq) = loop {
-            let mut call = shared.scripts.publish.key(&shared.stream);
-            call.key(&shared.meta)
-                .arg(stream::new_epoch().to_string())
-                .arg(self.retention())
-                .arg(&event.topic)
-                .arg(event.event_type.as_deref().unwrap_or(""))
-                .arg(&event.data[..])
-                .arg(&token)
-                .arg(if attempt > 0 { known.as_str() } else { "" })
-                .arg(stream::RETRY_WINDOW);
-            let published = tokio::time::timeout_at(
-                deadline,
-                call.invoke_async::<(String, u64)>(&mut commands),
-            )
-            .await;
-            match published {
-                Ok(Ok(published)) => break published,
-                // A connection that broke since the last publish (Redis
-                // restarted, say) fails its next command while it
-                // reconnects: try again, finding the first attempt if it
-                // went through.
-                Ok(Err(error))
-                    if attempt < PUBLISH_ATTEMPTS
-                        && (error.is_io_error() || error.is_connection_dropped()) =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep_until(
-                        (tokio::time::Instant::now() + RETRY_PAUSE * attempt).min(deadline),
-                    )
-                    .await;
-                }
-                Ok(Err(error)) => {
-                    return Err(BackplaneError::Unavailable(format!("redis: {error}")))
-                }
-                Err(_) => {
-                    return Err(BackplaneError::Unavailable(format!(
-                        "redis: no answer within {:?}",
-                        shared.publish_timeout
-                    )))
-                }
-            }
-        };
+        let published = self
+            .invoke(&self.shared.scripts.publish, |call, attempt| {
+                call.arg(stream::new_epoch().to_string())
+                    .arg(self.retention())
+                    .arg(&event.topic)
+                    .arg(event.event_type.as_deref().unwrap_or(""))
+                    .arg(&event.data[..])
+                    .arg(&token)
+                    .arg(if attempt > 0 { known.as_str() } else { "" })
+                    .arg(stream::RETRY_WINDOW);
+            })
+            .await
+            .map_err(BackplaneError::Unavailable)?;
+        let (epoch, seq): (String, u64) = redis::from_redis_value(published)
+            .map_err(|e| BackplaneError::Unavailable(format!("redis: {e}")))?;
         let epoch = epoch
             .parse()
             .map_err(|_| BackplaneError::Unavailable(format!("redis: bad epoch {epoch:?}")))?;
@@ -334,13 +297,32 @@ impl Replica {
 
     /// Runs `script` (one that writes the stream beside other keys, its
     /// keys the stream's and the meta hash's, then `args`) once Redis
-    /// answers, within the publish timeout, trying again on a connection
-    /// that broke: the script must be safe to run twice. The error says
-    /// why, for logs.
+    /// answers; see [`invoke`](Replica::invoke). The error says why, for
+    /// logs.
     pub(crate) async fn run_script(
         &self,
         script: &redis::Script,
         args: &[Vec<u8>],
+    ) -> Result<redis::Value, String> {
+        self.invoke(script, |call, _| {
+            for arg in args {
+                call.arg(&arg[..]);
+            }
+        })
+        .await
+    }
+
+    /// Runs `script` with the stream's and the meta hash's keys and the
+    /// arguments `args` adds for each attempt (its number, from 0), once
+    /// Redis answers, within the publish timeout, trying again on a
+    /// connection that broke (Redis restarted, say: the connection fails
+    /// its next command while it reconnects), so the script must find out
+    /// whether an attempt went through. Refused at once while the reader is
+    /// not in step with the stream.
+    async fn invoke(
+        &self,
+        script: &redis::Script,
+        args: impl Fn(&mut redis::ScriptInvocation<'_>, u32),
     ) -> Result<redis::Value, String> {
         let mut commands = self.connection()?;
         let deadline = tokio::time::Instant::now() + self.shared.publish_timeout;
@@ -348,9 +330,7 @@ impl Replica {
         loop {
             let mut call = script.key(&self.shared.stream);
             call.key(&self.shared.meta);
-            for arg in args {
-                call.arg(&arg[..]);
-            }
+            args(&mut call, attempt);
             let answer =
                 tokio::time::timeout_at(deadline, call.invoke_async::<redis::Value>(&mut commands))
                     .await;

@@ -94,6 +94,20 @@ pub struct MirroredDirect {
     pub key: u64,
 }
 
+impl Mirrored {
+    /// The entry checked and encoded as the crate's own event (any size an
+    /// entry of the stream has; `max_bytes` bounds what the log retains),
+    /// `None` if it is not a valid one.
+    fn prepare(self, max_bytes: usize) -> Option<Prepared> {
+        let event = Event {
+            event_type: self.event_type,
+            topic: self.topic,
+            data: self.data,
+        };
+        Prepared::new(event, Origin::Crate, usize::MAX, max_bytes).ok()
+    }
+}
+
 /// A mirrored broker's place in its stream, in [`BrokerStats`](super::BrokerStats).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -280,18 +294,13 @@ impl Broker {
             outcome.skipped += 1;
             return;
         };
-        let event = Event {
-            event_type: entry.event_type,
-            topic: entry.topic,
-            data: entry.data,
-        };
+        let at = now.saturating_sub(entry.age);
         let limits = &self.shared.limits;
-        let Ok(prepared) = Prepared::new(event, Origin::Crate, usize::MAX, limits.max_bytes) else {
+        let Some(prepared) = entry.prepare(limits.max_bytes) else {
             state.skip_mirrored();
             outcome.skipped += 1;
             return;
         };
-        let at = now.saturating_sub(entry.age);
         let topic_key = state.topic_key(&topic);
         state.take_topic_wakers(topic_key, wakers);
         let entry = prepared.stamp(state.epoch, seq, at, topic_key, topic);
@@ -319,24 +328,15 @@ impl Broker {
             return false;
         }
         let seq = local_seq(entry.stream_seq);
-        let event = Event {
-            event_type: entry.event_type,
-            topic: entry.topic,
-            data: entry.data,
-        };
         let limits = &self.shared.limits;
-        let Ok(prepared) = Prepared::new(event, Origin::Crate, usize::MAX, limits.max_bytes) else {
+        let Some(prepared) = entry.prepare(limits.max_bytes) else {
             return false;
         };
         let Some(&topic_key) = state.topic_index.get(&topic).filter(|_| !backfill) else {
             // Nobody here watches it (or it is history): taken, not sent.
             return true;
         };
-        let watchers: Vec<usize> = state.topics[topic_key]
-            .watchers
-            .iter()
-            .map(|(_, &sub)| sub)
-            .collect();
+        let watchers = state.watchers(topic_key);
         if watchers.is_empty() {
             return true;
         }

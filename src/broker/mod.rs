@@ -412,11 +412,7 @@ impl Broker {
             let Some(&topic_key) = state.topic_index.get(topic) else {
                 return Ok(None);
             };
-            let watchers: Vec<usize> = state.topics[topic_key]
-                .watchers
-                .iter()
-                .map(|(_, &sub)| sub)
-                .collect();
+            let watchers = state.watchers(topic_key);
             if watchers.is_empty() {
                 return Ok(None);
             }

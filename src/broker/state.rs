@@ -420,15 +420,28 @@ impl State {
         self.direct_bytes -= freed;
     }
 
+    /// The subscriptions watching topic `key`.
+    pub(crate) fn watchers(&self, key: usize) -> Vec<usize> {
+        self.topics[key]
+            .watchers
+            .iter()
+            .map(|(_, &sub)| sub)
+            .collect()
+    }
+
     /// Cuts every subscription watching a topic of direct messages: their
     /// stream lost direct messages it cannot be told of otherwise (a lost
     /// stretch, or a new epoch, of a mirrored stream that carries them).
     pub(crate) fn cut_direct_watchers(&mut self, out: &mut Vec<Waker>) {
-        let watchers: Vec<usize> = self
+        let direct: Vec<usize> = self
             .topics
             .iter()
             .filter(|(_, topic)| topic.name.is_direct_only())
-            .flat_map(|(_, topic)| topic.watchers.iter().map(|(_, &sub)| sub))
+            .map(|(key, _)| key)
+            .collect();
+        let watchers: Vec<usize> = direct
+            .into_iter()
+            .flat_map(|key| self.watchers(key))
             .collect();
         for sub in watchers {
             self.cut(sub, out);

@@ -23,6 +23,16 @@ pub(crate) fn client_topic(id: &str) -> Topic {
     Topic::reserved(&format!("client/{id}"))
 }
 
+/// What the events route's hook of either mailbox adds to a stream of
+/// `client`: its private topic, or a `400` for an id that cannot name one.
+#[cfg(not(loom))]
+pub(crate) fn hook_topic(client: &str) -> Result<Option<Topic>, crate::Rejection> {
+    if !valid_client_id(client) {
+        return Err(crate::Rejection::bad_request("invalid client identity"));
+    }
+    Ok(Some(client_topic(client)))
+}
+
 /// An open stream of a client, as the mailbox counts them; dropping it
 /// marks the stream closed.
 pub struct Connection {
@@ -68,10 +78,7 @@ impl fmt::Debug for Connection {
 #[cfg(not(loom))]
 impl crate::sse::StreamHook for Mailbox {
     fn topic(&self, client: &str) -> Result<Option<Topic>, crate::Rejection> {
-        if !valid_client_id(client) {
-            return Err(crate::Rejection::bad_request("invalid client identity"));
-        }
-        Ok(Some(client_topic(client)))
+        hook_topic(client)
     }
 
     fn opened(

@@ -649,15 +649,8 @@ async fn two_demo_processes_on_one_redis_behave_as_one_service() {
     // One told with the flag, the other with the environment.
     let a = Demo::start(&["--redis", &url], &[]).await;
     let b = Demo::start(&[], &[("REDIS_URL", &url)]).await;
-    for demo in [&a, &b] {
-        eventually_async("the demo to be ready (in step with Redis)", || async {
-            client::fetch(demo.addr(), Method::GET, "/ready", &[], "")
-                .await
-                .status
-                == StatusCode::OK
-        })
-        .await;
-    }
+    a.ready().await;
+    b.ready().await;
     let mut on_a = client::get(a.addr(), "/events?topic=t", &[]).await;
     let mut on_b = client::get(b.addr(), "/events?topic=t", &[]).await;
 

@@ -40,8 +40,11 @@ fn authorize(_: &Parts) -> Result<Grant, Rejection> {
     Ok(Grant::new(Topics::parse(["a"]).unwrap()).client("ann"))
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_hook_holds_the_events_back_until_it_is_ready() {
+type Body = tower_sse::sse::ResponseBody<Empty<Bytes>>;
+
+/// A stream of `ann` opened under `Slow`, past its `retry:` hint, with an
+/// event published since, and the handle that lets its hook decide.
+async fn held_stream() -> (Body, oneshot::Sender<ControlFlow<()>>) {
     let broker = Broker::builder().epoch(1).build();
     let hook = Slow::default();
     let release = hook.release.clone();
@@ -58,12 +61,22 @@ async fn a_hook_holds_the_events_back_until_it_is_ready() {
     broker
         .publish(Event::new("t").topic("a").data("1"))
         .unwrap();
+    let decide = release
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the hook saw the stream open");
+    (body, decide)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_holds_the_events_back_until_it_is_ready() {
+    let (mut body, release) = held_stream().await;
     // Held back: the body has nothing to give while the hook is not ready
     // (the clock is paused: the wait passes as soon as all is idle).
     let held = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
     assert!(held.is_err(), "an event went out before the hook was ready");
-    let go_on = release.lock().unwrap().pop().unwrap();
-    go_on.send(ControlFlow::Continue(())).unwrap();
+    release.send(ControlFlow::Continue(())).unwrap();
     let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
     let text = String::from_utf8_lossy(&frame);
     assert!(text.contains("data: 1"), "{text}");
@@ -71,24 +84,8 @@ async fn a_hook_holds_the_events_back_until_it_is_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hook_that_could_not_open_the_stream_ends_it_before_any_event() {
-    let broker = Broker::builder().epoch(1).build();
-    let hook = Slow::default();
-    let release = hook.release.clone();
-    let service = SseLayer::new(broker.clone())
-        .authorize(authorize)
-        .hook(hook)
-        .layer(tower::service_fn(|_: Request<Empty<Bytes>>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
-        }));
-    let request = Request::get("/events").body(Empty::new()).unwrap();
-    let mut body = service.oneshot(request).await.unwrap().into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert!(first.starts_with(b"retry:"), "{first:?}");
-    broker
-        .publish(Event::new("t").topic("a").data("1"))
-        .unwrap();
-    let end = release.lock().unwrap().pop().unwrap();
-    end.send(ControlFlow::Break(())).unwrap();
+    let (mut body, release) = held_stream().await;
+    release.send(ControlFlow::Break(())).unwrap();
     // The end, and nothing before it: no id the client could resume from.
     let mut rest = Vec::new();
     while let Some(frame) = body.frame().await {

@@ -12,7 +12,7 @@ use tower_sse::mailbox::{
 use tower_sse::{Broker, ManualClock, Message, Subscription};
 
 use crate::support::mailbox_bounds::{
-    CAPACITY, CAPACITY_BYTES, CLIENTS, EPOCH, PER_SENDER, PER_SENDER_BYTES, PER_TARGET,
+    bounded, CAPACITY, CAPACITY_BYTES, CLIENTS, EPOCH, PER_SENDER, PER_SENDER_BYTES, PER_TARGET,
     PER_TARGET_BYTES, RETRY_AFTER,
 };
 
@@ -302,16 +302,7 @@ fn run(ops: Vec<Op>) {
         .retain_events(100_000)
         .retain_forever()
         .build();
-    let mailbox = Mailbox::builder(broker.clone())
-        .per_target(PER_TARGET)
-        .per_target_bytes(PER_TARGET_BYTES)
-        .per_sender(PER_SENDER)
-        .per_sender_bytes(PER_SENDER_BYTES)
-        .capacity(CAPACITY)
-        .capacity_bytes(CAPACITY_BYTES)
-        .retry_after(RETRY_AFTER)
-        .clock(clock.clone())
-        .build();
+    let mailbox = bounded(Mailbox::builder(broker.clone()), &clock).build();
     let mut model = Model::default();
     let mut conns: Vec<Conn> = Vec::new();
 

@@ -162,15 +162,8 @@ async fn two_demo_processes_are_one_mailbox_even_once_the_one_that_took_the_send
     let url = redis.url();
     let a = Demo::start(&["--redis", &url], &[]).await;
     let b = Demo::start(&["--redis", &url], &[]).await;
-    for demo in [&a, &b] {
-        eventually_async("the demo to be ready (in step with Redis)", || async {
-            client::fetch(demo.addr(), Method::GET, "/ready", &[], "")
-                .await
-                .status
-                == StatusCode::OK
-        })
-        .await;
-    }
+    a.ready().await;
+    b.ready().await;
     let sent = notify(
         &a,
         "alice",

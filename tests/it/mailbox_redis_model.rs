@@ -20,10 +20,7 @@ use tower_sse::backplane::{RedisBackplane, Replica};
 use tower_sse::mailbox::{Mailbox, MailboxStats, Notification, RedisMailbox, Status, TraceId};
 use tower_sse::{Broker, ManualClock, Message, Subscription};
 
-use crate::support::mailbox_bounds::{
-    CAPACITY, CAPACITY_BYTES, CLIENTS, EPOCH, PER_SENDER, PER_SENDER_BYTES, PER_TARGET,
-    PER_TARGET_BYTES, RETRY_AFTER,
-};
+use crate::support::mailbox_bounds::{bounded, CLIENTS, EPOCH};
 use crate::support::redis::RedisServer;
 use crate::support::wait::{eventually, within};
 
@@ -380,22 +377,6 @@ impl Pair {
         drop(self.memory.subscribe(name, Some(memory_id)).unwrap());
         drop(self.redis.subscribe(name, Some(redis_id)).await.unwrap());
     }
-}
-
-/// Both mailboxes' bounds, and the one clock they read.
-fn bounded(
-    builder: tower_sse::mailbox::MailboxBuilder,
-    clock: &ManualClock,
-) -> tower_sse::mailbox::MailboxBuilder {
-    builder
-        .per_target(PER_TARGET)
-        .per_target_bytes(PER_TARGET_BYTES)
-        .per_sender(PER_SENDER)
-        .per_sender_bytes(PER_SENDER_BYTES)
-        .capacity(CAPACITY)
-        .capacity_bytes(CAPACITY_BYTES)
-        .retry_after(RETRY_AFTER)
-        .clock(clock.clone())
 }
 
 /// The mailbox frames `sub` holds now, in order. The Redis replica's

@@ -13,7 +13,7 @@ use redis::{Script, Value};
 
 use super::record::{notification_json, reply_json, status_from_frames};
 use super::store::{sealed, MailboxStore};
-use super::stream::{client_topic, valid_client_id};
+use super::stream::{client_topic, hook_topic};
 use super::{
     Limits, MailboxBuilder, MailboxStats, Notification, Reply, ReplyError, SendError, Status,
     TraceId, Unavailable,
@@ -580,10 +580,7 @@ impl Drop for Present {
 /// has one), aborted if the stream ends first.
 impl crate::sse::StreamHook for RedisMailbox {
     fn topic(&self, client: &str) -> Result<Option<crate::Topic>, crate::Rejection> {
-        if !valid_client_id(client) {
-            return Err(crate::Rejection::bad_request("invalid client identity"));
-        }
-        Ok(Some(client_topic(client)))
+        hook_topic(client)
     }
 
     fn opened(

@@ -18,3 +18,19 @@ pub const PER_TARGET_BYTES: usize = 1500;
 pub const PER_SENDER_BYTES: usize = 1800;
 pub const CAPACITY_BYTES: usize = 3000;
 pub const RETRY_AFTER: Duration = Duration::from_secs(7);
+
+/// `builder` with these bounds, reading time from `clock`.
+pub fn bounded(
+    builder: tower_sse::mailbox::MailboxBuilder,
+    clock: &tower_sse::ManualClock,
+) -> tower_sse::mailbox::MailboxBuilder {
+    builder
+        .per_target(PER_TARGET)
+        .per_target_bytes(PER_TARGET_BYTES)
+        .per_sender(PER_SENDER)
+        .per_sender_bytes(PER_SENDER_BYTES)
+        .capacity(CAPACITY)
+        .capacity_bytes(CAPACITY_BYTES)
+        .retry_after(RETRY_AFTER)
+        .clock(clock.clone())
+}

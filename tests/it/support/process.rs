@@ -116,6 +116,18 @@ impl Demo {
     pub fn addr(&self) -> std::net::SocketAddr {
         self.addr
     }
+
+    /// Waits until its `/ready` answers `200` (with `--redis`: in step
+    /// with Redis).
+    pub async fn ready(&self) {
+        super::wait::eventually_async("the demo to be ready", || async {
+            super::client::fetch(self.addr, http::Method::GET, "/ready", &[], "")
+                .await
+                .status
+                == http::StatusCode::OK
+        })
+        .await;
+    }
 }
 
 impl Drop for Demo {
