@@ -73,7 +73,8 @@ example_bin() {
 listening_url() {
     local log=$1 pid=$2 what=$3 url=
     for _ in $(seq 300); do
-        url=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" | head -n 1)
+        # The log may not exist yet: the shell that opens it runs in the background.
+        url=$( { sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" 2>/dev/null || true; } | head -n 1)
         [ -n "$url" ] && { echo "$url"; return 0; }
         kill -0 "$pid" 2>/dev/null || { echo "e2e: $what exited:" >&2; cat "$log" >&2; return 1; }
         sleep 0.1
@@ -172,7 +173,8 @@ start_replica() {
     local pid=$!
     EXTRA_PIDS+=("$pid")
     for _ in $(seq 300); do
-        url=$(sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" | head -n 1)
+        # The log may not exist yet: the shell that opens it runs in the background.
+        url=$( { sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" 2>/dev/null || true; } | head -n 1)
         # Listening, and in step with Redis (ready).
         if [ -n "$url" ] && node -e 'fetch(process.argv[1]).then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))' "$url/ready"; then
             REPLICA_URL=$url
