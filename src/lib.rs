@@ -69,6 +69,11 @@ mod clock;
 #[cfg(not(loom))]
 pub mod health;
 pub mod mailbox;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+#[allow(dead_code, unreachable_pub)]
+mod metrics;
 #[cfg(not(loom))]
 pub mod mode;
 #[cfg(not(loom))]
@@ -94,7 +99,8 @@ pub mod axum;
 
 pub use broker::{
     Broker, BrokerBuilder, BrokerStats, Closed, Event, EventId, HubStats, Message, PublishError,
-    ReceivedEvent, ResyncReason, Subscription, Topic, TopicStats, Topics, RESERVED_EVENT_TYPES,
+    ReceivedEvent, Resumed, ResyncReason, Subscription, Topic, TopicStats, Topics,
+    RESERVED_EVENT_TYPES,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(not(loom))]

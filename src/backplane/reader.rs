@@ -99,6 +99,7 @@ impl Drop for Stopped {
         let why = "the backplane reader stopped".to_owned();
         let health = &self.shared.health;
         health.up.store(false, Ordering::Release);
+        crate::metrics::backplane_connected(false);
         *health.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
         if let Some((mode, id)) = &self.probe {
             mode.probe_failing(*id, "redis", why);
@@ -127,11 +128,13 @@ impl Reader {
                 Ended::Failed(error) => {
                     tracing::warn!(%error, "backplane reader lost Redis; reconnecting");
                     let health = &self.shared.health;
+                    crate::metrics::backplane_connected(false);
                     if health.up.swap(false, Ordering::AcqRel) {
                         // It had been in step: a new outage, a new back-off.
                         if let Some(broker) = self.broker() {
                             broker.mirror_reconnecting();
                         }
+                        crate::metrics::backplane_reconnect();
                         backoff = MIN_BACKOFF;
                     }
                     *health.error.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -334,6 +337,7 @@ impl Reader {
             let full = ids.len() >= self.batch;
             let entries = self.parse(&broker, broker.epoch(), ids.iter());
             let outcome = broker.mirror(entries);
+            crate::metrics::backplane_mirrored(outcome.appended as u64);
             if outcome.skipped > 0 {
                 // Another replica took them: its limits differ from this one's.
                 tracing::warn!(
@@ -351,6 +355,7 @@ impl Reader {
                     .await?;
                 broker.mirror_top(top.unwrap_or(0));
             }
+            crate::metrics::backplane_lag(broker.mirror_lag());
         }
     }
 
@@ -388,6 +393,7 @@ impl Reader {
     fn in_step(&self, probe: &Option<(ServerMode, u64)>) {
         let health = &self.shared.health;
         if !health.up.swap(true, Ordering::AcqRel) {
+            crate::metrics::backplane_connected(true);
             *health.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
             if let Some((mode, id)) = probe {
                 mode.probe_passing(*id);

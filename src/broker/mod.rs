@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::event::{Event, InvalidTopic, Topic, Topics, DEFAULT_TOPIC, MAX_TOPIC_LEN};
-pub use self::subscription::{Recv, Subscription};
+pub use self::subscription::{Recv, Resumed, Subscription};
 
 use self::prepared::{Origin, Prepared};
 use self::state::{Entry, Greeting, Limits, Mirror, State};
@@ -330,6 +330,7 @@ impl Broker {
     /// Validates and encodes `event`, outside the lock.
     /// Whether the crate's own `event` (a notification's frame, say) is one
     /// this broker would send: within its size limit, say.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn check_own(&self, event: Event) -> Result<(), PublishError> {
         self.prepare(event, Origin::Crate).map(drop)
     }
@@ -383,6 +384,7 @@ impl Broker {
             EventId::new(state.epoch, seq)
         };
         wakers.into_iter().for_each(Waker::wake);
+        crate::metrics::published();
         Ok(id)
     }
 

@@ -62,6 +62,27 @@ struct Cursor {
 pub struct Subscription {
     shared: Arc<Shared>,
     reader: Reader,
+    resumed: Resumed,
+}
+
+/// How a subscription started, as decided when it was made: what
+/// [`Subscription::resumed`] reports (and the events route records on its
+/// stream's span and in its metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resumed {
+    /// No id was given: live from now.
+    Live,
+    /// The id was honoured: `events` retained events of its topics came
+    /// after it when it was made, and are delivered first (none for an id a
+    /// replica's mirror has not reached yet).
+    Replay {
+        /// Events retained after the id, across its topics.
+        events: u64,
+    },
+    /// The id could not be honoured (or a fed topic's upstream is down):
+    /// the first message is a [`Message::Resync`] with this reason.
+    Resync(ResyncReason),
 }
 
 /// Everything a subscription owns; the broker's lock is taken by
@@ -90,6 +111,9 @@ struct Reader {
     /// A mirror's reader resumed from an id its mirror has not reached
     /// yet: entries up to here are skipped as they arrive.
     skip_through: u64,
+    /// Resyncs (reason, events missed) taken under the lock and not yet
+    /// reported: logged and counted once the lock is released.
+    told: Vec<(ResyncReason, u64)>,
 }
 
 /// What a reader reads next, decided under the lock by [`Reader::peek`]
@@ -194,6 +218,7 @@ impl Subscription {
             finished: false,
             breaks: state.breaks,
             skip_through: 0,
+            told: Vec::new(),
         };
         let refused = match resume {
             Some(resume) => sub.seek(state, resume).err(),
@@ -201,16 +226,28 @@ impl Subscription {
             // (the outage's resync came before it): it is told too.
             None => outage.then_some(ResyncReason::Upstream),
         };
-        if let Some(reason) = refused {
-            state.counters.resyncs += 1;
-            sub.pending = Some(Message::Resync {
-                reason,
-                resume_from: EventId::new(sub.epoch, newest),
-            });
-        }
+        let resumed = match (refused, resume) {
+            (Some(reason), _) => {
+                state.counters.resyncs += 1;
+                sub.pending = Some(Message::Resync {
+                    reason,
+                    resume_from: EventId::new(sub.epoch, newest),
+                });
+                Resumed::Resync(reason)
+            }
+            (None, Some(_)) => Resumed::Replay {
+                events: sub
+                    .cursors
+                    .iter()
+                    .map(|c| state.topics[c.topic_key].end().saturating_sub(c.next))
+                    .sum(),
+            },
+            (None, None) => Resumed::Live,
+        };
         Self {
             shared,
             reader: sub,
+            resumed,
         }
     }
 }
@@ -318,7 +355,13 @@ impl Reader {
     /// Takes `next`, which [`peek`](Reader::peek) just returned.
     fn take(&mut self, state: &mut State, next: Next) -> Message {
         match next {
-            Next::Resync => self.pending.take().expect("peeked"),
+            Next::Resync => {
+                let message = self.pending.take().expect("peeked");
+                if let Message::Resync { reason, .. } = &message {
+                    self.told.push((*reason, 0));
+                }
+                message
+            }
             Next::Reset => {
                 // Just after the backfill the new epoch started with; what
                 // came after it is news.
@@ -340,6 +383,7 @@ impl Reader {
                 self.seam = self.pos;
                 self.greeting = None;
                 state.counters.resyncs += 1;
+                self.told.push((ResyncReason::UnknownEpoch, 0));
                 Message::Resync {
                     reason: ResyncReason::UnknownEpoch,
                     resume_from: EventId::new(self.epoch, self.pos),
@@ -355,6 +399,7 @@ impl Reader {
                 self.breaks.gap_missed = state.breaks.gap_missed;
                 state.counters.lagged_events += missed;
                 state.counters.lag_reports += 1;
+                self.told.push((ResyncReason::Lagged, missed));
                 Message::Lagged {
                     missed,
                     resume_from: EventId::new(self.epoch, to),
@@ -555,10 +600,38 @@ impl Reader {
 impl Subscription {
     /// Locks, drops what has aged out, and hands the state to `f`.
     fn with_state<R>(&mut self, f: impl FnOnce(&mut Reader, &mut State, Duration) -> R) -> R {
-        let mut state = lock(&self.shared.state);
-        let now = self.shared.clock.now();
-        state.evict(&self.shared.limits, now);
-        f(&mut self.reader, &mut state, now)
+        let result = {
+            let mut state = lock(&self.shared.state);
+            let now = self.shared.clock.now();
+            state.evict(&self.shared.limits, now);
+            f(&mut self.reader, &mut state, now)
+        };
+        if !self.reader.told.is_empty() {
+            self.report();
+        }
+        result
+    }
+
+    /// Logs and counts the resyncs just taken, outside the lock (a
+    /// subscriber's or recorder's work must not hold up the broker).
+    #[cold]
+    fn report(&mut self) {
+        for (reason, missed) in self.reader.told.drain(..) {
+            crate::metrics::resync(reason, missed);
+            #[cfg(not(loom))]
+            match reason {
+                ResyncReason::Lagged => {
+                    tracing::info!(missed, "stream lagged: events evicted before it read them")
+                }
+                reason => tracing::info!(reason = reason.as_str(), "stream told to resync"),
+            }
+        }
+    }
+
+    /// How this subscription started: live, replaying after the id it was
+    /// given, or told to resync.
+    pub fn resumed(&self) -> Resumed {
+        self.resumed
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {

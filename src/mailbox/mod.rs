@@ -407,6 +407,7 @@ impl Mailbox {
         state.purge_expired(&shared.broker, now);
         if !state.sender_has_room(&shared.broker, from, 1, cost, limits) {
             state.counters.refused_sender += 1;
+            crate::metrics::mailbox_refused("sender");
             return Err(SendError::SenderOverShare {
                 retry_after: limits.retry_after,
             });
@@ -418,6 +419,7 @@ impl Mailbox {
             state.forget_finished(&shared.broker, count_over, bytes_over, None);
             if state.over_capacity(&drop, cost, limits) != (0, 0) {
                 state.counters.refused_full += 1;
+                crate::metrics::mailbox_refused("full");
                 return Err(SendError::Full {
                     retry_after: limits.retry_after,
                 });
@@ -443,6 +445,7 @@ impl Mailbox {
         );
         state.expiry.insert((expires_at, serial), trace.clone());
         state.counters.sent += 1;
+        crate::metrics::mailbox_sent();
         state.bytes += cost;
         let held = state.by_target.entry(Box::from(to)).or_default();
         held.traces.push_back(trace.clone());
@@ -513,6 +516,7 @@ impl Mailbox {
         let cost = by.len() + payload.len();
         let full = |state: &mut State| {
             state.counters.refused_full += 1;
+            crate::metrics::mailbox_refused("full");
             Err(ReplyError::Full {
                 retry_after: limits.retry_after,
             })

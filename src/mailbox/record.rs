@@ -309,6 +309,7 @@ pub(crate) fn notification_json(
 /// A status from the frames' data a store kept for it (a store that keeps
 /// those rather than the record's fields, so as to hold each payload once):
 /// the notification's, and the reply's if there is one.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn status_from_frames(
     to: &str,
     notification: &[u8],

@@ -162,6 +162,7 @@ impl State {
             }
         }
         self.counters.expired += purged as u64;
+        crate::metrics::mailbox_expired(purged as u64);
         purged
     }
 
@@ -206,6 +207,7 @@ impl State {
         }
         record.delivered_at = Some(SystemTime::now());
         self.counters.delivered += 1;
+        crate::metrics::mailbox_delivered();
         broker.retract_direct(
             &client_topic(&record.to),
             key(record.serial, Kind::Notification),

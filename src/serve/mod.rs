@@ -1,5 +1,5 @@
-//! An HTTP/1.1 server for a tower service whose event streams cost a few
-//! kilobytes each (feature `serve`).
+//! A server for a tower service whose HTTP/1.1 event streams cost a few
+//! kilobytes each, with HTTP/2 (h2c) through hyper (feature `serve`).
 //!
 //! An idle event stream served by hyper (and so by `axum::serve`) keeps
 //! hyper's per-connection read and write buffers, 8 KiB each, for as long
@@ -15,8 +15,9 @@
 //! the service and writes the response itself: head, then each body frame
 //! straight from the frame's own bytes in one vectored write, chunked, with
 //! `Connection: close`. Anything else (other methods, bodies, upgrades,
-//! HTTP/1.0, malformed heads) goes to hyper together with the bytes already
-//! read, so hyper answers it exactly as it would have without this server.
+//! HTTP/1.0, malformed heads, and HTTP/2 with prior knowledge) goes to
+//! hyper together with the bytes already read, so hyper answers it exactly
+//! as it would have without this server.
 //!
 //! The service sees the same requests either way: a
 //! [`Request<RequestBody>`](RequestBody) with the peer's address in its
@@ -49,8 +50,31 @@
 //!   stream request that arrives on a connection hyper already serves (a
 //!   browser reusing a keep-alive connection from loading the page) is
 //!   served by hyper, correctly, at hyper's cost.
-//! - HTTP/2 and TLS: put it behind a proxy that terminates them, as event
-//!   streams usually are.
+//! - TLS, and so HTTP/2 negotiated by ALPN: terminate TLS in a proxy in
+//!   front (as event streams usually are), or serve TLS yourself with
+//!   hyper (the demo's `--tls` shows how).
+//!
+//! # What a stream costs, by protocol
+//!
+//! - **HTTP/1.1, a stream request first on its connection**: this server's
+//!   path: no hyper buffers, the stream's state (~3 KB), the frame being
+//!   written, and the kernel's send buffer ([`Serve::stream_send_buffer`]).
+//!   One TCP connection per stream, so a browser's six connections per
+//!   origin are six streams at most.
+//! - **HTTP/1.1 through hyper** (a stream on a keep-alive connection that
+//!   served something else first): hyper's read and write buffers (8 KiB
+//!   each) and its write queue, on top of the stream's state.
+//! - **HTTP/2 (h2c)**: hyper's HTTP/2 server. A connection's buffers and
+//!   its send buffer are shared by every stream on it, so a page's many
+//!   `EventSource`s cost one connection; each stream adds hyper's and
+//!   h2's state for a stream and its task. What waits for a reader that
+//!   stops reading is bounded by the window the client grants (h2's
+//!   default 64 KiB; browsers grant megabytes) and by hyper's send buffer
+//!   per stream (400 KiB); past that the stream is not polled, so the
+//!   broker's retention decides, as for any slow reader. hyper serves up to 200 concurrent streams per connection
+//!   (its default); more are refused with `REFUSED_STREAM`. A graceful
+//!   shutdown sends `GOAWAY` and waits for the open streams, which the
+//!   [`Shutdown`](crate::Shutdown) ends with their final frame.
 //! - A graceful shutdown waits for every stream to end, as hyper's does; a
 //!   [`Shutdown`](crate::Shutdown) closing the brokers is what ends them.
 
@@ -69,7 +93,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_service::Service;
@@ -443,9 +468,13 @@ async fn with_hyper<S, B>(
 {
     let io = TokioIo::new(Rewind::new(tcp, read));
     let service = hyper_util::service::TowerToHyperService::new(service);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new());
-    let connection = builder.serve_connection(io, service).with_upgrades();
+    // hyper's own choice between HTTP/1.1 and HTTP/2 (a connection that
+    // opens with the h2c prior-knowledge preface), from the bytes already
+    // read, which the `Rewind` hands it again.
+    let mut builder = AutoBuilder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

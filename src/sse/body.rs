@@ -115,6 +115,10 @@ pub(crate) struct EventStream {
     /// Held for its drop: a hook hears that the stream ended. It may hold
     /// the events back until the hook is done opening the stream.
     guard: Option<StreamGuard>,
+    /// Entered while polling: the stream's events, the broker's included.
+    span: tracing::Span,
+    /// Whether the stream ended on its own (else its reader went away).
+    ended: bool,
 }
 
 impl EventStream {
@@ -125,6 +129,7 @@ impl EventStream {
         coalesce: Option<Coalesce>,
         slot: StreamSlot,
         guard: Option<StreamGuard>,
+        span: tracing::Span,
     ) -> Self {
         Self {
             sub,
@@ -133,17 +138,21 @@ impl EventStream {
             coalesce,
             slot,
             guard,
+            span,
+            ended: false,
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
+        let span = self.span.clone();
+        let _entered = span.enter();
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(self.hand_out(first)));
         }
         if let Some(guard) = &mut self.guard {
             if std::task::ready!(guard.poll_ready(cx)).is_break() {
-                // The hook could not finish opening the stream.
-                self.hand_out(Bytes::new());
+                tracing::debug!("stream ended: its hook could not open it");
+                self.end();
                 return Poll::Ready(None);
             }
         }
@@ -154,27 +163,45 @@ impl EventStream {
                 if window.is_some() {
                     coalescing.count(self.coalesce, frames);
                 }
+                crate::metrics::delivered(frames, bytes.len());
                 Poll::Ready(Some(self.hand_out(bytes)))
             }
             Poll::Ready(Frames::KeepAlive) => {
+                crate::metrics::keep_alive();
                 Poll::Ready(Some(self.hand_out(Bytes::from_static(wire::KEEP_ALIVE))))
             }
             Poll::Ready(Frames::End) => {
-                self.hand_out(Bytes::new());
+                tracing::debug!("stream ended: the broker closed (shutdown)");
+                self.end();
                 Poll::Ready(None)
             }
             Poll::Ready(Frames::Cut) => {
-                tracing::debug!("stream cut: the event it was writing was evicted");
-                self.hand_out(Bytes::new());
+                tracing::info!("stream cut: the event it was writing was evicted");
+                crate::metrics::stream_cut();
+                self.end();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
         }
     }
 
+    fn end(&mut self) {
+        self.ended = true;
+        self.hand_out(Bytes::new());
+    }
+
     /// Counts `bytes` as what this stream's server is writing now.
     fn hand_out(&mut self, bytes: Bytes) -> Frame<Bytes> {
         self.slot.writing(bytes.len());
         Frame::data(bytes)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _entered = self.span.enter();
+            tracing::debug!("stream ended: its reader went away");
+        }
     }
 }

@@ -72,7 +72,11 @@ impl Coalescing {
 
     /// Switches coalescing on or off; whether that changed anything.
     pub(crate) fn switch(&self, on: bool) -> bool {
-        self.on.swap(on, Ordering::Relaxed) != on
+        let changed = self.on.swap(on, Ordering::Relaxed) != on;
+        if changed {
+            crate::metrics::coalescing(on);
+        }
+        changed
     }
 
     /// Whether it is on (for the tests of the ticker).

@@ -6,11 +6,13 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response};
 use tower_service::Service;
 
-use super::authorize::Rejection;
+use super::authorize::{Grant, Rejection};
 use super::body::{EventStream, ResponseBody};
 use super::future::ResponseFuture;
 use super::layer::Config;
 use super::streams::StreamSlot;
+use crate::broker::{Resumed, Topics};
+use crate::metrics::http_status::Status;
 use crate::response::{method_not_allowed, with_retry_after};
 use crate::wire;
 
@@ -74,6 +76,8 @@ impl Config {
     /// status or a short stream; nothing here can panic or answer 500.
     pub(crate) fn respond<B>(&self, parts: &Parts) -> Response<ResponseBody<B>> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
+            tracing::debug!(method = %parts.method, "events request refused: method");
+            crate::metrics::refused(Status::of(405));
             return method_not_allowed("GET, HEAD").map(ResponseBody::full);
         }
         let grant = match self.authorizer.authorize(parts) {
@@ -102,6 +106,7 @@ impl Config {
         }
         let Some(slot) = StreamSlot::acquire(&self.streams, self.max_connections) else {
             tracing::debug!("events route over its connection limit");
+            crate::metrics::backoff("over_capacity");
             let response = self.busy(b":over capacity\n");
             return with_retry_after(response, self.busy_retry);
         };
@@ -115,11 +120,15 @@ impl Config {
             // Closed: the same final frame the open streams got, else a back-off.
             Err(_closed) => match self.broker.close_frame() {
                 Some(frame) => return stream_response(ResponseBody::full(frame)),
-                None => return self.busy(b":shutting down\n"),
+                None => {
+                    crate::metrics::backoff("closed");
+                    return self.busy(b":shutting down\n");
+                }
             },
         };
         // After subscribing, so that nothing the hook sends from now on can
         // miss this stream.
+        let span = stream_span(&grant, subscription.resumed());
         let header = resume.id.as_deref().filter(|_| resume.from_header);
         let guard = hooked.map(|(hook, client, _)| hook.opened(client, &subscription, header));
         self.streams
@@ -132,6 +141,7 @@ impl Config {
             self.coalesce,
             slot,
             guard,
+            span,
         )))
     }
 
@@ -200,7 +210,69 @@ fn stream_response<B>(body: ResponseBody<B>) -> Response<ResponseBody<B>> {
 }
 
 fn refusal<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
+    tracing::debug!(%rejection, "events request refused");
+    crate::metrics::refused(Status::of(rejection.status().as_u16()));
     rejection.into_response().map(ResponseBody::full)
+}
+
+/// Topic names recorded on a stream's span, at most; the count is always
+/// there.
+const SPAN_TOPIC_NAMES: usize = 8;
+
+/// The span a stream's events are recorded in: its topics, client and how
+/// it started. Entered whenever the stream is polled, so what the broker
+/// logs for it (a lag, a resync) lands there too.
+fn stream_span(grant: &Grant, resumed: Resumed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "sse_stream",
+        topics = grant.topics().len(),
+        topic_names = %TopicNames(grant.topics()),
+        client = tracing::field::Empty,
+        resume = %ResumedField(resumed),
+    );
+    if let Some(client) = grant.client_id() {
+        span.record("client", client);
+    }
+    let (outcome, replayed) = match resumed {
+        Resumed::Live => ("live", 0),
+        Resumed::Replay { events } => ("replay", events),
+        Resumed::Resync(_) => ("resync", 0),
+    };
+    crate::metrics::stream_started(outcome, replayed);
+    span
+}
+
+/// The first [`SPAN_TOPIC_NAMES`] topics, comma-separated, then how many
+/// more.
+struct TopicNames<'a>(&'a Topics);
+
+impl fmt::Display for TopicNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, topic) in self.0.iter().take(SPAN_TOPIC_NAMES).enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(topic.as_str())?;
+        }
+        let more = self.0.len().saturating_sub(SPAN_TOPIC_NAMES);
+        if more > 0 {
+            write!(f, ",+{more} more")?;
+        }
+        Ok(())
+    }
+}
+
+/// `live`, `replayed N` or `resync: REASON`.
+struct ResumedField(Resumed);
+
+impl fmt::Display for ResumedField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Resumed::Live => f.write_str("live"),
+            Resumed::Replay { events } => write!(f, "replayed {events}"),
+            Resumed::Resync(reason) => write!(f, "resync: {}", reason.as_str()),
+        }
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Sse<S> {

@@ -81,6 +81,7 @@ impl StreamSlot {
             streams.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        crate::metrics::stream_opened();
         Some(Self {
             streams: streams.clone(),
             writing: 0,
@@ -108,5 +109,6 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.writing(0);
         self.streams.open.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::stream_closed();
     }
 }

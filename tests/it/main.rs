@@ -18,6 +18,7 @@ mod mailbox_redis;
 mod mailbox_redis_model;
 mod mirror_model;
 mod mode;
+mod observe;
 mod model;
 mod probe;
 mod require_writable;

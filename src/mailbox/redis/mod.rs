@@ -253,16 +253,31 @@ impl RedisMailbox {
                 ],
             )
             .await
-            .map_err(SendError::Unavailable)?;
+            .map_err(|unavailable| {
+                crate::metrics::mailbox_refused("unavailable");
+                SendError::Unavailable(unavailable)
+            })?;
         match answer.outcome.as_str() {
-            "ok" => Ok(trace),
-            "sender" => Err(SendError::SenderOverShare {
-                retry_after: limits.retry_after,
-            }),
-            "full" => Err(SendError::Full {
-                retry_after: limits.retry_after,
-            }),
-            other => Err(SendError::Unavailable(unexpected(other))),
+            "ok" => {
+                crate::metrics::mailbox_sent();
+                Ok(trace)
+            }
+            "sender" => {
+                crate::metrics::mailbox_refused("sender");
+                Err(SendError::SenderOverShare {
+                    retry_after: limits.retry_after,
+                })
+            }
+            "full" => {
+                crate::metrics::mailbox_refused("full");
+                Err(SendError::Full {
+                    retry_after: limits.retry_after,
+                })
+            }
+            other => {
+                crate::metrics::mailbox_refused("unavailable");
+                Err(SendError::Unavailable(unexpected(other)))
+            }
         }
     }
 
