@@ -5,6 +5,9 @@
 # EventSource (undici) and npm's `eventsource` are cut off the same way and
 # must resume by themselves, and so must Python's requests-sse; two Python
 # parsers (sseclient-py, httpx-sse) get live events and resume from an id;
+# twelve EventSources in one Chromium tab all get events live over HTTPS
+# with HTTP/2 (the demo with --tls, which then shuts down with them open),
+# while over HTTP/1.1 the seventh and later stall behind the first six;
 # with two replicas of the demo on one redis-server of its own behind a
 # balancer, Node's and npm's EventSource are cut off from one replica and
 # resume on the other, their notifications (the mailbox kept in Redis)
@@ -69,12 +72,12 @@ example_bin() {
 }
 
 # listening_url LOG PID WHAT: waits (30 s at most) for the process PID to
-# print `listening on http://...` into LOG, and prints that URL.
+# print `listening on http://...` (or https://) into LOG, and prints that URL.
 listening_url() {
     local log=$1 pid=$2 what=$3 url=
     for _ in $(seq 300); do
         # The log may not exist yet: the shell that opens it runs in the background.
-        url=$( { sed -n 's|^listening on \(http://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" 2>/dev/null || true; } | head -n 1)
+        url=$( { sed -n 's|^listening on \(https\{0,1\}://127\.0\.0\.1:[0-9]*\).*|\1|p' "$log" 2>/dev/null || true; } | head -n 1)
         [ -n "$url" ] && { echo "$url"; return 0; }
         kill -0 "$pid" 2>/dev/null || { echo "e2e: $what exited:" >&2; cat "$log" >&2; return 1; }
         sleep 0.1
@@ -154,6 +157,28 @@ if [ ! -x "$VENV/bin/python" ] || [ "$E2E/requirements.txt" -nt "$VENV/.installe
     touch "$VENV/.installed"
 fi
 DEMO_URL=$DEMO_URL timeout --kill-after=5 120 "$VENV/bin/python" "$E2E/python_clients.py"
+
+step "twelve EventSources in Chromium: all live over HTTPS with HTTP/2 (the demo with --tls), six over HTTP/1.1"
+TLS_LOG=$ARTIFACTS/demo-tls.log
+"$DEMO_BIN" --tls --addr 127.0.0.1:0 >"$TLS_LOG" 2>&1 &
+TLS_PID=$!
+EXTRA_PIDS+=("$TLS_PID")
+TLS_URL=$(listening_url "$TLS_LOG" "$TLS_PID" "the demo with --tls")
+echo "demo --tls pid $TLS_PID at $TLS_URL"
+# The test stops the TLS demo itself (SIGTERM with its streams open) and
+# reads in TLS_LOG that it stopped; the plain demo keeps running.
+DEMO_URL=$DEMO_URL TLS_URL=$TLS_URL TLS_PID=$TLS_PID TLS_LOG=$TLS_LOG CHROMIUM=$CHROMIUM E2E_ARTIFACTS=$ARTIFACTS \
+    timeout --kill-after=5 90 node "$E2E/http2.test.mjs"
+# It printed `stopped`: it exits now, and with status 0.
+for _ in $(seq 50); do kill -0 "$TLS_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$TLS_PID" 2>/dev/null; then
+    echo "e2e: the demo with --tls still runs 5 s after it printed stopped" >&2
+    exit 1
+fi
+TLS_STATUS=0
+wait "$TLS_PID" || TLS_STATUS=$?
+[ "$TLS_STATUS" -eq 0 ] || { echo "e2e: the demo with --tls exited with status $TLS_STATUS" >&2; exit 1; }
+echo "demo --tls exited with status 0"
 
 step "two replicas of the demo on one Redis, behind a balancer: EventSource resumes across them, and its notifications follow"
 bash scripts/ensure-redis.sh e2e

@@ -8,7 +8,18 @@
 //! cargo run --example demo                      # http://127.0.0.1:3000
 //! cargo run --example demo -- --addr 0.0.0.0:8080
 //! PORT=8080 cargo run --example demo
+//! cargo run --example demo -- --tls              # https://127.0.0.1:3000, HTTP/2
 //! ```
+//!
+//! With `--tls` the same app is served over HTTPS, with a self-signed
+//! certificate for `127.0.0.1` and `localhost` generated at every start
+//! (nothing is read from or written to disk): browsers warn about it once
+//! (or start Chromium with `--ignore-certificate-errors`), `curl` needs
+//! `-k`. ALPN offers `h2` and `http/1.1`, so a browser speaks HTTP/2 and
+//! all its `EventSource`s to the page's origin share one connection; over
+//! plain HTTP/1.1 a browser opens at most six connections to an origin and
+//! the seventh `EventSource` waits for one of them to close. `--tls`
+//! combines with `--addr` and `--redis`.
 //!
 //! Two replicas of one service, sharing their events on Redis (any
 //! `redis-server`; `REDIS_URL` works too):
@@ -36,6 +47,7 @@
 //! curl -X POST localhost:3000/publish -d '{"data": 42}'   # type `message` on `public`
 //! curl -N -H 'Last-Event-ID: 1-1' localhost:3000/events   # a stale id: a `resync` first
 //! curl localhost:3000/stats
+//! curl localhost:3000/metrics                         # Prometheus text format
 //! curl -X POST localhost:3000/admin/read-only             # toggle read-only
 //! curl -X POST localhost:3000/admin/read-only -d '{"on": true, "reason": "backup"}'
 //! curl -X POST localhost:3000/admin/degraded -d '{"on": true, "reason": "disk full"}'
@@ -104,6 +116,9 @@
 //!   and acks are writes: 503 while the server is not writable.
 //! - `GET /stats`: the broker's counters, the mailbox's under `"mailbox"`
 //!   and, with `--redis`, the backplane's under `"backplane"`.
+//! - `GET /metrics`: every metric the crate records (its `metrics`
+//!   feature; see `tower_sse::metrics`), in Prometheus's text format, from
+//!   `metrics-exporter-prometheus` installed as the process's recorder.
 //! - `GET /health` (always 200, what an operator reads) and `GET /ready`
 //!   (503 when degraded or shutting down, what a load balancer polls),
 //!   served by [`HealthLayer`].
@@ -125,6 +140,8 @@
 //! `/ready` needs to stop sending clients) every stream gets `retry:` and
 //! an `event: shutdown` frame, and ends; the server drains its connections
 //! (for at most 10 seconds, for readers that stopped reading) and exits.
+//! Over `--tls` the same: HTTP/2 connections get a GOAWAY and close once
+//! their streams have ended.
 //!
 //! [`SseLayer`]: tower_sse::SseLayer
 //! [`RequireWritableLayer`]: tower_sse::RequireWritableLayer
@@ -145,7 +162,8 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(loom))]
 mod demo {
-    use std::future::IntoFuture;
+    use std::future::{Future, IntoFuture};
+    use std::pin::Pin;
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::time::Duration;
@@ -160,8 +178,17 @@ mod demo {
     use axum::response::{Html, IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    use rustls::ServerConfig;
     use serde::Deserialize;
     use serde_json::{json, Value};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
     use tower_sse::backplane::{BackplaneError, RedisBackplane, Replica};
     use tower_sse::mailbox::{Mailbox, MailboxLayer, MailboxStore, Notification, SendError};
     use tower_sse::mode::ServerMode;
@@ -195,6 +222,19 @@ mod demo {
     const READ_ONLY_REASON: &str = "operator (POST /admin/read-only)";
     const DEGRADED_REASON: &str = "simulated failure (POST /admin/degraded)";
     const SIGUSR1_REASON: &str = "operator (SIGUSR1)";
+    /// What the `--tls` certificate is valid for.
+    const TLS_NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+    /// How long a TLS client gets to finish its handshake: one that
+    /// connects and says nothing must not hold a task (and, once shutting
+    /// down, the exit) for ever.
+    const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How often the Prometheus recorder is tidied (histograms drained)
+    /// whether or not anyone scrapes `/metrics`: the exporter's `install`
+    /// would spawn this itself, but `install_recorder`, which leaves the
+    /// serving to the demo, leaves the upkeep too.
+    const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+    /// The Prometheus text exposition format.
+    const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
     #[tokio::main]
     pub(super) async fn main() -> ExitCode {
@@ -202,7 +242,7 @@ mod demo {
             Ok(options) => options,
             Err(message) => {
                 eprintln!(
-                    "{message}\nusage: demo [--addr HOST:PORT] [--redis URL]  (or PORT=NNNN, REDIS_URL=URL)"
+                    "{message}\nusage: demo [--addr HOST:PORT] [--redis URL] [--tls]  (or PORT=NNNN, REDIS_URL=URL)"
                 );
                 return ExitCode::from(2);
             }
@@ -224,10 +264,21 @@ mod demo {
         mode: ServerMode,
         /// In memory, or with `--redis` kept in Redis for every replica.
         mailbox: Arc<dyn MailboxStore>,
+        /// What `GET /metrics` renders.
+        metrics: PrometheusHandle,
     }
 
     async fn run(options: Options) -> std::io::Result<()> {
         let addr = options.addr.as_str();
+        // Before anything records: a metric touched before the recorder is
+        // installed (a gauge set when a broker is built) goes nowhere.
+        let metrics = install_metrics_recorder()?;
+        // Made before listening, so that a failure leaves the port alone.
+        let tls = if options.tls {
+            Some(self_signed_tls_config()?)
+        } else {
+            None
+        };
         let mode = ServerMode::new();
         // With Redis, the broker mirrors the stream every replica shares:
         // its reader runs until the broker closes, and degrades the mode
@@ -303,6 +354,8 @@ mod demo {
             .route("/publish", post(publish))
             .route("/notify", post(notify))
             .route("/stats", get(stats))
+            // A read: `RequireWritableLayer` lets GET through in every mode.
+            .route("/metrics", get(render_metrics))
             .route("/admin/read-only", post(admin_read_only))
             .route("/admin/degraded", post(admin_degraded))
             .with_state(AppState {
@@ -310,6 +363,7 @@ mod demo {
                 replica,
                 mode: mode.clone(),
                 mailbox,
+                metrics,
             })
             .layer(notifications)
             .layer(writable)
@@ -317,11 +371,22 @@ mod demo {
             .layer(events)
             .layer(axum::middleware::from_fn(utf8_identity));
 
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let pid = std::process::id();
-        println!("listening on http://{} (pid {pid})", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!(
+            "listening on {scheme}://{} (pid {pid})",
+            listener.local_addr()?
+        );
+        if tls.is_some() {
+            println!(
+                "TLS: a SELF-SIGNED certificate for {}, generated at start (new every run, never \
+                 written to disk): browsers warn about it, curl needs -k; HTTP/2 and HTTP/1.1 by ALPN",
+                TLS_NAMES.join(" and ")
+            );
+        }
         if let Some(url) = &options.redis {
             println!("events shared on Redis: {url}, stream {REDIS_STREAM}");
         }
@@ -330,18 +395,26 @@ mod demo {
         toggle_read_only_on_sigusr1(&mode);
         tokio::spawn(trigger_on_terminate_signal(shutdown.clone()));
 
-        // `tower_sse::serve` drives event streams on lean connections of its
-        // own (a browser's `EventSource` asks for `text/event-stream`; the
-        // stream path covers `curl`) and everything else through hyper.
         // `wait()` completes once the streams were told to end; from then
         // on, the server stops accepting and waits for its connections.
         // The kernel closes connections whose reader vanished or stopped
         // reading (unacknowledged data for 45 s, or silent peers).
-        let server = tower_sse::serve(listener, app)
-            .stream_path("/events")
-            .tcp_tuning(TcpTuning::default())
-            .with_graceful_shutdown(shutdown.wait())
-            .into_future();
+        let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+            // Every request through hyper, HTTP/2 or HTTP/1.1 as ALPN chose.
+            Some(tls) => Box::pin(serve_tls(listener, app, tls, shutdown.wait())),
+            // `tower_sse::serve` drives event streams on lean connections
+            // of its own (a browser's `EventSource` asks for
+            // `text/event-stream`; the stream path covers `curl`) and
+            // everything else through hyper (HTTP/2 too, for a client that
+            // speaks it with prior knowledge: h2c).
+            None => Box::pin(
+                tower_sse::serve(listener, app)
+                    .stream_path("/events")
+                    .tcp_tuning(TcpTuning::default())
+                    .with_graceful_shutdown(shutdown.wait())
+                    .into_future(),
+            ),
+        };
         let stopped = shutdown.wait();
         let deadline = async {
             stopped.await;
@@ -354,6 +427,138 @@ mod demo {
         // A closed stdout must not turn a clean stop into a panic.
         let _ = std::io::Write::write_all(&mut std::io::stdout(), b"stopped\n");
         Ok(())
+    }
+
+    // --- HTTPS (`--tls`) ---------------------------------------------------
+
+    /// A rustls server configuration with a certificate made now, signed by
+    /// its own key, for [`TLS_NAMES`]. The crypto is ring's, named here, so
+    /// nothing depends on a process-wide default provider (or on aws-lc).
+    fn self_signed_tls_config() -> std::io::Result<Arc<ServerConfig>> {
+        let invalid = |what: &str, e: &dyn std::fmt::Display| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+        };
+        let names = TLS_NAMES.map(str::to_owned).to_vec();
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(names)
+                .map_err(|e| invalid("cannot make a self-signed certificate", &e))?;
+        let key = PrivatePkcs8KeyDer::from(signing_key.serialize_der());
+        // rustls 0.23.48 deprecated ring's provider (ring has no
+        // post-quantum key exchange; aws-lc-rs does), and it offers no
+        // undeprecated way to build one. Classical key exchange is fine for
+        // a certificate that lives as long as a local demo.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("TLS versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key.into())
+            .map_err(|e| invalid("TLS certificate", &e))?;
+        // HTTP/2 first: a browser offering both takes it, and then one
+        // connection carries all its streams to this origin.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Serves `app` over TLS until `stop` completes, then stops accepting
+    /// and waits for the open connections to finish: HTTP/2 ones get a
+    /// GOAWAY and end once their streams have (the [`Shutdown`] behind
+    /// `stop` has ended every event stream by then), idle HTTP/1.1 ones
+    /// close at once. [`run`]'s deadline bounds the wait, as for plain HTTP.
+    async fn serve_tls(
+        listener: TcpListener,
+        app: Router,
+        tls: Arc<ServerConfig>,
+        stop: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let acceptor = TlsAcceptor::from(tls);
+        // One builder for both protocols: it reads the connection's first
+        // bytes, the HTTP/2 preface after ALPN chose `h2`, and serves it
+        // as that. The timers drive HTTP/1.1's header read timeout (30 s:
+        // a head dripped a byte at a time) and HTTP/2's keep-alive.
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        let service = TowerToHyperService::new(app);
+        let graceful = GracefulShutdown::new();
+        // Set once `stop` completed: a connection still in its TLS
+        // handshake then is dropped, having no request to finish.
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        let tuning = TcpTuning::default();
+        tokio::pin!(stop);
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _peer)) => tcp,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait for some to
+                        // be freed rather than spin.
+                        eprintln!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut stop => break,
+            };
+            let _ = tuning.apply(&tcp);
+            // Both taken before the shutdown can be signalled: a connection
+            // whose handshake ends as it is signalled is told to finish as
+            // soon as it is served, and `shutdown()` waits for it.
+            let watcher = graceful.watcher();
+            let mut stopped = stopping.subscribe();
+            let (acceptor, builder, service) = (acceptor.clone(), builder.clone(), service.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    handshake = handshake => match handshake {
+                        Ok(Ok(stream)) => stream,
+                        // The client's business: one that does not trust
+                        // the certificate hangs up here.
+                        _ => return,
+                    },
+                    _ = stopped.wait_for(|stopped| *stopped) => return,
+                };
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                // An error is one connection's (a reset, a protocol error).
+                let _ = watcher.watch(connection).await;
+            });
+        }
+        drop(listener);
+        stopping.send_replace(true);
+        graceful.shutdown().await;
+        Ok(())
+    }
+
+    // --- metrics -------------------------------------------------------------
+
+    /// Installs the Prometheus recorder as the process's: every metric the
+    /// crate records from now on lands in it. The recorder's upkeep runs
+    /// on a timer, as nothing else calls it between scrapes.
+    fn install_metrics_recorder() -> std::io::Result<PrometheusHandle> {
+        let handle = PrometheusBuilder::new().install_recorder().map_err(|e| {
+            std::io::Error::other(format!("cannot install the metrics recorder: {e}"))
+        })?;
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        Ok(handle)
+    }
+
+    /// `GET /metrics`: the recorder's metrics in Prometheus's text format.
+    async fn render_metrics(State(app): State<AppState>) -> impl IntoResponse {
+        (
+            [
+                (header::CONTENT_TYPE, METRICS_CONTENT_TYPE),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            app.metrics.render(),
+        )
     }
 
     // --- the toy identity --------------------------------------------------
@@ -839,18 +1044,24 @@ mod demo {
     struct Options {
         addr: String,
         redis: Option<String>,
+        /// HTTPS with a certificate made at start (`--tls`).
+        tls: bool,
     }
 
     impl Options {
         /// `--addr HOST:PORT` (or `--addr=HOST:PORT`), else
         /// `127.0.0.1:$PORT`, else `default`; `--redis URL` (or
-        /// `--redis=URL`), else `$REDIS_URL`, else none: in memory.
+        /// `--redis=URL`), else `$REDIS_URL`, else none: in memory; `--tls`
+        /// for HTTPS.
         fn parse(default: &str) -> Result<Self, String> {
             let mut args = std::env::args().skip(1);
             let mut addr = None;
             let mut redis = None;
+            let mut tls = false;
             while let Some(arg) = args.next() {
-                if arg == "--addr" {
+                if arg == "--tls" {
+                    tls = true;
+                } else if arg == "--addr" {
                     addr = Some(args.next().ok_or("--addr needs a value, HOST:PORT")?);
                 } else if let Some(value) = arg.strip_prefix("--addr=") {
                     addr = Some(value.to_owned());
@@ -880,7 +1091,7 @@ mod demo {
                     Err(_) => default.to_owned(),
                 },
             };
-            Ok(Self { addr, redis })
+            Ok(Self { addr, redis, tls })
         }
     }
 }
