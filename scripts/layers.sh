@@ -38,6 +38,11 @@ forbid "src/response.rs" 'crate::' "src/response.rs imports the crate"
 forbid "src/health.rs src/require_writable.rs" 'crate::(sse|mailbox|serve|axum)' \
     "a small layer imports another layer"
 
+# Metrics are recorded through `crate::metrics` alone: the facade's macros
+# appear nowhere else.
+forbid "$(find src -name '*.rs' ! -path src/metrics.rs | tr '\n' ' ')" '(counter|gauge|histogram)!|use ::?metrics\b' \
+    "the metrics facade used outside src/metrics.rs"
+
 if ((status == 0)); then
     echo "layers: every import points down"
 fi

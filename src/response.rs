@@ -96,6 +96,14 @@ impl<B> ResponseBody<B> {
     }
 }
 
+/// An empty answer: what layers outside this one (tower-http's `Cors`,
+/// `Timeout`, `ValidateRequestHeader`) answer with when they answer first.
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::answer(Bytes::new())
+    }
+}
+
 impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
     type Data = Bytes;
     type Error = B::Error;

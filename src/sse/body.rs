@@ -56,6 +56,14 @@ impl<B> ResponseBody<B> {
     }
 }
 
+/// An empty body: what layers outside this one (tower-http's `Cors`,
+/// `Timeout`, `ValidateRequestHeader`) answer with when they answer first.
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,

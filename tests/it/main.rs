@@ -32,6 +32,7 @@ mod soak;
 #[cfg(feature = "tcp")]
 mod stalled_reader;
 mod support;
+mod tower_http;
 mod upstream;
 mod upstream_model;
 #[cfg(feature = "redis")]
