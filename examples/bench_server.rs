@@ -44,6 +44,11 @@
 //! in step with the stream, before any client connects. A replica that
 //! should not publish is given a `--start-after-conns` no run reaches.
 //!
+//! The environment variable `BENCH_METRICS=prometheus` installs
+//! `metrics-exporter-prometheus` as the process's recorder before any
+//! stream opens, so that the crate's metrics (feature `metrics`) are recorded as
+//! an app exporting them would: what they cost per delivery.
+//!
 //! The environment variable `BENCH_COALESCE_MS` overrides the layer's
 //! write-coalescing window (default 20 ms; 0 turns it off), to see the
 //! trade between CPU per delivery and latency.
@@ -189,6 +194,13 @@ fn main() -> std::process::ExitCode {
                 std::future::ready(Json(body))
             }
         };
+        // What an app exporting the metrics pays; the handle is kept
+        // (nothing scrapes it here).
+        let _metrics = (std::env::var("BENCH_METRICS").as_deref() == Ok("prometheus")).then(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other recorder is installed")
+        });
         let app = Router::new().route("/stats", get(stats)).layer({
             let layer = SseLayer::new(broker.clone());
             match std::env::var("BENCH_COALESCE_MS")

@@ -10,6 +10,7 @@ mod broker;
 mod health;
 mod hook;
 mod http;
+mod http2;
 mod mailbox;
 mod mailbox_http;
 #[cfg(feature = "redis")]
@@ -18,8 +19,8 @@ mod mailbox_redis;
 mod mailbox_redis_model;
 mod mirror_model;
 mod mode;
-mod observe;
 mod model;
+mod observe;
 mod probe;
 mod require_writable;
 mod security;

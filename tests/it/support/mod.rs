@@ -10,6 +10,7 @@
 pub mod broker_model;
 pub mod bus;
 pub mod client;
+pub mod h2;
 pub mod inner;
 pub mod mailbox_bounds;
 pub mod process;

@@ -102,7 +102,11 @@ impl Client {
                 self.feed = None;
             }
         }
-        while let Some(Some(item)) = self.parser.next().now_or_never() {
+        // Outside tokio's cooperative budget: the parser reads a tokio
+        // channel, and once a task that reads many clients in a row has
+        // spent its budget, that read would say "nothing yet" with the
+        // bytes queued, and nothing would wake it again.
+        while let Some(Some(item)) = tokio::task::unconstrained(self.parser.next()).now_or_never() {
             self.parsed.push_back(item.expect("valid SSE"));
         }
         !self.ended
