@@ -228,10 +228,11 @@ mod demo {
     /// connects and says nothing must not hold a task (and, once shutting
     /// down, the exit) for ever.
     const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-    /// How often the Prometheus recorder is tidied (histograms drained)
-    /// whether or not anyone scrapes `/metrics`: the exporter's `install`
-    /// would spawn this itself, but `install_recorder`, which leaves the
-    /// serving to the demo, leaves the upkeep too.
+    /// How often the Prometheus recorder does its upkeep whether or not
+    /// anyone scrapes `/metrics` (the crate records no histograms, but an
+    /// app's own might): the exporter's `install` would spawn this itself,
+    /// but `install_recorder`, which leaves the serving to the demo,
+    /// leaves the upkeep too.
     const METRICS_UPKEEP: Duration = Duration::from_secs(5);
     /// The Prometheus text exposition format.
     const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -539,6 +540,8 @@ mod demo {
         let handle = PrometheusBuilder::new().install_recorder().map_err(|e| {
             std::io::Error::other(format!("cannot install the metrics recorder: {e}"))
         })?;
+        // Help text and units: the `# HELP` lines of `/metrics`.
+        tower_sse::metrics::describe();
         let upkeep = handle.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(METRICS_UPKEEP);

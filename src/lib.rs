@@ -50,9 +50,15 @@
 //!   waits for Ctrl-C or SIGTERM.
 //! - `tcp`: `tcp::TcpTuning`, socket options that let the
 //!   kernel drop readers that vanished or stopped reading.
-//! - `serve`: `serve()`, an HTTP/1.1 server that drives event streams on
+//! - `serve`: `serve()`, a server that drives HTTP/1.1 event streams on
 //!   lean connections of its own (a few kilobytes each instead of hyper's
-//!   16 KiB of buffers) and hands every other request to hyper.
+//!   16 KiB of buffers) and hands every other request to hyper, HTTP/2
+//!   with prior knowledge (h2c) included.
+//! - `redis`: `backplane::RedisBackplane` (replicas sharing one event log
+//!   on Redis Streams), the mailbox kept in Redis (`MailboxBuilder::redis`)
+//!   and `upstream::RedisPubSub` (topics fed from Redis pub/sub).
+//! - `metrics`: counters and gauges through the `metrics` facade (the
+//!   `metrics` module lists them); the app installs the recorder.
 
 // A loom build has no doc tests: loom's types work only inside a model.
 #![cfg(not(all(loom, doctest)))]

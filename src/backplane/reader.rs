@@ -91,6 +91,9 @@ impl Drop for Stopped {
         if self.shared.dropped.load(Ordering::Acquire) {
             // Stopped with the last replica handle: nothing failed, and
             // the mode no longer waits for this reader.
+            if self.shared.health.up.swap(false, Ordering::AcqRel) {
+                crate::metrics::backplane_in_step(false);
+            }
             if let Some((mode, id)) = &self.probe {
                 mode.probe_passing(*id);
             }
@@ -98,8 +101,9 @@ impl Drop for Stopped {
         }
         let why = "the backplane reader stopped".to_owned();
         let health = &self.shared.health;
-        health.up.store(false, Ordering::Release);
-        crate::metrics::backplane_connected(false);
+        if health.up.swap(false, Ordering::AcqRel) {
+            crate::metrics::backplane_in_step(false);
+        }
         *health.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
         if let Some((mode, id)) = &self.probe {
             mode.probe_failing(*id, "redis", why);
@@ -128,13 +132,13 @@ impl Reader {
                 Ended::Failed(error) => {
                     tracing::warn!(%error, "backplane reader lost Redis; reconnecting");
                     let health = &self.shared.health;
-                    crate::metrics::backplane_connected(false);
                     if health.up.swap(false, Ordering::AcqRel) {
                         // It had been in step: a new outage, a new back-off.
                         if let Some(broker) = self.broker() {
                             broker.mirror_reconnecting();
                         }
-                        crate::metrics::backplane_reconnect();
+                        crate::metrics::backplane_in_step(false);
+                        crate::metrics::backplane_disconnected();
                         backoff = MIN_BACKOFF;
                     }
                     *health.error.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -151,6 +155,10 @@ impl Reader {
             }
         }
         stopped.armed = false;
+        if self.shared.health.up.load(Ordering::Acquire) {
+            // Done with the broker, still in step: no longer a reader.
+            crate::metrics::backplane_in_step(false);
+        }
         if let Some((mode, id)) = probe {
             mode.probe_passing(id);
         }
@@ -355,7 +363,7 @@ impl Reader {
                     .await?;
                 broker.mirror_top(top.unwrap_or(0));
             }
-            crate::metrics::backplane_lag(broker.mirror_lag());
+            crate::metrics::backplane_lag(|| broker.mirror_lag());
         }
     }
 
@@ -393,7 +401,7 @@ impl Reader {
     fn in_step(&self, probe: &Option<(ServerMode, u64)>) {
         let health = &self.shared.health;
         if !health.up.swap(true, Ordering::AcqRel) {
-            crate::metrics::backplane_connected(true);
+            crate::metrics::backplane_in_step(true);
             *health.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
             if let Some((mode, id)) = probe {
                 mode.probe_passing(*id);

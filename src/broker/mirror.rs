@@ -389,8 +389,6 @@ impl Broker {
         state.mirror.map(|mirror| (state.epoch, mirror.stream_seq))
     }
 
-    /// The stream's last seq as the reader last saw it (0 if not a mirror).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     /// Stream entries the mirror has not reached yet, as far as its
     /// reader last saw the stream's top.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -400,6 +398,7 @@ impl Broker {
             .map_or(0, |mirror| mirror.top.saturating_sub(mirror.stream_seq))
     }
 
+    /// The stream's last seq as the reader last saw it (0 if not a mirror).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn mirror_top_seen(&self) -> u64 {
         lock(&self.shared.state)

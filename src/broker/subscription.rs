@@ -63,6 +63,9 @@ pub struct Subscription {
     shared: Arc<Shared>,
     reader: Reader,
     resumed: Resumed,
+    /// Resyncs are reported by whoever reads the subscription
+    /// ([`Subscription::report`]), in its own span, not as they are read.
+    defer_reports: bool,
 }
 
 /// How a subscription started, as decided when it was made: what
@@ -248,6 +251,7 @@ impl Subscription {
             shared,
             reader: sub,
             resumed,
+            defer_reports: false,
         }
     }
 }
@@ -425,6 +429,7 @@ impl Reader {
         if entry.event_type.as_deref() == Some(wire::RESYNC_EVENT) {
             // Only the crate publishes these: its topic's upstream lost
             // events here.
+            self.told.push((ResyncReason::Upstream, 0));
             return Message::Resync {
                 reason: ResyncReason::Upstream,
                 resume_from: EventId::new(self.epoch, entry.seq),
@@ -606,16 +611,33 @@ impl Subscription {
             state.evict(&self.shared.limits, now);
             f(&mut self.reader, &mut state, now)
         };
-        if !self.reader.told.is_empty() {
+        if !self.defer_reports && self.has_reports() {
             self.report();
         }
         result
     }
 
-    /// Logs and counts the resyncs just taken, outside the lock (a
-    /// subscriber's or recorder's work must not hold up the broker).
+    /// From now on the resyncs read are reported only by
+    /// [`report`](Subscription::report), which the events route calls in
+    /// its stream's span.
+    pub(crate) fn defer_reports(&mut self) {
+        self.defer_reports = true;
+    }
+
+    /// Whether resyncs were read and not reported yet.
+    #[inline]
+    pub(crate) fn has_reports(&self) -> bool {
+        !self.reader.told.is_empty()
+    }
+
+    /// Logs and counts the resyncs read since the last report, outside the
+    /// lock (a subscriber's or recorder's work must not hold up the
+    /// broker). A lag is `info`: the reader lost events. A resync is
+    /// `debug`: the id it gave could not be honoured (a client's choice,
+    /// and after a restart every client's), or its upstream failed, which
+    /// the driver reports once for all its readers.
     #[cold]
-    fn report(&mut self) {
+    pub(crate) fn report(&mut self) {
         for (reason, missed) in self.reader.told.drain(..) {
             crate::metrics::resync(reason, missed);
             #[cfg(not(loom))]
@@ -623,7 +645,7 @@ impl Subscription {
                 ResyncReason::Lagged => {
                     tracing::info!(missed, "stream lagged: events evicted before it read them")
                 }
-                reason => tracing::info!(reason = reason.as_str(), "stream told to resync"),
+                reason => tracing::debug!(reason = reason.as_str(), "stream told to resync"),
             }
         }
     }

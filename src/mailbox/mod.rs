@@ -516,7 +516,6 @@ impl Mailbox {
         let cost = by.len() + payload.len();
         let full = |state: &mut State| {
             state.counters.refused_full += 1;
-            crate::metrics::mailbox_refused("full");
             Err(ReplyError::Full {
                 retry_after: limits.retry_after,
             })

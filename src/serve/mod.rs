@@ -71,12 +71,16 @@
 //!   stops reading is bounded by the window the client grants (h2's
 //!   default 64 KiB; browsers grant megabytes) and by hyper's send buffer
 //!   per stream (400 KiB); past that the stream is not polled, so the
-//!   broker's retention decides, as for any slow reader. hyper serves up to 200 concurrent streams per connection
-//!   (its default); more are refused with `REFUSED_STREAM`. A graceful
-//!   shutdown sends `GOAWAY` and waits for the open streams, which the
-//!   [`Shutdown`](crate::Shutdown) ends with their final frame.
-//! - A graceful shutdown waits for every stream to end, as hyper's does; a
-//!   [`Shutdown`](crate::Shutdown) closing the brokers is what ends them.
+//!   broker's retention decides, as for any slow reader. The connection's
+//!   window is shared by its streams, so a client that stops reading one
+//!   stream can stall its own others, never another client's. hyper
+//!   serves up to 200 concurrent streams per connection (its default);
+//!   more are refused with `REFUSED_STREAM`.
+//!
+//! A graceful shutdown waits for every stream to end, as hyper's does
+//! (HTTP/2 connections are sent `GOAWAY` first); a
+//! [`Shutdown`](crate::Shutdown) closing the brokers is what ends them,
+//! each with its final frame.
 
 mod head;
 mod io;

@@ -13,6 +13,7 @@ use super::coalesce::Coalesce;
 use super::hook::StreamGuard;
 use super::streams::StreamSlot;
 use crate::broker::{Frames, Subscription};
+use crate::metrics::StreamMetrics;
 use crate::wire;
 
 pin_project! {
@@ -123,15 +124,17 @@ pub(crate) struct EventStream {
     /// Held for its drop: a hook hears that the stream ended. It may hold
     /// the events back until the hook is done opening the stream.
     guard: Option<StreamGuard>,
-    /// Entered while polling: the stream's events, the broker's included.
+    /// The stream's span: what is logged for it is logged in it (entered
+    /// only then, not on every poll).
     span: tracing::Span,
-    /// Whether the stream ended on its own (else its reader went away).
-    ended: bool,
+    metrics: StreamMetrics,
+    /// Why the stream ended itself, if it did before the broker closed.
+    cut: Option<&'static str>,
 }
 
 impl EventStream {
     pub(crate) fn new(
-        sub: Subscription,
+        mut sub: Subscription,
         first: Bytes,
         max_batch_bytes: usize,
         coalesce: Option<Coalesce>,
@@ -139,6 +142,7 @@ impl EventStream {
         guard: Option<StreamGuard>,
         span: tracing::Span,
     ) -> Self {
+        sub.defer_reports();
         Self {
             sub,
             first: Some(first),
@@ -147,55 +151,58 @@ impl EventStream {
             slot,
             guard,
             span,
-            ended: false,
+            metrics: StreamMetrics::opened(),
+            cut: None,
         }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
-        let span = self.span.clone();
-        let _entered = span.enter();
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(self.hand_out(first)));
         }
         if let Some(guard) = &mut self.guard {
             if std::task::ready!(guard.poll_ready(cx)).is_break() {
-                tracing::debug!("stream ended: its hook could not open it");
-                self.end();
+                self.cut = Some("its hook could not open it");
                 return Poll::Ready(None);
             }
         }
         let coalescing = &self.slot.streams().coalescing;
         let window = coalescing.window(self.coalesce);
-        match self.sub.poll_frames(cx, self.max_batch_bytes, window) {
+        let polled = self.sub.poll_frames(cx, self.max_batch_bytes, window);
+        if self.sub.has_reports() {
+            let _entered = self.span.enter();
+            self.sub.report();
+        }
+        match polled {
             Poll::Ready(Frames::Data { bytes, frames }) => {
                 if window.is_some() {
                     coalescing.count(self.coalesce, frames);
                 }
-                crate::metrics::delivered(frames, bytes.len());
+                self.metrics.delivered(frames, bytes.len());
                 Poll::Ready(Some(self.hand_out(bytes)))
             }
             Poll::Ready(Frames::KeepAlive) => {
-                crate::metrics::keep_alive();
+                self.metrics.keep_alive();
                 Poll::Ready(Some(self.hand_out(Bytes::from_static(wire::KEEP_ALIVE))))
             }
             Poll::Ready(Frames::End) => {
-                tracing::debug!("stream ended: the broker closed (shutdown)");
-                self.end();
+                self.hand_out(Bytes::new());
                 Poll::Ready(None)
             }
             Poll::Ready(Frames::Cut) => {
-                tracing::info!("stream cut: the event it was writing was evicted");
+                self.span.in_scope(|| {
+                    tracing::info!(
+                        "stream cut: it could not go on without a gap (the frame it was \
+                         writing was evicted, or direct messages due to it were lost)"
+                    )
+                });
                 crate::metrics::stream_cut();
-                self.end();
+                self.cut = Some("cut");
+                self.hand_out(Bytes::new());
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-
-    fn end(&mut self) {
-        self.ended = true;
-        self.hand_out(Bytes::new());
     }
 
     /// Counts `bytes` as what this stream's server is writing now.
@@ -207,9 +214,14 @@ impl EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        if !self.ended {
-            let _entered = self.span.enter();
-            tracing::debug!("stream ended: its reader went away");
-        }
+        // A server may stop polling once the body says it has ended
+        // (`is_end_stream`), before `End`: the subscription knows.
+        let why = match self.cut {
+            Some(why) => why,
+            None if self.sub.is_finished() => "the broker closed (shutdown)",
+            None => "its reader went away",
+        };
+        let _entered = self.span.enter();
+        tracing::debug!("stream ended: {why}");
     }
 }

@@ -128,7 +128,14 @@ impl Config {
         };
         // After subscribing, so that nothing the hook sends from now on can
         // miss this stream.
-        let span = stream_span(&grant, subscription.resumed());
+        let resumed = subscription.resumed();
+        let span = stream_span(&grant, resumed);
+        let (outcome, replayed) = match resumed {
+            Resumed::Live => ("live", 0),
+            Resumed::Replay { events } => ("replay", events),
+            Resumed::Resync(_) => ("resync", 0),
+        };
+        crate::metrics::stream_started(outcome, replayed);
         let header = resume.id.as_deref().filter(|_| resume.from_header);
         let guard = hooked.map(|(hook, client, _)| hook.opened(client, &subscription, header));
         self.streams
@@ -220,8 +227,8 @@ fn refusal<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
 const SPAN_TOPIC_NAMES: usize = 8;
 
 /// The span a stream's events are recorded in: its topics, client and how
-/// it started. Entered whenever the stream is polled, so what the broker
-/// logs for it (a lag, a resync) lands there too.
+/// it started. What the broker reads for it (a lag, a resync) is reported
+/// in it too.
 fn stream_span(grant: &Grant, resumed: Resumed) -> tracing::Span {
     let span = tracing::info_span!(
         "sse_stream",
@@ -233,12 +240,6 @@ fn stream_span(grant: &Grant, resumed: Resumed) -> tracing::Span {
     if let Some(client) = grant.client_id() {
         span.record("client", client);
     }
-    let (outcome, replayed) = match resumed {
-        Resumed::Live => ("live", 0),
-        Resumed::Replay { events } => ("replay", events),
-        Resumed::Resync(_) => ("resync", 0),
-    };
-    crate::metrics::stream_started(outcome, replayed);
     span
 }
 

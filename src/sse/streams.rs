@@ -51,7 +51,11 @@ impl Streams {
                 self.coalescing.switch(clock.is_none());
                 clock
             }
-            _ => None,
+            Some(Coalesce { always: true, .. }) => {
+                crate::metrics::coalescing(true);
+                None
+            }
+            None => None,
         };
         let task = Ticker::new(
             broker.downgrade(),
@@ -81,7 +85,6 @@ impl StreamSlot {
             streams.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        crate::metrics::stream_opened();
         Some(Self {
             streams: streams.clone(),
             writing: 0,
@@ -109,6 +112,5 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.writing(0);
         self.streams.open.fetch_sub(1, Ordering::AcqRel);
-        crate::metrics::stream_closed();
     }
 }

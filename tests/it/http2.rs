@@ -33,8 +33,8 @@ use tower_sse::serve::PeerAddr;
 use tower_sse::{Broker, Event, Shutdown, SseLayer};
 
 use crate::support::client;
-use crate::support::h2::{serve_auto_until, H2Connection};
-use crate::support::server::loopback;
+use crate::support::h2::H2Connection;
+use crate::support::server::{loopback, serve_hyper_until, spawn_serve_until};
 use crate::support::sse::Client;
 use crate::support::sse_parser::{parse, Dispatched};
 use crate::support::stack::{SERVER_STOPS, SHUTDOWN_FRAME};
@@ -156,7 +156,7 @@ impl Running {
         let signal = fixture.shutdown.wait();
         match kind {
             Kind::Hyper => {
-                let server = serve_auto_until(fixture.router(), signal).await;
+                let server = serve_hyper_until(fixture.router(), signal).await;
                 Self {
                     kind,
                     addr: server.addr,
@@ -165,11 +165,9 @@ impl Running {
                 }
             }
             Kind::Serve => {
-                let listener = loopback().await;
-                let addr = listener.local_addr().expect("local addr");
-                let server =
-                    tower_sse::serve(listener, fixture.router()).with_graceful_shutdown(signal);
-                let task = tokio::spawn(async move { server.await.expect("serve") });
+                let serve = tower_sse::serve(loopback().await, fixture.router());
+                let (addr, server) = spawn_serve_until(serve, signal);
+                let task = tokio::spawn(async move { server.await.unwrap().expect("serve") });
                 Self {
                     kind,
                     addr,
@@ -219,12 +217,7 @@ fn assert_event_stream(client: &Client, who: &str) {
 }
 
 /// Runs `read` on each client on a task of its own, as independent readers
-/// would, and returns the clients once every one is done. (One task reading
-/// many streams whose bytes are already buffered would also starve: the
-/// support `Client` feeds `eventsource-stream` through a tokio channel polled
-/// with `now_or_never`, and once the task's coop budget is spent that poll
-/// answers `Pending` with the chunk still queued, so the events stay
-/// undispatched while the bytes are all there.)
+/// would, and returns the clients once every one is done.
 async fn each_on_its_own_task<F, Fut>(clients: Vec<Client>, read: F) -> Vec<Client>
 where
     F: Fn(usize, Client) -> Fut,

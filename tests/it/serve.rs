@@ -22,7 +22,7 @@ use tower_sse::{Broker, Event, Shutdown, SseLayer};
 
 use crate::support::client::{get, send};
 use crate::support::raw::{exchange, RawClient};
-use crate::support::server::{loopback, spawn_serve};
+use crate::support::server::{loopback, spawn_serve, spawn_serve_until};
 use crate::support::sse::seq_of;
 use crate::support::wait::{eventually, within};
 
@@ -312,8 +312,7 @@ async fn graceful_shutdown_ends_streams_and_returns() {
     let broker = Broker::new();
     let shutdown = Shutdown::new().broker(&broker).drain(Duration::ZERO);
     let serve = tower_sse::serve(loopback().await, app(&broker));
-    let addr = serve.local_addr().expect("addr");
-    let server = tokio::spawn(serve.with_graceful_shutdown(shutdown.wait()).into_future());
+    let (addr, server) = spawn_serve_until(serve, shutdown.wait());
 
     let mut streams = Vec::new();
     for _ in 0..20 {
@@ -366,15 +365,9 @@ async fn a_client_that_leaves_before_its_answer_ends_the_call() {
     };
     let app = Router::new().route("/events", slow);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = tower_sse::serve(loopback().await, app);
-    let addr = serve.local_addr().expect("addr");
-    let server = tokio::spawn(
-        serve
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let (addr, server) = spawn_serve_until(tower_sse::serve(loopback().await, app), async move {
+        let _ = stopped.await;
+    });
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     let head = format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     tcp.write_all(head.as_bytes()).await.expect("send");

@@ -34,7 +34,6 @@
 //! stream held back anywhere fails the test instead of slowing it.
 
 use std::convert::Infallible;
-use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,18 +59,20 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::CorsLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{ResponseBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_sse::sse::public_only;
 use tower_sse::{Broker, Event, SseLayer};
 use tracing::span::Id;
 use tracing::Span;
+use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::support::client::{fetch, get as open, request, Connection, Reply};
 use crate::support::server::{serve_axum, serve_hyper};
 use crate::support::sse::{json_of, Client};
 use crate::support::stack;
+use crate::support::trace::{self, Log};
 use crate::support::wait::{eventually, within};
 
 /// Where a tower-http layer sits relative to `SseLayer` (see the module
@@ -245,52 +246,14 @@ impl Traced {
     }
 }
 
-/// What a `tracing_subscriber::fmt` subscriber writes, kept for the test.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Log {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Whether a line in the span of `GET path` (tower-http's default
-    /// span) says `what`, e.g. `tower_http::trace::make_span: new`.
-    fn has(&self, path: &str, what: &str) -> bool {
-        let span = format!("request{{method=GET uri={path} version=HTTP/1.1}}: ");
-        self.text()
-            .lines()
-            .any(|line| line.contains(&span) && line.contains(what))
-    }
-}
-
-impl io::Write for Log {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A subscriber writing debug events and span openings and closings into
-/// a [`Log`], the default on this thread only (the test's runtime is
-/// single-threaded, so the server's tasks run here too).
+/// Debug events and span openings and closings, on this thread only.
 fn capture_traces() -> (Log, tracing::subscriber::DefaultGuard) {
-    let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(
-            tracing_subscriber::fmt::format::FmtSpan::NEW
-                | tracing_subscriber::fmt::format::FmtSpan::CLOSE,
-        )
-        .finish();
-    (log, tracing::subscriber::set_default(subscriber))
+    trace::capture(tracing::Level::DEBUG, FmtSpan::NEW | FmtSpan::CLOSE)
+}
+
+/// The span tower-http's `TraceLayer` makes for `GET path` by default.
+fn request_span(path: &str) -> String {
+    format!("request{{method=GET uri={path} version=HTTP/1.1}}: ")
 }
 
 #[tokio::test]
@@ -339,17 +302,26 @@ async fn trace_outside_gives_the_stream_its_own_span_and_hands_each_event_on_as_
     // The span is what an operator sees: opened with the request, the head
     // logged in it, open as long as the stream; it closes once the client
     // has gone.
-    assert!(log.has("/events", "tower_http::trace::make_span: new"));
-    assert!(log.has("/events", "finished processing request"));
-    assert!(log.has("/events", "status=200"));
+    assert!(log.has(
+        &request_span("/events"),
+        "tower_http::trace::make_span: new"
+    ));
+    assert!(log.has(&request_span("/events"), "finished processing request"));
+    assert!(log.has(&request_span("/events"), "status=200"));
     assert!(
-        !log.has("/events", "tower_http::trace::make_span: close"),
+        !log.has(
+            &request_span("/events"),
+            "tower_http::trace::make_span: close"
+        ),
         "the stream's span stays open while it streams: {}",
         log.text()
     );
     drop(stream);
     eventually("the stream's span to close", || {
-        log.has("/events", "tower_http::trace::make_span: close")
+        log.has(
+            &request_span("/events"),
+            "tower_http::trace::make_span: close",
+        )
     })
     .await;
 }
@@ -503,6 +475,52 @@ async fn timeout_outside_does_not_cut_a_stream_that_outlives_it() {
 #[tokio::test]
 async fn timeout_inside_times_out_other_routes_and_never_sees_the_stream() {
     timeout_spares_the_stream(At::Inside).await;
+}
+
+/// `ResponseBodyTimeoutLayer` times the gap between a body's frames, and
+/// an idle stream's only frames are its keep-alives: with a keep-alive
+/// interval under the timeout the stream lives on (five keep-alives took
+/// longer than the timeout, and no event was published meanwhile); with
+/// none, the timeout cuts it, idle, without an event.
+#[tokio::test]
+async fn a_response_body_timeout_cuts_only_a_stream_without_keep_alives() {
+    let body_timeout = Duration::from_millis(300);
+    for keep_alive in [true, false] {
+        let broker = Broker::new();
+        let sse = SseLayer::new(broker.clone());
+        let sse = if keep_alive {
+            sse.keep_alive(Duration::from_millis(100))
+        } else {
+            sse.no_keep_alive()
+        };
+        let layer = ResponseBodyTimeoutLayer::new(body_timeout);
+        let addr = serve_axum(mount(At::Outside, sse, layer)).await;
+        let opened = Instant::now();
+        if keep_alive {
+            let mut stream = open_stream(addr, &[]).await;
+            stream
+                .wait_raw("five keep-alives", |raw| raw.matches("\n:\n").count() >= 5)
+                .await;
+            assert!(opened.elapsed() > body_timeout);
+            assert_live(&mut stream, &broker, "kept").await;
+        } else {
+            let mut conn = Connection::open(addr).await;
+            let mut body = conn.send(request(Method::GET, "/events")).await.into_body();
+            let end = within("the body timeout to cut the stream", async {
+                loop {
+                    match body.frame().await {
+                        Some(Ok(_)) => continue,
+                        Some(Err(error)) => break Some(error),
+                        None => break None,
+                    }
+                }
+            })
+            .await;
+            assert!(end.is_some(), "cut as an error, not a clean end");
+            assert!(opened.elapsed() >= body_timeout);
+            assert_eq!(broker.stats().published, 0);
+        }
+    }
 }
 
 // CorsLayer.
@@ -777,6 +795,25 @@ async fn catch_panic_outside_turns_a_panicking_route_into_500_while_streams_go_o
 #[tokio::test]
 async fn catch_panic_inside_turns_a_panicking_route_into_500_while_streams_go_on() {
     catch_panic_spares_the_streams(At::Inside).await;
+}
+
+/// The authorizer runs in `Sse`'s call: a panic there reaches a
+/// `CatchPanicLayer` outside it as a `500`, and streams go on.
+#[tokio::test]
+async fn catch_panic_outside_also_catches_a_panicking_authorizer() {
+    let broker = Broker::new();
+    let sse = SseLayer::new(broker.clone()).authorize(|parts: &Parts| {
+        if parts.uri.query() == Some("boom") {
+            panic!("the authorizer failed");
+        }
+        public_only(parts)
+    });
+    let addr = serve_axum(mount(At::Outside, sse, CatchPanicLayer::new())).await;
+    let mut stream = open_stream(addr, &[]).await;
+    let panicked = fetch(addr, Method::GET, "/events?boom", &[], "").await;
+    assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_live(&mut stream, &broker, "after").await;
+    assert_eq!(broker.stats().subscribers, 1);
 }
 
 // RequestBodyLimitLayer.

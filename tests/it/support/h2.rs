@@ -1,29 +1,18 @@
 //! HTTP/2 over cleartext with prior knowledge (h2c): a client connection
-//! the test owns, on which it opens as many event streams as it likes, and
-//! a plain hyper server that speaks HTTP/1.1 and h2c on one port
-//! (hyper-util's `auto::Builder`) and counts the connections it accepts.
+//! the test owns, on which it opens as many event streams as it likes.
+//! (The servers that speak it are in `support::server`.)
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use axum::Router;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, Version};
 use http_body_util::{BodyStream, Empty};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tower_sse::serve::PeerAddr;
 
-use super::server::loopback;
 use super::sse::Client;
 use super::wait::within;
 
@@ -108,66 +97,5 @@ impl Drop for H2Connection {
         if let Some(driver) = &self.driver {
             driver.abort();
         }
-    }
-}
-
-/// A plain hyper server answering HTTP/1.1 and h2c on one port.
-pub struct AutoServer {
-    pub addr: SocketAddr,
-    /// TCP connections accepted so far.
-    pub accepted: Arc<AtomicUsize>,
-    /// Ends once `signal` has completed and every connection has finished
-    /// (hyper-util's `GracefulShutdown`).
-    pub task: JoinHandle<()>,
-}
-
-/// Serves `router` with hyper-util's `auto::Builder` on a loopback port:
-/// each connection is HTTP/1.1 or HTTP/2 as its first bytes say, and each
-/// request carries the peer's [`PeerAddr`], as under `tower_sse::serve`.
-/// Once `signal` completes it stops accepting, asks every connection to
-/// shut down gracefully (an h2 `GOAWAY`) and waits for them.
-pub async fn serve_auto_until<F>(router: Router, signal: F) -> AutoServer
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let listener = loopback().await;
-    let addr = listener.local_addr().expect("local addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    let task = tokio::spawn(async move {
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(signal);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                () = &mut signal => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(_) => continue,
-                },
-            };
-            counter.fetch_add(1, Ordering::SeqCst);
-            let service = tower::util::MapRequest::new(
-                router.clone(),
-                move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    request
-                },
-            );
-            let connection = builder
-                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-        }
-        drop(listener);
-        graceful.shutdown().await;
-    });
-    AutoServer {
-        addr,
-        accepted,
-        task,
     }
 }

@@ -22,4 +22,5 @@ pub mod server;
 pub mod sse;
 pub mod sse_parser;
 pub mod stack;
+pub mod trace;
 pub mod wait;

@@ -1,17 +1,23 @@
-//! Servers on loopback ports: plain hyper, `axum::serve` and
-//! `tower_sse::serve`. Each runs on a task of the test's runtime and ends
-//! with it, unless the test stops it itself.
+//! Servers on loopback ports: plain hyper (HTTP/1.1, or HTTP/1.1 and h2c
+//! with a graceful shutdown), `axum::serve` and `tower_sse::serve`. Each
+//! runs on a task of the test's runtime and ends with it, unless the test
+//! stops it itself.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use axum::Router;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
+use tower_sse::serve::PeerAddr;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -119,4 +125,88 @@ pub fn spawn_serve(serve: tower_sse::serve::Serve<Router>) -> SocketAddr {
     let addr = serve.local_addr().expect("local addr");
     tokio::spawn(async move { serve.into_future().await.expect("serve") });
     addr
+}
+
+/// Runs a `tower_sse::serve` the test configured until `signal` completes
+/// and its connections have finished.
+pub fn spawn_serve_until<F>(
+    serve: tower_sse::serve::Serve<Router>,
+    signal: F,
+) -> (SocketAddr, JoinHandle<std::io::Result<()>>)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let addr = serve.local_addr().expect("local addr");
+    (
+        addr,
+        tokio::spawn(serve.with_graceful_shutdown(signal).into_future()),
+    )
+}
+
+/// A plain hyper server with a graceful shutdown; see [`serve_hyper_until`].
+pub struct HyperServer {
+    pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// Ends once the signal has completed and every connection has
+    /// finished (hyper-util's `GracefulShutdown`).
+    pub task: JoinHandle<()>,
+}
+
+/// Serves `service` with plain hyper on a loopback port, as an app without
+/// axum would: hyper-util's `auto::Builder` (each connection HTTP/1.1 or
+/// h2c as its first bytes say), each request carrying the peer's
+/// [`PeerAddr`] as under `tower_sse::serve`. Once `signal` completes it
+/// stops accepting, asks every connection to finish (an h2 `GOAWAY`) and
+/// waits for them.
+pub async fn serve_hyper_until<S, B, F>(service: S, signal: F) -> HyperServer
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let listener = loopback().await;
+    let addr = listener.local_addr().expect("local addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(signal);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut signal => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let service = tower::util::MapRequest::new(
+                service.clone(),
+                move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    request
+                },
+            );
+            let connection = builder
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    });
+    HyperServer {
+        addr,
+        accepted,
+        task,
+    }
 }
