@@ -23,7 +23,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Failure, harness, startProxy } from "./support.mjs";
+import { CHROMIUM_ARGS, Failure, harness, startProxy } from "./support.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DEMO_URL = process.env.DEMO_URL;
@@ -37,19 +37,6 @@ const DURING_CUT = 5; // M: published while the browser is cut off
 // ...and one more once the resumed stream has caught up: live again.
 const TOPIC = "public";
 const EVENT_TYPE = "message";
-
-// Besides the --headless that playwright adds: no sandbox (CI runs as
-// root), no GPU, and nothing that tries to reach hosts on the closed
-// network of the CI machines. The profile is a fresh empty directory.
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 const { started, log, check, waitFor } = harness("e2e", { waitMs: WAIT_MS, describe: summarize });
 

@@ -35,7 +35,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Failure, harness, publishTo, runTest } from "./support.mjs";
+import { CHROMIUM_ARGS, Failure, harness, publishTo, runTest } from "./support.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DEMO_URL = process.env.DEMO_URL;
@@ -60,19 +60,8 @@ const EVENTS = 3;
 /// delivered) already happened, so a source that could open would have.
 const STALL_MS = 2_000;
 
-// As in browser.test.mjs (no sandbox, no GPU, nothing that reaches for
-// hosts on the closed network), and accept the TLS demo's self-signed
-// certificate.
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--ignore-certificate-errors",
-];
+// The usual flags, and accept the TLS demo's self-signed certificate.
+const CHROMIUM_FLAGS = [...CHROMIUM_ARGS, "--ignore-certificate-errors"];
 
 const { log, check, waitFor } = harness("http2", { waitMs: WAIT_MS });
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
@@ -260,7 +249,7 @@ async function main() {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args: CHROMIUM_FLAGS,
     timeout: 30_000,
   });
   let page;

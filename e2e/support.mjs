@@ -4,6 +4,20 @@
 
 import net from "node:net";
 
+/// Headless Chromium's flags here (playwright adds --headless): no sandbox
+/// (CI runs as root), no GPU, and nothing that tries to reach hosts on the
+/// closed network of the CI machines. The profile is a fresh empty
+/// directory.
+export const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
 /// A failed expectation: reported with its message alone, no stack.
 export class Failure extends Error {}
 

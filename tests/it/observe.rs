@@ -206,17 +206,7 @@ mod recorded {
     #[test]
     fn a_reader_that_falls_behind_is_counted_as_lagged_with_what_it_missed() {
         let (m, _recorder) = Recorded::install();
-        let broker = Broker::builder().retain_events(4).build();
-        let mut sub = broker
-            .subscribe(&Topics::parse(["a"]).unwrap(), None)
-            .unwrap();
-        for i in 0..10 {
-            publish(&broker, "a", &i.to_string());
-        }
-        assert!(matches!(
-            sub.try_next(),
-            Some(Message::Lagged { missed: 6, .. })
-        ));
+        read_a_lag_of_six();
         assert_eq!(m.counter(names::RESYNCS, &[("reason", "lagged")]), 1);
         assert_eq!(m.counter(names::MISSED_EVENTS, &[]), 6);
     }
@@ -322,6 +312,21 @@ mod recorded {
     }
 }
 
+/// A reader falls behind a log of four by six events and reads its lag.
+fn read_a_lag_of_six() {
+    let broker = Broker::builder().retain_events(4).build();
+    let mut sub = broker
+        .subscribe(&Topics::parse(["a"]).unwrap(), None)
+        .unwrap();
+    for i in 0..10 {
+        publish(&broker, "a", &i.to_string());
+    }
+    assert!(matches!(
+        sub.try_next(),
+        Some(Message::Lagged { missed: 6, .. })
+    ));
+}
+
 fn reader_seven(parts: &http::request::Parts) -> Result<Grant, Rejection> {
     any_topic(parts).map(|grant| grant.client("reader-7"))
 }
@@ -423,17 +428,7 @@ async fn a_shutdown_is_logged_as_the_end_of_each_stream_under_hyper() {
 #[tokio::test]
 async fn a_lag_is_logged_with_what_was_missed() {
     let (log, _subscriber) = trace::capture(tracing::Level::INFO, FmtSpan::NONE);
-    let broker = Broker::builder().retain_events(4).build();
-    let mut sub = broker
-        .subscribe(&Topics::parse(["a"]).unwrap(), None)
-        .unwrap();
-    for i in 0..10 {
-        publish(&broker, "a", &i.to_string());
-    }
-    assert!(matches!(
-        sub.try_next(),
-        Some(Message::Lagged { missed: 6, .. })
-    ));
+    read_a_lag_of_six();
     assert!(log.has("stream lagged", "missed=6"), "{}", log.text());
 }
 

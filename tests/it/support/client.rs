@@ -90,6 +90,12 @@ pub async fn send(
 ) -> Client {
     let mut conn = Connection::open(addr).await;
     let response = conn.send(build(method, target, headers, body)).await;
+    reading(response, Some(conn))
+}
+
+/// A client reading `response`'s body as it arrives (over HTTP/1.1 or
+/// HTTP/2); `conn`, if any, is closed when the client is dropped.
+pub fn reading(response: Response<Incoming>, conn: Option<Connection>) -> Client {
     let (parts, incoming) = response.into_parts();
     let body = BodyStream::new(incoming)
         .filter_map(|frame| async move {
@@ -99,7 +105,7 @@ pub async fn send(
             }
         })
         .boxed();
-    Client::new(parts.status, parts.headers, body, Some(conn))
+    Client::new(parts.status, parts.headers, body, conn)
 }
 
 /// `GET target` with extra headers.

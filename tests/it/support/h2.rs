@@ -5,14 +5,14 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{Request, Version};
-use http_body_util::{BodyStream, Empty};
+use http_body_util::Empty;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use super::client;
 use super::sse::Client;
 use super::wait::within;
 
@@ -70,16 +70,7 @@ impl H2Connection {
             .await
             .expect("h2 response");
         assert_eq!(response.version(), Version::HTTP_2, "GET {target}");
-        let (parts, incoming) = response.into_parts();
-        let body = BodyStream::new(incoming)
-            .filter_map(|frame| async move {
-                match frame {
-                    Ok(frame) => frame.into_data().ok().map(Ok),
-                    Err(error) => Some(Err(error.to_string())),
-                }
-            })
-            .boxed();
-        Client::new(parts.status, parts.headers, body, None)
+        client::reading(response, None)
     }
 
     /// Waits for the connection to end (the server's GOAWAY, then the
