@@ -33,7 +33,7 @@ trap cleanup EXIT
 
 # Below the ephemeral range, so that no client connection holds the port.
 PORT=$((10000 + RANDOM % 10000))
-for kind in bench_server bench_baseline bench_floor; do
+for kind in ${PROFILE_KINDS:-bench_server bench_baseline bench_floor}; do
     PORT=$((PORT + 1))
     count=$((RATE * (SECS + 4)))
     taskset -c 0 "$(bin "$kind")" --addr "127.0.0.1:$PORT" --rate "$RATE" --count "$count" \

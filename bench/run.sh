@@ -318,7 +318,10 @@ def rounds($keys):
 
 # Rounds rotate through the servers, so that all meet the same background
 # load; each metric is then the median over the rounds.
-FIXED_KINDS=(crate baseline floor floor2)
+# BENCH_FIXED_KINDS / BENCH_FIXED_ROUNDS narrow the fixed scenario while
+# looking into one server (the published results need all four).
+read -r -a FIXED_KINDS <<<"${BENCH_FIXED_KINDS:-crate baseline floor floor2}"
+FIXED_ROUNDS=${BENCH_FIXED_ROUNDS:-$FIXED_ROUNDS}
 scenario_fixed() {
     local round i kind n=${#FIXED_KINDS[@]}
     for ((round = 1; round <= FIXED_ROUNDS; round++)); do

@@ -4,6 +4,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io::{IoSlice, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
@@ -221,10 +222,13 @@ where
     B::Error: Into<BoxError>,
 {
     let mut pending: Option<Chunk<B::Data>> = None;
-    poll_fn(|cx| loop {
+    poll_fn(|cx| {
+        // Once per poll: the read side's readiness (and this task's waker
+        // for it) does not change while this poll writes.
         if let Poll::Ready(end) = watch_peer(tcp, cx, &mut discarded) {
             return Poll::Ready(end);
         }
+        loop {
         if let Some(chunk) = pending.as_mut() {
             match ready!(chunk.poll_write(tcp, cx)) {
                 Ok(()) => pending = None,
@@ -254,15 +258,18 @@ where
             *left -= len;
         }
         pending = Some(Chunk::new(data, chunked));
+        }
     })
     .await
 }
 
 /// Reads and discards whatever the peer sends, to notice it leaving.
 fn watch_peer(tcp: &mut TcpStream, cx: &mut Context<'_>, discarded: &mut usize) -> Poll<End> {
-    let mut scratch = [0u8; 256];
+    // Uninitialised: a stream's peer sends nothing, and this runs on every
+    // poll.
+    let mut scratch = [MaybeUninit::<u8>::uninit(); 256];
     loop {
-        let mut buf = ReadBuf::new(&mut scratch);
+        let mut buf = ReadBuf::uninit(&mut scratch);
         match Pin::new(&mut *tcp).poll_read(cx, &mut buf) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(_)) => return Poll::Ready(End::PeerGone),
@@ -281,6 +288,39 @@ fn watch_peer(tcp: &mut TcpStream, cx: &mut Context<'_>, discarded: &mut usize) 
 /// `send`, larger ones go out with `writev` as they are.
 const INLINE: usize = 2048;
 
+/// Most events fit in this: a buffer this size is cleared on the stack for
+/// each write.
+const SMALL: usize = 256;
+
+/// Writes `slices` copied into `buffer`, which holds them all, with one
+/// `send`.
+fn write_inline<W: AsyncWrite + Unpin>(
+    tcp: &mut W,
+    cx: &mut Context<'_>,
+    slices: &[IoSlice<'_>],
+    buffer: &mut [u8],
+) -> Poll<std::io::Result<usize>> {
+    let mut at = 0;
+    for slice in slices {
+        buffer[at..at + slice.len()].copy_from_slice(slice);
+        at += slice.len();
+    }
+    Pin::new(tcp).poll_write(cx, &buffer[..at])
+}
+
+/// The chunk-size line of a chunk of `len` bytes (hex digits, then CRLF)
+/// into `line`; returns its length. By hand: this runs for every frame.
+fn size_line(len: usize, line: &mut [u8; 18]) -> u8 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, byte) in line[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *byte = HEX[(len >> shift) & 0xf];
+    }
+    line[digits..digits + 2].copy_from_slice(b"\r\n");
+    (digits + 2) as u8
+}
+
 /// One body frame on its way out: the chunk-size line, the frame's own
 /// bytes and the closing CRLF, written together.
 struct Chunk<D> {
@@ -296,11 +336,8 @@ impl<D: Buf> Chunk<D> {
     fn new(data: D, chunked: bool) -> Self {
         let mut size_line = [0u8; 18];
         let (end, crlf) = if chunked {
-            let mut cursor = &mut size_line[..];
             // At most 16 hex digits and CRLF: always fits.
-            let _ = write!(cursor, "{:x}\r\n", data.remaining());
-            let left = cursor.len();
-            ((size_line.len() - left) as u8, 2)
+            (self::size_line(data.remaining(), &mut size_line), 2)
         } else {
             (0, 0)
         };
@@ -341,16 +378,14 @@ impl<D: Buf> Chunk<D> {
                 }
                 let slices = &slices[..n];
                 let total: usize = slices.iter().map(|s| s.len()).sum();
-                if total <= INLINE {
+                if total <= SMALL {
                     // A small chunk goes out copied into one buffer: a
                     // plain `send` costs the kernel less than `writev`.
-                    let mut inline = [0u8; INLINE];
-                    let mut at = 0;
-                    for slice in slices {
-                        inline[at..at + slice.len()].copy_from_slice(slice);
-                        at += slice.len();
-                    }
-                    ready!(Pin::new(&mut *tcp).poll_write(cx, &inline[..total]))?
+                    // Most events fit the smaller buffer, which is cheaper
+                    // to clear.
+                    ready!(write_inline(tcp, cx, slices, &mut [0u8; SMALL]))?
+                } else if total <= INLINE {
+                    ready!(write_inline(tcp, cx, slices, &mut [0u8; INLINE]))?
                 } else {
                     ready!(Pin::new(&mut *tcp).poll_write_vectored(cx, slices))?
                 }
@@ -383,6 +418,15 @@ mod tests {
             response = response.header(*name, *value);
         }
         response.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_size_line_is_the_length_in_hex() {
+        for len in [0usize, 1, 9, 10, 15, 16, 255, 256, 4095, 65_536, usize::MAX] {
+            let mut line = [0u8; 18];
+            let end = size_line(len, &mut line);
+            assert_eq!(&line[..usize::from(end)], format!("{len:x}\r\n").as_bytes());
+        }
     }
 
     #[test]

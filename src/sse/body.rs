@@ -175,9 +175,7 @@ impl EventStream {
         }
         match polled {
             Poll::Ready(Frames::Data { bytes, frames }) => {
-                if window.is_some() {
-                    coalescing.count(self.coalesce, frames);
-                }
+                coalescing.count(self.coalesce, frames);
                 self.metrics.delivered(frames, bytes.len());
                 Poll::Ready(Some(self.hand_out(bytes)))
             }

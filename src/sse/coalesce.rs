@@ -10,14 +10,29 @@
 //! per-worker busy time) and streams coalesce only while they are mostly
 //! busy.
 //!
+//! It starts only when the runtime is about to fall behind (busy 95 % of
+//! the time over a tenth of a second): below that, writing each event at
+//! once costs latency nothing and CPU the server has to spare.
+//!
 //! Coalescing then frees CPU and the measured load falls, so while it is
-//! on the meter scales each sample up by what it saves: the frames the
-//! streams wrote per write. What it averages is thus about the load the
-//! runtime would have without coalescing, and coalescing stops when that
-//! is low. Judged by the measured load alone, coalescing that a burst (of
-//! connections, say) switched on would stay on under any moderate load,
-//! adding latency where events come further apart than the window and
-//! there is nothing to merge.
+//! on the meter judges the load the runtime would have without it. Judged
+//! by the measured load alone, coalescing that saves half the work would
+//! switch itself off and on again; judged by the frames per write (as if a
+//! write were all a delivery costs), it would stay on where writing each
+//! event at once costs much less than that suggests: a delivery's cost is
+//! only partly the write's. What it saves is measured instead: what a
+//! frame cost the workers just before coalescing started, against what it
+//! costs in the first tenths of a second of coalescing. The measured load
+//! times that ratio is the load without coalescing, and it follows the
+//! runtime: when whatever made frames dear goes (a noisy neighbour, a
+//! client falling behind), the measured load falls with it, and
+//! coalescing stops.
+//!
+//! Only a load that would saturate the runtime keeps it on for good. If
+//! it stopped wrongly, the runtime is busy again at once, and the hold
+//! (1, 2, 4 ... 64 s) keeps it on longer each time. Before any cost is
+//! known (coalescing that a burst of connections switched on), the
+//! measured load decides the same way.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -47,9 +62,7 @@ impl Coalesce {
 pub(crate) struct Coalescing {
     /// The ticker found the runtime busy.
     on: AtomicBool,
-    /// Writes made while coalescing, and the frames they carried, since
-    /// the ticker last looked.
-    writes: AtomicUsize,
+    /// Frames written since the ticker last looked.
     frames: AtomicUsize,
 }
 
@@ -61,11 +74,10 @@ impl Coalescing {
             .map(|c| c.window)
     }
 
-    /// Counts a write of `frames` made in a window that the load opened
-    /// (not one of `SseLayer::coalesce_always`).
+    /// Counts `frames` written, coalesced or not, where the load decides
+    /// (not with `SseLayer::coalesce_always`, nor without coalescing).
     pub(crate) fn count(&self, coalesce: Option<Coalesce>, frames: usize) {
         if coalesce.is_some_and(|c| !c.always) {
-            self.writes.fetch_add(1, Ordering::Relaxed);
             self.frames.fetch_add(frames, Ordering::Relaxed);
         }
     }
@@ -85,16 +97,9 @@ impl Coalescing {
         self.on.load(Ordering::Relaxed)
     }
 
-    /// Frames per write since the last call (1 when nothing was written):
-    /// about how many times as many writes streams would make without
-    /// coalescing.
-    fn take_gain(&self) -> f64 {
-        let writes = self.writes.swap(0, Ordering::Relaxed);
-        let frames = self.frames.swap(0, Ordering::Relaxed);
-        if writes == 0 {
-            return 1.0;
-        }
-        (frames as f64 / writes as f64).max(1.0)
+    /// The frames written since the last call.
+    fn take_frames(&self) -> usize {
+        self.frames.swap(0, Ordering::Relaxed)
     }
 }
 
@@ -170,7 +175,7 @@ impl LoadSampler {
         let on = self.meter.sample(
             busy.saturating_sub(self.busy),
             now.duration_since(self.at),
-            coalescing.take_gain(),
+            coalescing.take_frames(),
         );
         if coalescing.switch(on) {
             tracing::debug!(
@@ -191,11 +196,25 @@ impl LoadSampler {
     }
 }
 
-/// A moving average of the runtime's load, and what it decided.
+/// Moves the average `into` a quarter of the way to `sample`, if any.
+fn average(into: &mut Option<f64>, sample: Option<f64>) {
+    if let Some(sample) = sample.filter(|s| s.is_finite()) {
+        *into = Some(into.map_or(sample, |old| old + (sample - old) / 4.0));
+    }
+}
+
+/// A moving average of the runtime's load (as it would be without
+/// coalescing), and what it decided.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LoadMeter {
     load: f64,
     busy: bool,
+    /// What a frame cost the workers, in seconds, while each was written
+    /// at once: a moving average over the samples with enough frames.
+    cost: Option<f64>,
+    /// The same while coalescing, measured in its first tenths of a second
+    /// (`CALIBRATE`) each time it starts.
+    coalesced_cost: Option<f64>,
     /// Time sampled so far.
     now: Duration,
     /// When coalescing last started, and last stopped.
@@ -211,6 +230,8 @@ impl Default for LoadMeter {
         Self {
             load: 0.0,
             busy: false,
+            cost: None,
+            coalesced_cost: None,
             now: Duration::ZERO,
             on_since: Duration::ZERO,
             off_since: None,
@@ -224,13 +245,25 @@ impl LoadMeter {
     /// switch coalescing on, a steady load does within a few times this.
     const MEMORY: Duration = Duration::from_millis(100);
     /// Above this share of the workers' time spent running tasks,
-    /// coalescing starts: the runtime is close to falling behind.
-    const ON: f64 = 0.75;
-    /// Below this share (as it would be without coalescing), it stops.
-    const OFF: f64 = 0.6;
+    /// coalescing starts: the runtime is about to fall behind.
+    const ON: f64 = 0.95;
+    /// Below this share (as it would be without coalescing), it stops once
+    /// its hold is over: only a load that would saturate the runtime keeps
+    /// it on for good.
+    const OFF: f64 = 0.98;
+    /// How long after coalescing starts what a frame costs coalesced is
+    /// measured (from the second sample on: the first still writes what
+    /// piled up before). Meanwhile, with a cost to compare with, it stays
+    /// on.
+    const CALIBRATE: Duration = Duration::from_millis(300);
+    /// A sample measures what a frame costs only with at least this many:
+    /// with fewer, whatever else the workers did (accepting connections,
+    /// the timer) would count as the frames' cost.
+    const MIN_FRAMES: usize = 250;
     /// Coalescing that had to start again within `RELAPSE` of stopping
     /// (it was what kept the load down) stays on at least this long, then
-    /// twice as long at each further relapse, up to `MAX_ON`.
+    /// twice as long at each further relapse, up to `MAX_ON`: a load near
+    /// saturation is looked at again at ever longer intervals.
     const MIN_ON: Duration = Duration::from_secs(1);
     /// See `MIN_ON`.
     const RELAPSE: Duration = Duration::from_secs(2);
@@ -239,18 +272,32 @@ impl LoadMeter {
     const MAX_ON: Duration = Duration::from_secs(64);
 
     /// Counts a period of `elapsed` in which the workers spent `busy` (per
-    /// worker, on average) running tasks, and, while coalescing, wrote
-    /// `gain` frames per write; returns whether writes should now be
-    /// coalesced.
-    pub(crate) fn sample(&mut self, busy: Duration, elapsed: Duration, gain: f64) -> bool {
+    /// worker, on average) running tasks and the streams wrote `frames`;
+    /// returns whether writes should now be coalesced.
+    pub(crate) fn sample(&mut self, busy: Duration, elapsed: Duration, frames: usize) -> bool {
         if elapsed.is_zero() {
             return self.busy;
         }
         self.now = self.now.saturating_add(elapsed);
-        let mut load = (busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0);
-        if self.busy && gain.is_finite() {
-            load = (load * gain.max(1.0)).min(1.0);
-        }
+        let measured = (busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0);
+        let cost = (frames >= Self::MIN_FRAMES).then(|| busy.as_secs_f64() / frames as f64);
+        let load = if self.busy {
+            let since = self.now - self.on_since;
+            if since > elapsed && since <= Self::CALIBRATE {
+                average(&mut self.coalesced_cost, cost);
+            }
+            match (self.cost, self.coalesced_cost) {
+                (Some(_), _) if since <= Self::CALIBRATE => 1.0,
+                // What coalescing saves, applied to what is measured now.
+                (Some(cost), Some(coalesced)) if coalesced > 0.0 => {
+                    (measured * cost / coalesced).clamp(measured, 1.0)
+                }
+                _ => measured,
+            }
+        } else {
+            average(&mut self.cost, cost);
+            measured
+        };
         let weight = elapsed.as_secs_f64() / elapsed.saturating_add(Self::MEMORY).as_secs_f64();
         self.load += (load - self.load) * weight;
         if self.busy {
@@ -267,6 +314,7 @@ impl LoadMeter {
             }
             self.busy = true;
             self.on_since = self.now;
+            self.coalesced_cost = None;
         }
         self.busy
     }
@@ -284,30 +332,86 @@ mod tests {
 
     const STEP: Duration = Duration::from_millis(25);
 
-    /// Feeds `n` steps at `load`, with coalescing merging nothing;
-    /// returns after how many the meter decided `busy`, if it did.
-    fn feed(meter: &mut LoadMeter, n: usize, load: f64, busy: bool) -> Option<usize> {
-        feed_gain(meter, n, load, 1.0, busy)
+    /// A server under a steady stream of events, as the meter sees it: the
+    /// frames it writes per second, and what a frame costs its workers,
+    /// part of it per write (saved by coalescing `merge` frames into one)
+    /// and part per frame (not saved: bytes, the peer's acks).
+    #[derive(Clone, Copy)]
+    struct Server {
+        frames_per_s: f64,
+        per_write: f64,
+        per_frame: f64,
+        merge: f64,
     }
 
-    /// `feed`, with coalescing writing `gain` frames per write.
-    fn feed_gain(
-        meter: &mut LoadMeter,
-        n: usize,
-        load: f64,
-        gain: f64,
-        busy: bool,
-    ) -> Option<usize> {
-        (1..=n).find(|_| meter.sample(STEP.mul_f64(load), STEP, gain) == busy)
+    impl Server {
+        /// A server whose load is `load` writing each frame at once, half
+        /// of a frame's cost the write's, merging `merge` frames per write
+        /// while coalescing.
+        fn at(load: f64, merge: f64) -> Self {
+            let frames_per_s = 100_000.0;
+            let cost = load / frames_per_s;
+            Self {
+                frames_per_s,
+                per_write: cost / 2.0,
+                per_frame: cost / 2.0,
+                merge,
+            }
+        }
+
+        /// One sample's busy time and frames, coalescing or not.
+        fn sample(&self, coalescing: bool) -> (Duration, usize) {
+            let frames = self.frames_per_s * STEP.as_secs_f64();
+            let writes = if coalescing {
+                frames / self.merge
+            } else {
+                frames
+            };
+            let busy = frames * self.per_frame + writes * self.per_write;
+            (Duration::from_secs_f64(busy), frames as usize)
+        }
+
+        /// Runs `n` samples; returns after how many the meter decided
+        /// `until`, if it did.
+        fn run(&self, meter: &mut LoadMeter, n: usize, until: bool) -> Option<usize> {
+            (1..=n).find(|_| {
+                let (busy, frames) = self.sample(meter.busy);
+                meter.sample(busy, STEP, frames) == until
+            })
+        }
+
+        /// Runs for `span`; returns the switches, and the share of the
+        /// time spent coalescing.
+        fn switches(&self, meter: &mut LoadMeter, span: Duration) -> (usize, f64) {
+            let (mut switches, mut on) = (0, 0);
+            let steps = span.as_millis() / STEP.as_millis();
+            for _ in 0..steps {
+                let before = meter.busy;
+                let (busy, frames) = self.sample(before);
+                let now = meter.sample(busy, STEP, frames);
+                switches += usize::from(now != before);
+                on += usize::from(now);
+            }
+            (switches, on as f64 / steps as f64)
+        }
+    }
+
+    /// Feeds `n` samples at `load` with no frames written (work the meter
+    /// cannot put a cost per frame on: connections, say); returns after
+    /// how many the meter decided `busy`, if it did.
+    fn feed(meter: &mut LoadMeter, n: usize, load: f64, busy: bool) -> Option<usize> {
+        (1..=n).find(|_| meter.sample(STEP.mul_f64(load), STEP, 0) == busy)
     }
 
     #[test]
     fn a_saturated_runtime_turns_coalescing_on_within_a_few_tenths_of_a_second() {
         let mut meter = LoadMeter::default();
-        let took = feed(&mut meter, 1000, 1.0, true).expect("never turned on");
+        let took = Server::at(1.0, 2.0)
+            .run(&mut meter, 1000, true)
+            .expect("never turned on");
         let after = STEP * took as u32;
         assert!(
-            after >= Duration::from_millis(100) && after <= Duration::from_millis(300),
+            after >= Duration::from_millis(100) && after <= Duration::from_millis(400),
             "took {after:?}"
         );
     }
@@ -316,44 +420,117 @@ mod tests {
     fn a_short_spike_does_not() {
         let mut meter = LoadMeter::default();
         assert_eq!(feed(&mut meter, 2, 1.0, true), None);
-        assert_eq!(feed(&mut meter, 1000, 0.1, true), None);
+        assert_eq!(Server::at(0.1, 1.0).run(&mut meter, 1000, true), None);
     }
 
     #[test]
-    fn a_runtime_two_thirds_busy_keeps_writing_at_once() {
-        let mut meter = LoadMeter::default();
-        assert_eq!(feed(&mut meter, 10_000, 0.66, true), None);
-        assert!((meter.load() - 0.66).abs() < 0.01, "{}", meter.load());
+    fn a_runtime_with_time_to_spare_keeps_writing_at_once() {
+        // Even nine tenths busy: nothing falls behind, so coalescing
+        // would add latency for CPU nobody needs.
+        for load in [0.5, 0.66, 0.9] {
+            let mut meter = LoadMeter::default();
+            assert_eq!(Server::at(load, 3.0).run(&mut meter, 10_000, true), None);
+            assert!((meter.load() - load).abs() < 0.01, "{}", meter.load());
+        }
     }
 
     #[test]
-    fn once_on_it_stays_on_at_the_lower_load_coalescing_leads_to() {
-        // Two frames per write: half the load, but as much work waiting.
+    fn a_runtime_that_would_fall_behind_coalesces_and_stays_so() {
+        // Saturated writing at once; coalescing merges two and a half
+        // frames per write and brings the load well down.
+        let server = Server::at(1.3, 2.5);
         let mut meter = LoadMeter::default();
-        feed(&mut meter, 1000, 0.97, true).expect("never turned on");
-        assert_eq!(feed_gain(&mut meter, 10_000, 0.5, 2.0, false), None);
-        assert!(meter.load() > 0.95, "{}", meter.load());
+        let (switches, on) = server.switches(&mut meter, Duration::from_secs(300));
+        assert!(switches <= 3, "{switches} switches");
+        assert!(on > 0.99, "coalescing {:.1} % of the time", on * 100.0);
     }
 
     #[test]
-    fn coalescing_that_merges_nothing_goes_off_under_a_moderate_load() {
-        // A burst switched it on; then half a core's load with events
-        // further apart than the window: one frame per write.
+    fn a_burst_that_switched_it_on_under_a_moderate_load_does_not_hold_it() {
+        // Frames cost 0.65 of a core written at once, 0.4 coalesced (as
+        // frames per write alone would say 0.4 * 2.5 = 1.0: on for good).
+        let server = Server::at(0.65, 2.5);
+        // Known cost: the load was measured before the burst.
         let mut meter = LoadMeter::default();
-        feed(&mut meter, 1000, 1.0, true).expect("never turned on");
-        let took = STEP * feed(&mut meter, 1000, 0.5, false).expect("held on") as u32;
+        assert_eq!(server.run(&mut meter, 400, true), None);
+        assert!(feed(&mut meter, 20, 1.0, true).is_some());
+        let took = STEP * server.run(&mut meter, 1000, false).expect("held on") as u32;
         assert!(took <= Duration::from_millis(500), "took {took:?}");
-        assert_eq!(feed(&mut meter, 10_000, 0.5, true), None);
-        // Merging a few frames does not save enough to keep it either.
-        feed(&mut meter, 1000, 1.0, true).expect("never turned on");
-        assert!(feed_gain(&mut meter, 1000, 0.5, 1.1, false).is_some());
+        assert_eq!(server.switches(&mut meter, Duration::from_secs(60)).0, 0);
+        // Unknown cost: a burst first (a thousand clients connecting).
+        let mut meter = LoadMeter::default();
+        assert!(feed(&mut meter, 20, 1.0, true).is_some());
+        assert!(server.run(&mut meter, 1000, false).is_some(), "held on");
+        assert_eq!(server.switches(&mut meter, Duration::from_secs(60)).0, 0);
+    }
+
+    #[test]
+    fn a_spike_under_a_moderate_load_is_looked_at_again() {
+        // Two thirds busy; then half a second at a third more per frame (a
+        // neighbour, a client falling behind): on, with the cost of the
+        // spike. Once the spike is over, coalescing goes off at the end of
+        // its hold and stays off.
+        let server = Server::at(0.7, 2.5);
+        let spike = Server::at(1.3, 2.5);
+        let mut meter = LoadMeter::default();
+        assert_eq!(server.switches(&mut meter, Duration::from_secs(10)).0, 0);
+        assert!(spike.run(&mut meter, 20, true).is_some());
+        spike.switches(&mut meter, Duration::from_millis(400));
+        let took = STEP * server.run(&mut meter, 1000, false).expect("held on") as u32;
+        assert!(took <= Duration::from_secs(2), "took {took:?}");
+        assert_eq!(server.switches(&mut meter, Duration::from_secs(60)).0, 0);
+    }
+
+    #[test]
+    fn a_load_just_short_of_saturation_is_coalesced_most_of_the_time() {
+        // 0.97 written at once: coalescing, looked at again at doubling
+        // intervals.
+        let server = Server::at(0.97, 2.5);
+        let mut meter = LoadMeter::default();
+        let (switches, on) = server.switches(&mut meter, Duration::from_secs(300));
+        assert!(switches <= 24, "{switches} switches");
+        assert!(on > 0.9, "coalescing {:.1} % of the time", on * 100.0);
+    }
+
+    #[test]
+    fn started_saturated_it_tries_once_then_keeps_coalescing() {
+        // No cost known when it starts: the measured load, halved by
+        // coalescing, switches it off; the relapse measures the cost and
+        // holds it on; from then on the cost keeps it on.
+        let server = Server::at(1.3, 2.5);
+        let mut meter = LoadMeter::default();
+        assert!(feed(&mut meter, 20, 1.0, true).is_some());
+        let (switches, on) = server.switches(&mut meter, Duration::from_secs(300));
+        assert!(switches <= 2, "{switches} switches");
+        assert!(on > 0.99, "coalescing {:.1} % of the time", on * 100.0);
     }
 
     #[test]
     fn a_quiet_runtime_turns_it_off_again() {
         let mut meter = LoadMeter::default();
-        feed(&mut meter, 1000, 1.0, true).expect("never turned on");
-        let took = STEP * feed(&mut meter, 1000, 0.05, false).expect("never turned off") as u32;
+        Server::at(1.3, 2.5)
+            .run(&mut meter, 1000, true)
+            .expect("never turned on");
+        let quiet = Server {
+            frames_per_s: 1_000.0,
+            ..Server::at(1.3, 2.5)
+        };
+        let took = STEP
+            * quiet
+                .run(&mut meter, 1000, false)
+                .expect("never turned off") as u32;
+        assert!(took <= Duration::from_millis(500), "took {took:?}");
+    }
+
+    #[test]
+    fn fewer_events_turn_it_off_whatever_they_merge() {
+        // Saturated, then a third of the events: the frames at their
+        // measured cost say 0.43, off within half a second.
+        let mut meter = LoadMeter::default();
+        let mut server = Server::at(1.3, 2.5);
+        server.run(&mut meter, 1000, true).expect("never turned on");
+        server.frames_per_s /= 3.0;
+        let took = STEP * server.run(&mut meter, 1000, false).expect("held on") as u32;
         assert!(took <= Duration::from_millis(500), "took {took:?}");
     }
 
@@ -368,17 +545,17 @@ mod tests {
         assert_eq!(feed(&mut meter, 1000, 0.2, true), None);
     }
 
-    /// A load that coalescing more than halves, 0.9 without and 0.2 with,
-    /// in a way the frames per write do not show (they say 1): the hold is
-    /// what keeps it on. Returns the switches over `span`, and the share
-    /// of it spent coalescing.
+    /// A load that coalescing more than halves, 1.0 without and 0.2 with,
+    /// with too few frames to say what one costs: the hold is what keeps it
+    /// on. Returns the switches over `span`, and the share of it spent
+    /// coalescing.
     fn relapsing(meter: &mut LoadMeter, span: Duration) -> (usize, f64) {
         let (mut switches, mut on) = (0, 0);
         let steps = span.as_millis() / STEP.as_millis();
-        let mut busy = meter.sample(Duration::ZERO, STEP, 1.0);
+        let mut busy = meter.sample(Duration::ZERO, STEP, 0);
         for _ in 0..steps {
-            let load = if busy { 0.2 } else { 0.9 };
-            let now = meter.sample(STEP.mul_f64(load), STEP, 1.0);
+            let load = if busy { 0.2 } else { 1.0 };
+            let now = meter.sample(STEP.mul_f64(load), STEP, 0);
             switches += usize::from(now != busy);
             on += usize::from(now);
             busy = now;
@@ -399,29 +576,13 @@ mod tests {
     }
 
     #[test]
-    fn a_load_that_coalescing_keeps_down_by_merging_never_switches_it_off() {
-        // 0.9 without, 0.4 with, at 2.25 frames per write.
-        let mut meter = LoadMeter::default();
-        let mut busy = false;
-        let mut switches = 0;
-        for _ in 0..12_000 {
-            let (load, gain) = if busy { (0.4, 2.25) } else { (0.9, 1.0) };
-            let now = meter.sample(STEP.mul_f64(load), STEP, gain);
-            switches += usize::from(now != busy);
-            busy = now;
-        }
-        assert_eq!(switches, 1);
-        assert!(busy);
-    }
-
-    #[test]
     fn the_hold_is_forgotten_after_a_long_quiet_spell() {
         let mut meter = LoadMeter::default();
         relapsing(&mut meter, Duration::from_secs(300));
         feed(&mut meter, 100_000, 0.0, false).expect("never turned off");
         let mut quiet = 0;
         while meter.now - meter.off_since.unwrap() < LoadMeter::MAX_ON {
-            meter.sample(Duration::ZERO, STEP, 1.0);
+            meter.sample(Duration::ZERO, STEP, 0);
             quiet += 1;
         }
         assert!(quiet > 0);
@@ -434,42 +595,40 @@ mod tests {
         let mut meter = LoadMeter::default();
         // No time passed; more busy time than time (several workers'
         // counters read at slightly different moments).
-        assert!(!meter.sample(Duration::from_millis(5), Duration::ZERO, 1.0));
+        assert!(!meter.sample(Duration::from_millis(5), Duration::ZERO, 0));
         assert!(meter.load() == 0.0);
         feed(&mut meter, 100, 3.0, true).expect("a full load is a full load");
         assert!(meter.load() <= 1.0);
-        // A gain that is no number, or below one, counts as one: an idle
-        // runtime is idle whatever the gain says.
-        for gain in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
-            let mut meter = LoadMeter::default();
-            feed(&mut meter, 1000, 1.0, true).expect("never turned on");
-            assert!(
-                feed_gain(&mut meter, 1000, 0.0, gain, false).is_some(),
-                "{gain}"
-            );
-            feed_gain(&mut meter, 1000, 0.0, gain, true);
-            assert!(meter.load() < 1e-6, "{gain}: {}", meter.load());
-        }
+        // Absurd frame counts: a full load at most, and an idle runtime
+        // with nothing written is idle whatever a frame cost before.
+        let mut meter = LoadMeter::default();
+        assert!(meter.sample(STEP, STEP, usize::MAX) || meter.load() <= 1.0);
+        feed(&mut meter, 1000, 1.0, true).expect("never turned on");
+        meter.sample(STEP, STEP, usize::MAX);
+        assert!(meter.load() <= 1.0);
+        feed(&mut meter, 1000, 0.0, false).expect("never turned off");
+        feed(&mut meter, 1000, 0.0, true);
+        assert!(meter.load() < 1e-6, "{}", meter.load());
     }
 
     proptest::proptest! {
-        /// Whatever the readings (clocks read out of step, huge gaps), the
-        /// meter neither panics nor leaves [0, 1], and it only switches
-        /// across its thresholds.
+        /// Whatever the readings (clocks read out of step, huge gaps,
+        /// absurd counts), the meter neither panics nor leaves [0, 1], and
+        /// it only switches across its thresholds.
         #[test]
         fn any_readings_keep_the_meter_sane(
             readings in proptest::collection::vec(
-                (0u64..u64::MAX, 0u64..u64::MAX, proptest::num::f64::ANY),
+                (0u64..u64::MAX, 0u64..u64::MAX, proptest::num::usize::ANY),
                 1..200,
             ),
         ) {
             let mut meter = LoadMeter::default();
-            for (busy, elapsed, gain) in readings {
+            for (busy, elapsed, frames) in readings {
                 let before = meter.busy;
                 let now = meter.sample(
                     Duration::from_nanos(busy),
                     Duration::from_nanos(elapsed),
-                    gain,
+                    frames,
                 );
                 proptest::prop_assert!((0.0..=1.0).contains(&meter.load()));
                 if now && !before {

@@ -251,9 +251,8 @@ mod tests {
     }
 
     /// Runs the (paused) clock for `span` in 5 ms steps, the runtime busy
-    /// `load` of each; returns when coalescing first was `until`,
-    /// if it did. While coalescing, a write of `frames` is counted at
-    /// each step.
+    /// `load` of each and `frames` written in each; returns when
+    /// coalescing first was `until`, if it did.
     async fn run_at(
         (load, frames): (f64, usize),
         span: Duration,
@@ -266,9 +265,7 @@ mod tests {
         let mut spent = Duration::ZERO;
         while spent < span {
             busy.fetch_add(STEP.mul_f64(load).as_nanos() as u64, Ordering::Relaxed);
-            if streams.coalescing.window(coalesce).is_some() {
-                streams.coalescing.count(coalesce, frames);
-            }
+            streams.coalescing.count(coalesce, frames);
             tokio::time::advance(STEP).await;
             settle().await;
             spent += STEP;
@@ -287,32 +284,35 @@ mod tests {
         let second = Duration::from_secs(1);
 
         // Two-thirds busy, with events published: no reason to coalesce.
+        // (A frame costs 33 us here: 100 in 5 ms make 0.66.)
         for _ in 0..10 {
             broker.publish(Event::new("t").data("x")).unwrap();
             assert_eq!(
-                run_at((0.66, 1), second / 10, &busy, &streams, true).await,
+                run_at((0.66, 100), second / 10, &busy, &streams, true).await,
                 None
             );
         }
-        // Flat out: it starts within a few tenths of a second.
-        let took = run_at((1.0, 1), second, &busy, &streams, true).await;
+        // Half as many events again: flat out, it starts within a few
+        // tenths of a second.
+        let took = run_at((1.0, 150), second, &busy, &streams, true).await;
         assert!(took.is_some_and(|t| t <= second / 2), "{took:?}");
-        // Half busy while streams write two frames a time: it stays on.
+        // Coalescing halves the load; the frames would still saturate the
+        // runtime written one by one: it stays on.
         for _ in 0..50 {
             broker.publish(Event::new("t").data("x")).unwrap();
             assert_eq!(
-                run_at((0.5, 2), second / 10, &busy, &streams, false).await,
+                run_at((0.5, 150), second / 10, &busy, &streams, false).await,
                 None
             );
         }
-        // The same load, one frame a time: coalescing saves nothing, so it
-        // stops.
-        let took = run_at((0.5, 1), second, &busy, &streams, false).await;
+        // A third of the events: a third of a core written one by one, so
+        // it stops.
+        let took = run_at((0.2, 50), second, &busy, &streams, false).await;
         assert!(took.is_some_and(|t| t <= second / 2), "{took:?}");
         // Flat out again, then idle: it stops, sampled at the quiet pace.
-        let took = run_at((1.0, 1), 5 * second, &busy, &streams, true).await;
+        let took = run_at((1.0, 150), 5 * second, &busy, &streams, true).await;
         assert!(took.is_some(), "{took:?}");
-        let took = run_at((0.0, 1), 5 * second, &busy, &streams, false).await;
+        let took = run_at((0.0, 0), 5 * second, &busy, &streams, false).await;
         assert!(took.is_some_and(|t| t <= 3 * second), "{took:?}");
 
         drop(broker);
