@@ -89,6 +89,13 @@ fn main() -> std::process::ExitCode {
     /// Publishes awaiting Redis at once unless `--publish-window` says
     /// otherwise: as many request handlers publishing at the same time.
     const PUBLISH_WINDOW: usize = 32;
+    /// How long the streams coalesced their writes, and how often that
+    /// switched, while events were published.
+    #[derive(Default)]
+    struct Coalesced {
+        ms: std::sync::atomic::AtomicU64,
+        switches: std::sync::atomic::AtomicU64,
+    }
     /// How long a replica tries its first publish before giving up.
     const WARM_UP_FOR: Duration = Duration::from_secs(10);
 
@@ -162,7 +169,9 @@ fn main() -> std::process::ExitCode {
         // Microseconds each `Replica::publish` took.
         let acks = Arc::new(Mutex::new(Vec::<u32>::new()));
 
+        let coalescing = Arc::new(Coalesced::default());
         let stats = {
+            let coalescing = coalescing.clone();
             let broker = broker.clone();
             let replica = replica.clone();
             let counters = counters.clone();
@@ -174,6 +183,8 @@ fn main() -> std::process::ExitCode {
                     "subscribers": stats.subscribers,
                     "published": stats.published,
                     "lagged": stats.lagged_events,
+                    "coalescing_ms": coalescing.ms.load(Ordering::Relaxed),
+                    "coalescing_switches": coalescing.switches.load(Ordering::Relaxed),
                 });
                 if let Some(replica) = &replica {
                     let mut acks = acks.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -213,6 +224,31 @@ fn main() -> std::process::ExitCode {
             Some(ms) => layer.coalesce(std::time::Duration::from_millis(ms)),
             None => layer,
         };
+        // Whether the streams coalesce, looked at every 10 ms once events
+        // are published: how long they did and how often it switched.
+        tokio::spawn({
+            let layer = layer.clone();
+            let coalescing = coalescing.clone();
+            let counters = counters.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_millis(10));
+                let mut was = false;
+                loop {
+                    every.tick().await;
+                    if counters.published.load(Ordering::Relaxed) == 0 {
+                        continue;
+                    }
+                    let now = layer.is_coalescing();
+                    if now {
+                        coalescing.ms.fetch_add(10, Ordering::Relaxed);
+                    }
+                    if now != was {
+                        coalescing.switches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    was = now;
+                }
+            }
+        });
         let app = layer.layer(Router::new().route("/stats", get(stats)));
 
         let server = {

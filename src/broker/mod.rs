@@ -137,6 +137,13 @@ impl BrokerBuilder {
     }
 
     /// Keep no event older than `age` (default 30 s).
+    ///
+    /// An event that aged out goes at the next publish or subscription (so
+    /// no resume gets it), at the events route's keep-alive ticks, or with
+    /// [`Broker::evict_expired`]. A read does not look at the clock: a
+    /// subscription reading through the log takes what is still there, so
+    /// the bound limits what can be resumed and how long memory is held,
+    /// never what a reader already on its way gets.
     pub fn retain_for(mut self, age: Duration) -> Self {
         self.max_age = Some(age);
         self
@@ -617,7 +624,7 @@ impl Broker {
     }
 
     /// Drops events older than the age bound now, rather than at the next
-    /// publish or read.
+    /// publish, subscription or tick.
     pub fn evict_expired(&self) {
         let mut state = lock(&self.shared.state);
         let now = self.shared.clock.now();

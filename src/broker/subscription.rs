@@ -25,6 +25,7 @@ use super::hub::Joined;
 use super::mirror::{stream_seq, AHEAD, LOCAL_MASK};
 use super::state::{Breaks, Entry, Greeting, State, SubSlot};
 use super::{Message, ReceivedEvent, Shared};
+use crate::clock::Clock;
 use crate::sync::{lock, Arc};
 use crate::wire::{self, EventId, ResyncReason};
 
@@ -425,11 +426,7 @@ impl Reader {
     }
 
     fn event(&mut self, entry: Arc<Entry>) -> Message {
-        self.pos = self.pos.max(entry.seq);
-        if entry.event_type.as_deref() == Some(wire::RESYNC_EVENT) {
-            // Only the crate publishes these: its topic's upstream lost
-            // events here.
-            self.told.push((ResyncReason::Upstream, 0));
+        if self.note(&entry) {
             return Message::Resync {
                 reason: ResyncReason::Upstream,
                 resume_from: EventId::new(self.epoch, entry.seq),
@@ -439,6 +436,41 @@ impl Reader {
             epoch: self.epoch,
             entry,
         })
+    }
+
+    /// Notes `entry` as read; whether it is an upstream's resync.
+    fn note(&mut self, entry: &Entry) -> bool {
+        self.pos = self.pos.max(entry.seq);
+        let resync = entry.event_type.as_deref() == Some(wire::RESYNC_EVENT);
+        if resync {
+            // Only the crate publishes these: its topic's upstream lost
+            // events here.
+            self.told.push((ResyncReason::Upstream, 0));
+        }
+        resync
+    }
+
+    /// Takes `next`, an entry of the log or of the inbox whose frame the
+    /// caller has already, as [`take`](Reader::take) would, without
+    /// making a message of it (no reference taken on the entry).
+    fn pass(&mut self, state: &mut State, next: Next) {
+        match next {
+            Next::Log(i) => {
+                let cursor = &mut self.cursors[i];
+                let log = &state.topics[cursor.topic_key];
+                let entry = &log.entries[(cursor.next - log.evicted) as usize];
+                cursor.next += 1;
+                self.note(entry);
+            }
+            Next::Direct => {
+                let direct = state.subs[self.key].inbox.pop_front().expect("peeked");
+                state.direct_bytes -= direct.entry.frame.len();
+                self.note(&direct.entry);
+            }
+            Next::Resync | Next::Reset | Next::Lag { .. } => {
+                self.take(state, next);
+            }
+        }
     }
 
     /// Passes over the entries a client resuming ahead of this mirror has
@@ -581,7 +613,7 @@ impl Reader {
                         self.greeting = None;
                     }
                 }
-                self.take(state, next);
+                self.pass(state, next);
                 batch.push(frame);
                 continue;
             }
@@ -592,7 +624,7 @@ impl Reader {
             batch.push_slice(Bytes::copy_from_slice(&frame[offset..end]));
             if end == len {
                 state.subs[self.key].sending = None;
-                self.take(state, next);
+                self.pass(state, next);
                 batch.frames += 1;
             } else {
                 state.subs[self.key].sending = Some((entry.seq, end));
@@ -603,13 +635,14 @@ impl Reader {
 }
 
 impl Subscription {
-    /// Locks, drops what has aged out, and hands the state to `f`.
-    fn with_state<R>(&mut self, f: impl FnOnce(&mut Reader, &mut State, Duration) -> R) -> R {
+    /// Locks and hands the state to `f`, with the broker's clock. A read
+    /// neither reads the clock nor evicts by age: what it reads was
+    /// retained when it got there, and publishes, subscriptions and ticks
+    /// keep the age bound (a resume never gets what aged out).
+    fn with_state<R>(&mut self, f: impl FnOnce(&mut Reader, &mut State, &dyn Clock) -> R) -> R {
         let result = {
             let mut state = lock(&self.shared.state);
-            let now = self.shared.clock.now();
-            state.evict(&self.shared.limits, now);
-            f(&mut self.reader, &mut state, now)
+            f(&mut self.reader, &mut state, &*self.shared.clock)
         };
         if !self.defer_reports && self.has_reports() {
             self.report();
@@ -751,7 +784,7 @@ impl Subscription {
             return Poll::Ready(Frames::End);
         }
         let mut releaser = None;
-        let polled = self.with_state(|sub, state, now| {
+        let polled = self.with_state(|sub, state, clock| {
             let mut batch = Batch::default();
             if !sub.fill(state, &mut batch, max_bytes) {
                 sub.finished = true;
@@ -768,7 +801,7 @@ impl Subscription {
                 slot.active = true;
                 if let Some(window) = coalesce {
                     let State { windows, subs, .. } = &mut *state;
-                    releaser = windows.open(subs, sub.key, now.saturating_add(window));
+                    releaser = windows.open(subs, sub.key, clock.now().saturating_add(window));
                 }
                 return Poll::Ready(Frames::Data {
                     bytes,

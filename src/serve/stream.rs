@@ -5,7 +5,7 @@
 use std::future::{poll_fn, Future};
 use std::io::{IoSlice, Write as _};
 use std::mem::MaybeUninit;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
@@ -39,50 +39,58 @@ pub(super) async fn respond<S, B>(
     B: Body,
     B::Error: Into<BoxError>,
 {
-    // Until the response starts, the peer is watched as hyper does: one
-    // that leaves (or half-closes) ends the call instead of waiting on it.
+    // The call in a block of its own, with no await after the response
+    // comes: its locals (the call's result, the response's parts) end with
+    // it, so the task of a stream keeps only what the body needs for as
+    // long as it lasts. The body goes on the heap: moved out of the
+    // response, it would otherwise take its place in the task twice.
     let mut discarded = 0usize;
-    let ready = poll_fn(|cx| {
-        if watch_peer(&mut tcp, cx, &mut discarded).is_ready() {
-            return Poll::Ready(None);
+    let (framing, head, mut body) = {
+        // Until the response starts, the peer is watched as hyper does: one
+        // that leaves (or half-closes) ends the call instead of waiting on
+        // it.
+        let ready = poll_fn(|cx| {
+            if watch_peer(&mut tcp, cx, &mut discarded).is_ready() {
+                return Poll::Ready(None);
+            }
+            service
+                .poll_ready(cx)
+                .map(|ready| Some(ready.map_err(Into::into)))
+        })
+        .await;
+        match ready {
+            None => return,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "service not ready; closing");
+                return;
+            }
+            Some(Ok(())) => {}
         }
-        service
-            .poll_ready(cx)
-            .map(|ready| Some(ready.map_err(Into::into)))
-    })
-    .await;
-    match ready {
-        None => return,
-        Some(Err(error)) => {
-            tracing::debug!(%error, "service not ready; closing");
-            return;
-        }
-        Some(Ok(())) => {}
-    }
-    // Boxed: the call's state would otherwise stay in every stream's task.
-    let mut call = Box::pin(service.call(*request));
-    drop(service);
-    let called = poll_fn(|cx| {
-        if watch_peer(&mut tcp, cx, &mut discarded).is_ready() {
-            return Poll::Ready(None);
-        }
-        call.as_mut()
-            .poll(cx)
-            .map(|called| Some(called.map_err(Into::into)))
-    })
-    .await;
-    drop(call);
-    let response = match called {
-        None => return,
-        Some(Ok(response)) => response,
-        Some(Err(error)) => {
-            tracing::debug!(%error, "service failed; closing");
-            return;
-        }
+        // Boxed: the call's state would otherwise stay in every stream's task.
+        let mut call = Box::pin(service.call(unbox(request)));
+        drop(service);
+        let called = poll_fn(|cx| {
+            if watch_peer(&mut tcp, cx, &mut discarded).is_ready() {
+                return Poll::Ready(None);
+            }
+            call.as_mut()
+                .poll(cx)
+                .map(|called| Some(called.map_err(Into::into)))
+        })
+        .await;
+        drop(call);
+        let response = match called {
+            None => return,
+            Some(Ok(response)) => response,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "service failed; closing");
+                return;
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let framing = Framing::of(&parts, &body);
+        (framing, encode_head(&parts, framing), Box::pin(body))
     };
-    let (parts, body) = response.into_parts();
-    let framing = Framing::of(&parts, &body);
-    let head = encode_head(&parts, framing);
     if tcp.write_all(&head).await.is_err() {
         return;
     }
@@ -90,10 +98,10 @@ pub(super) async fn respond<S, B>(
     let end = match framing {
         Framing::None => End::Finished,
         Framing::Length(length) => {
-            write_body(&mut tcp, pin!(body), false, Some(length), discarded).await
+            write_body(&mut tcp, body.as_mut(), false, Some(length), discarded).await
         }
         Framing::Chunked => {
-            let end = write_body(&mut tcp, pin!(body), true, None, discarded).await;
+            let end = write_body(&mut tcp, body.as_mut(), true, None, discarded).await;
             if end == End::Finished && tcp.write_all(LAST_CHUNK).await.is_err() {
                 return;
             }
@@ -105,6 +113,13 @@ pub(super) async fn respond<S, B>(
         // response rather than a reset.
         let _ = tcp.shutdown().await;
     }
+}
+
+/// Moves the value out of its box and frees the box at once (moved out in
+/// place, the box's memory would stay with the task as long as the stream).
+#[allow(clippy::boxed_local)] // taking the box is the point
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// How the body is delimited on the wire.

@@ -242,7 +242,7 @@ impl<S> Layer<S> for SseLayer {
     type Service = Sse<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Sse::new(inner, self.config.clone())
+        Sse::new(inner, Arc::new(self.config.clone()))
     }
 }
 

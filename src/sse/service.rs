@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -25,11 +26,13 @@ const MAX_ID_LEN: usize = 64;
 #[derive(Clone)]
 pub struct Sse<S> {
     inner: S,
-    config: Config,
+    /// Shared: a server clones the service for every connection, and its
+    /// task keeps the clone as long as the connection lasts.
+    config: Arc<Config>,
 }
 
 impl<S> Sse<S> {
-    pub(crate) fn new(inner: S, config: Config) -> Self {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
         Self { inner, config }
     }
 
