@@ -72,7 +72,7 @@ mod benches {
                     for sub in &mut subs {
                         match sub.try_next() {
                             Some(Message::Event(e)) => {
-                                black_box(e.data());
+                                black_box(e.frame());
                             }
                             other => panic!("{other:?}"),
                         }
