@@ -28,9 +28,9 @@
 //! client falling behind), the measured load falls with it, and
 //! coalescing stops.
 //!
-//! Only a load that would saturate the runtime keeps it on for good. If
-//! it stopped wrongly, the runtime is busy again at once, and the hold
-//! (1, 2, 4 ... 64 s) keeps it on longer each time. Before any cost is
+//! Only a load close to saturation keeps it on for good. If it stopped
+//! wrongly, the runtime is busy again at once, and the hold (1, 2, 4 ...
+//! 64 s) keeps it on longer each time. Before any cost is
 //! known (coalescing that a burst of connections switched on), the
 //! measured load decides the same way.
 
@@ -215,6 +215,8 @@ pub(crate) struct LoadMeter {
     /// The same while coalescing, measured in its first tenths of a second
     /// (`CALIBRATE`) each time it starts.
     coalesced_cost: Option<f64>,
+    /// How long the workers have been busy all the time, up to now.
+    saturated_for: Duration,
     /// Time sampled so far.
     now: Duration,
     /// When coalescing last started, and last stopped.
@@ -232,6 +234,7 @@ impl Default for LoadMeter {
             busy: false,
             cost: None,
             coalesced_cost: None,
+            saturated_for: Duration::ZERO,
             now: Duration::ZERO,
             on_since: Duration::ZERO,
             off_since: None,
@@ -247,15 +250,23 @@ impl LoadMeter {
     /// Above this share of the workers' time spent running tasks,
     /// coalescing starts: the runtime is about to fall behind.
     const ON: f64 = 0.95;
+    /// Busy this much of a period counts as all of it: the workers ran
+    /// tasks the whole time. Saturated for `MEMORY`, the runtime falls
+    /// behind, and coalescing starts without waiting for the average.
+    const SATURATED: f64 = 0.99;
     /// Below this share (as it would be without coalescing), it stops once
-    /// its hold is over: only a load that would saturate the runtime keeps
-    /// it on for good.
-    const OFF: f64 = 0.98;
-    /// How long after coalescing starts what a frame costs coalesced is
-    /// measured (from the second sample on: the first still writes what
-    /// piled up before). Meanwhile, with a cost to compare with, it stays
-    /// on.
-    const CALIBRATE: Duration = Duration::from_millis(300);
+    /// its hold is over. A runtime that saturated before coalescing already
+    /// wrote several events per write as its streams fell behind, so what a
+    /// frame cost then, and with it the estimate, says about 1 however far
+    /// past saturation it is: hence the margin under `ON`.
+    const OFF: f64 = 0.75;
+    /// When, after coalescing starts, what a frame costs coalesced is
+    /// measured: from `SETTLE` (before, the streams still write what piled
+    /// up) to `CALIBRATE`. Until then, with a cost to compare with, it
+    /// stays on.
+    const SETTLE: Duration = Duration::from_millis(100);
+    /// See `SETTLE`.
+    const CALIBRATE: Duration = Duration::from_millis(400);
     /// A sample measures what a frame costs only with at least this many:
     /// with fewer, whatever else the workers did (accepting connections,
     /// the timer) would count as the frames' cost.
@@ -280,10 +291,15 @@ impl LoadMeter {
         }
         self.now = self.now.saturating_add(elapsed);
         let measured = (busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0);
+        self.saturated_for = if measured >= Self::SATURATED {
+            self.saturated_for.saturating_add(elapsed)
+        } else {
+            Duration::ZERO
+        };
         let cost = (frames >= Self::MIN_FRAMES).then(|| busy.as_secs_f64() / frames as f64);
         let load = if self.busy {
             let since = self.now - self.on_since;
-            if since > elapsed && since <= Self::CALIBRATE {
+            if since > Self::SETTLE && since <= Self::CALIBRATE {
                 average(&mut self.coalesced_cost, cost);
             }
             match (self.cost, self.coalesced_cost) {
@@ -305,7 +321,7 @@ impl LoadMeter {
                 self.busy = false;
                 self.off_since = Some(self.now);
             }
-        } else if self.load > Self::ON {
+        } else if self.load > Self::ON || self.saturated_for >= Self::MEMORY {
             let off_for = self.off_since.map(|since| self.now - since);
             if off_for.is_some_and(|off| off < Self::RELAPSE) {
                 self.min_on = (self.min_on * 2).clamp(Self::MIN_ON, Self::MAX_ON);
@@ -411,9 +427,24 @@ mod tests {
             .expect("never turned on");
         let after = STEP * took as u32;
         assert!(
-            after >= Duration::from_millis(100) && after <= Duration::from_millis(400),
+            after >= Duration::from_millis(100) && after <= Duration::from_millis(150),
             "took {after:?}"
         );
+    }
+
+    #[test]
+    fn busier_and_busier_turns_it_on_once_the_average_says_so() {
+        // Never quite saturated: the average decides, within half a second
+        // of passing nineteen twentieths.
+        let mut meter = LoadMeter::default();
+        let took = Server::at(0.98, 2.0)
+            .run(&mut meter, 1000, true)
+            .expect("never turned on");
+        assert!(
+            STEP * took as u32 <= Duration::from_millis(500),
+            "took {took}"
+        );
+        assert!(meter.load() > LoadMeter::ON);
     }
 
     #[test]
@@ -455,7 +486,8 @@ mod tests {
         assert_eq!(server.run(&mut meter, 400, true), None);
         assert!(feed(&mut meter, 20, 1.0, true).is_some());
         let took = STEP * server.run(&mut meter, 1000, false).expect("held on") as u32;
-        assert!(took <= Duration::from_millis(500), "took {took:?}");
+        // Held while it measures what it saves (`CALIBRATE`), then off.
+        assert!(took <= Duration::from_secs(1), "took {took:?}");
         assert_eq!(server.switches(&mut meter, Duration::from_secs(60)).0, 0);
         // Unknown cost: a burst first (a thousand clients connecting).
         let mut meter = LoadMeter::default();
@@ -632,7 +664,9 @@ mod tests {
                 );
                 proptest::prop_assert!((0.0..=1.0).contains(&meter.load()));
                 if now && !before {
-                    proptest::prop_assert!(meter.load() > LoadMeter::ON);
+                    proptest::prop_assert!(
+                        meter.load() > LoadMeter::ON || meter.saturated_for >= LoadMeter::MEMORY
+                    );
                 }
                 if before && !now {
                     proptest::prop_assert!(meter.load() < LoadMeter::OFF);

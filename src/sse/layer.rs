@@ -22,7 +22,7 @@ pub const DEFAULT_BUSY_RETRY: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Default coalescing window: while the runtime is busy, a stream that
 /// wrote waits this long for more events before it is woken again.
-pub const DEFAULT_COALESCE: Duration = Duration::from_millis(20);
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(10);
 /// Default most topics one connection may watch.
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 /// Default most bytes written to a connection in one body frame when it
@@ -134,7 +134,7 @@ impl SseLayer {
 
     /// Coalesces writes while the runtime is busy: after a stream writes,
     /// events published within `window` do not wake it one by one but go
-    /// out together when the window ends (default 20 ms).
+    /// out together when the window ends (default 10 ms).
     ///
     /// A fan-out spends most of its CPU in the kernel, one system call and
     /// one TCP segment per write; coalescing turns many small writes into
@@ -142,18 +142,19 @@ impl SseLayer {
     /// stream receiving events faster than one per window pays it (at most
     /// `window` plus a quarter of it): the first event after a quiet spell
     /// still goes out at once. As that latency buys nothing while the
-    /// runtime has time to spare, the layer's ticker samples how busy
-    /// tokio's workers are (their own busy-time counters, averaged over
-    /// about 100 ms), and streams coalesce once they are more than 75 %
-    /// busy, until the load they would have without it falls under 60 %
-    /// (the measured load times the events each write carried, so that
-    /// coalescing that merges little stops even if a burst started it).
-    /// Coalescing that has to start again soon after stopping stays on for
-    /// a second, then twice as long at each further restart (up to 64 s),
-    /// so a load that only coalescing keeps down does not make it switch
-    /// back and forth, while a burst of work (clients connecting) does not
-    /// hold it on. A runtime that keeps up thus writes every event at once;
-    /// one that does not halves its writes or better.
+    /// runtime keeps up, the layer's ticker samples how busy tokio's
+    /// workers are (their own busy-time counters, averaged over about
+    /// 100 ms), and streams coalesce only once they are 95 % busy, about
+    /// to fall behind. While they do, the load they would have without it
+    /// is the measured load times what coalescing saves, measured when it
+    /// starts (a frame's cost just before, against its cost coalesced);
+    /// below 75 % coalescing stops. Coalescing that has to start again soon
+    /// after stopping stays on for a second, then twice as long at each
+    /// further restart (up to 64 s), so a load that only coalescing keeps
+    /// down does not make it switch back and forth, while a burst of work
+    /// (clients connecting) does not hold it on. A runtime that keeps up
+    /// thus writes every event at once; one that would not writes several
+    /// per write.
     ///
     /// [`Duration::ZERO`] turns coalescing off; see
     /// [`coalesce_always`](SseLayer::coalesce_always) to coalesce whatever
