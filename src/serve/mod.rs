@@ -57,7 +57,7 @@
 //! # What a stream costs, by protocol
 //!
 //! - **HTTP/1.1, a stream request first on its connection**: this server's
-//!   path: no hyper buffers, the stream's state (~3 KB), the frame being
+//!   path: no hyper buffers, the stream's state (~2 KB), the frame being
 //!   written, and the kernel's send buffer ([`Serve::stream_send_buffer`]).
 //!   One TCP connection per stream, so a browser's six connections per
 //!   origin are six streams at most.
@@ -67,8 +67,8 @@
 //! - **HTTP/2 (h2c)**: hyper's HTTP/2 server. A connection's buffers and
 //!   its send buffer are shared by every stream on it, so a page's many
 //!   `EventSource`s cost one connection; each stream adds hyper's and
-//!   h2's state for a stream and its task (about 2.3 KB an idle stream,
-//!   against 3.1 KB on the lean HTTP/1.1 path with a connection of its
+//!   h2's state for a stream and its task (about 2.2 to 2.5 KB an idle
+//!   stream, against 2.4 KB on the lean HTTP/1.1 path with a connection of its
 //!   own: `bash bench/stream_memory.sh`, RSS only, not counting the
 //!   kernel's socket buffers, which HTTP/2 shares too). What waits for a reader that
 //!   stops reading is bounded by the window the client grants (h2's
