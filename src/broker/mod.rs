@@ -677,11 +677,20 @@ impl Broker {
         state.windows.poll_open(cx)
     }
 
-    /// How many events were published so far: cheaper than
-    /// [`stats`](Broker::stats) for a caller that only watches activity.
+    /// Events published, and frames handed to the events route's streams,
+    /// so far: what the route's load meter samples (cheaper than
+    /// [`stats`](Broker::stats)).
     #[cfg(not(loom))]
-    pub(crate) fn published(&self) -> u64 {
-        lock(&self.shared.state).counters.published
+    pub(crate) fn activity(&self) -> (u64, u64) {
+        let state = lock(&self.shared.state);
+        (state.counters.published, state.counters.framed)
+    }
+
+    /// Counts `frames` as handed to streams (for the tests of the route's
+    /// load meter).
+    #[cfg(test)]
+    pub(crate) fn count_framed(&self, frames: u64) {
+        lock(&self.shared.state).counters.framed += frames;
     }
 
     /// Counters and sizes, read in one consistent snapshot.

@@ -189,6 +189,10 @@ pub(crate) struct Greeting {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) published: u64,
+    /// Frames handed to streams of the events route, counted under the
+    /// lock their read takes anyway (a counter shared by every write would
+    /// be a cache line all cores fight over).
+    pub(crate) framed: u64,
     pub(crate) evicted: u64,
     pub(crate) lagged_events: u64,
     pub(crate) lag_reports: u64,

@@ -813,6 +813,7 @@ impl Subscription {
             let frames = batch.frames;
             if let Some(bytes) = batch.finish() {
                 slot.active = true;
+                state.counters.framed += frames.max(1) as u64;
                 if let Some(window) = coalesce {
                     let State { windows, subs, .. } = &mut *state;
                     releaser = windows.open(subs, sub.key, clock.now().saturating_add(window));

@@ -175,7 +175,6 @@ impl EventStream {
         }
         match polled {
             Poll::Ready(Frames::Data { bytes, frames }) => {
-                coalescing.count(self.coalesce, frames);
                 self.metrics.delivered(frames, bytes.len());
                 Poll::Ready(Some(self.hand_out(bytes)))
             }

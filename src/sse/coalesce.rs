@@ -37,7 +37,7 @@
 //! known (coalescing that a burst of connections switched on), the
 //! measured load decides the same way.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -59,14 +59,12 @@ impl Coalesce {
     }
 }
 
-/// Whether the streams of a layer coalesce now, and what it saves: set by
-/// the ticker, read by every stream at each write.
+/// Whether the streams of a layer coalesce now: set by the ticker, read by
+/// every stream at each write.
 #[derive(Debug, Default)]
 pub(crate) struct Coalescing {
     /// The ticker found the runtime busy.
     on: AtomicBool,
-    /// Frames written since the ticker last looked.
-    frames: AtomicUsize,
 }
 
 impl Coalescing {
@@ -75,14 +73,6 @@ impl Coalescing {
         coalesce
             .filter(|c| c.always || self.on.load(Ordering::Relaxed))
             .map(|c| c.window)
-    }
-
-    /// Counts `frames` written, coalesced or not, where the load decides
-    /// (not with `SseLayer::coalesce_always`, nor without coalescing).
-    pub(crate) fn count(&self, coalesce: Option<Coalesce>, frames: usize) {
-        if coalesce.is_some_and(|c| !c.always) {
-            self.frames.fetch_add(frames, Ordering::Relaxed);
-        }
     }
 
     /// Switches coalescing on or off; whether that changed anything.
@@ -98,11 +88,6 @@ impl Coalescing {
     #[cfg(test)]
     pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::Relaxed)
-    }
-
-    /// The frames written since the last call.
-    fn take_frames(&self) -> usize {
-        self.frames.swap(0, Ordering::Relaxed)
     }
 }
 
@@ -141,8 +126,10 @@ pub(crate) struct LoadSampler {
     /// When the busy time was last read, and what it was.
     at: Instant,
     busy: Duration,
-    /// The broker's count of published events at the last sample.
+    /// The broker's counts of published events and of frames handed to
+    /// streams at the last sample.
     published: Option<u64>,
+    framed: u64,
     next: Instant,
 }
 
@@ -160,6 +147,7 @@ impl LoadSampler {
             at: now,
             busy,
             published: None,
+            framed: 0,
             next: now + Self::QUIET_SAMPLE,
         }
     }
@@ -175,10 +163,12 @@ impl LoadSampler {
             return;
         }
         let busy = (self.clock)();
+        let (published, framed) = broker.activity();
+        let frames = framed.saturating_sub(std::mem::replace(&mut self.framed, framed));
         let on = self.meter.sample(
             busy.saturating_sub(self.busy),
             now.duration_since(self.at),
-            coalescing.take_frames(),
+            usize::try_from(frames).unwrap_or(usize::MAX),
         );
         if coalescing.switch(on) {
             tracing::debug!(
@@ -188,8 +178,7 @@ impl LoadSampler {
             );
         }
         (self.at, self.busy) = (now, busy);
-        let count = broker.published();
-        let quiet = self.published.replace(count) == Some(count);
+        let quiet = self.published.replace(published) == Some(published);
         self.next = now
             + if quiet {
                 Self::QUIET_SAMPLE

@@ -256,16 +256,15 @@ mod tests {
     async fn run_at(
         (load, frames): (f64, usize),
         span: Duration,
-        busy: &AtomicU64,
+        (busy, broker): (&AtomicU64, &Broker),
         streams: &Streams,
         until: bool,
     ) -> Option<Duration> {
         const STEP: Duration = Duration::from_millis(5);
-        let coalesce = Coalesce::new(Duration::from_millis(20), false);
         let mut spent = Duration::ZERO;
         while spent < span {
             busy.fetch_add(STEP.mul_f64(load).as_nanos() as u64, Ordering::Relaxed);
-            streams.coalescing.count(coalesce, frames);
+            broker.count_framed(frames as u64);
             tokio::time::advance(STEP).await;
             settle().await;
             spent += STEP;
@@ -288,31 +287,31 @@ mod tests {
         for _ in 0..10 {
             broker.publish(Event::new("t").data("x")).unwrap();
             assert_eq!(
-                run_at((0.66, 100), second / 10, &busy, &streams, true).await,
+                run_at((0.66, 100), second / 10, (&busy, &broker), &streams, true).await,
                 None
             );
         }
         // Half as many events again: flat out, it starts within a few
         // tenths of a second.
-        let took = run_at((1.0, 150), second, &busy, &streams, true).await;
+        let took = run_at((1.0, 150), second, (&busy, &broker), &streams, true).await;
         assert!(took.is_some_and(|t| t <= second / 2), "{took:?}");
         // Coalescing halves the load; the frames would still saturate the
         // runtime written one by one: it stays on.
         for _ in 0..50 {
             broker.publish(Event::new("t").data("x")).unwrap();
             assert_eq!(
-                run_at((0.5, 150), second / 10, &busy, &streams, false).await,
+                run_at((0.5, 150), second / 10, (&busy, &broker), &streams, false).await,
                 None
             );
         }
         // A third of the events: a third of a core written one by one, so
         // it stops.
-        let took = run_at((0.2, 50), second, &busy, &streams, false).await;
+        let took = run_at((0.2, 50), second, (&busy, &broker), &streams, false).await;
         assert!(took.is_some_and(|t| t <= second / 2), "{took:?}");
         // Flat out again, then idle: it stops, sampled at the quiet pace.
-        let took = run_at((1.0, 150), 5 * second, &busy, &streams, true).await;
+        let took = run_at((1.0, 150), 5 * second, (&busy, &broker), &streams, true).await;
         assert!(took.is_some(), "{took:?}");
-        let took = run_at((0.0, 0), 5 * second, &busy, &streams, false).await;
+        let took = run_at((0.0, 0), 5 * second, (&busy, &broker), &streams, false).await;
         assert!(took.is_some_and(|t| t <= 3 * second), "{took:?}");
 
         drop(broker);
