@@ -487,17 +487,7 @@ mod contention {
     fn publish_idle(broker: &Broker, watchers: usize) -> Ns {
         let subs = subscribe(broker, watchers);
         let batch = publish_batch(watchers);
-        let ns = measure(SAMPLES, || {
-            let events: Vec<Event> = (0..batch).map(|_| event()).collect();
-            let start = Instant::now();
-            let mut published = 0;
-            for event in events {
-                published += usize::from(black_box(broker.publish(event)).is_ok());
-            }
-            let time = start.elapsed();
-            assert_eq!(published, batch);
-            (time, batch)
-        });
+        let ns = measure(SAMPLES, || publishes(broker, batch, true));
         drop(subs);
         ns
     }
@@ -509,17 +499,21 @@ mod contention {
         let broker = full_broker();
         broker.close();
         let batch = publish_batch(0);
-        measure(SAMPLES, || {
-            let events: Vec<Event> = (0..batch).map(|_| event()).collect();
-            let start = Instant::now();
-            let mut refused = 0;
-            for event in events {
-                refused += usize::from(black_box(broker.publish(event)).is_err());
-            }
-            let time = start.elapsed();
-            assert_eq!(refused, batch);
-            (time, batch)
-        })
+        measure(SAMPLES, || publishes(&broker, batch, false))
+    }
+
+    /// Times `batch` publishes of events built beforehand, each of which
+    /// must be accepted (`accepted`) or refused.
+    fn publishes(broker: &Broker, batch: usize, accepted: bool) -> (Duration, usize) {
+        let events: Vec<Event> = (0..batch).map(|_| event()).collect();
+        let start = Instant::now();
+        let mut as_expected = 0;
+        for event in events {
+            as_expected += usize::from(black_box(broker.publish(event)).is_ok() == accepted);
+        }
+        let time = start.elapsed();
+        assert_eq!(as_expected, batch);
+        (time, batch)
     }
 
     /// One publish with `watchers` subscriptions parked on it, each with a

@@ -810,18 +810,16 @@ impl Subscription {
             }
             let slot = &mut state.subs[sub.key];
             slot.keeps_alive = true;
-            let frames = batch.frames;
+            // A slice of a frame counts as one.
+            let frames = batch.frames.max(1);
             if let Some(bytes) = batch.finish() {
                 slot.active = true;
-                state.counters.framed += frames.max(1) as u64;
+                state.counters.framed += frames as u64;
                 if let Some(window) = coalesce {
                     let State { windows, subs, .. } = &mut *state;
                     releaser = windows.open(subs, sub.key, clock.now().saturating_add(window));
                 }
-                return Poll::Ready(Frames::Data {
-                    bytes,
-                    frames: frames.max(1),
-                });
+                return Poll::Ready(Frames::Data { bytes, frames });
             }
             if state.closed {
                 sub.finished = true;

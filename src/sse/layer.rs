@@ -144,8 +144,9 @@ impl SseLayer {
     /// still goes out at once. As that latency buys nothing while the
     /// runtime keeps up, the layer's ticker samples how busy tokio's
     /// workers are (their own busy-time counters, averaged over about
-    /// 100 ms), and streams coalesce only once they are 95 % busy, about
-    /// to fall behind. While they do, the load they would have without it
+    /// 100 ms), and streams coalesce only once they are about to fall
+    /// behind (busy all of the last 100 ms, or 95 % on average) while they
+    /// write events: a burst of connections alone never starts it. While they do, the load they would have without it
     /// is the measured load times what coalescing saves, measured when it
     /// starts (a frame's cost just before, against its cost coalesced);
     /// below 75 % coalescing stops. Coalescing that has to start again soon
