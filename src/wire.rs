@@ -368,6 +368,64 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_id_says_what_an_id_looks_like() {
+        let padded = format!("{}1", "0".repeat(20));
+        let refused = [
+            "",
+            "7",
+            "7-",
+            "-1",
+            "+7-1",
+            "7-1 ",
+            "7_1",
+            "18446744073709551616-0",
+            // Within `u64`, but longer than 20 digits.
+            &format!("{padded}-1"),
+            &format!("1-{padded}"),
+        ];
+        for text in refused {
+            let error = text.parse::<EventId>().unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "an event id is two decimal numbers joined by '-' (EPOCH-SEQ)",
+                "{text:?}"
+            );
+        }
+        assert_eq!("7-1".parse(), Ok(EventId::new(7, 1)));
+        assert_eq!(padded[1..].parse::<u64>(), Ok(1), "20 digits are allowed");
+        assert_eq!(
+            format!("{}-7", &padded[1..]).parse(),
+            Ok(EventId::new(1, 7))
+        );
+    }
+
+    /// A retained frame keeps its whole allocation, which the broker's
+    /// byte bound does not see beyond the frame's length: the body is
+    /// allocated once, with at most the slack of its estimate (a byte per
+    /// line break, and the `event:` line of a type that is not written).
+    #[test]
+    fn a_body_is_allocated_once_and_nearly_exact() {
+        let cases = [
+            (Some("t"), "x", 0),
+            (Some("update"), "", 0),
+            (Some("message"), "x", 15),
+            (None, "x", 0),
+            (Some("t"), "a\nb\nc", 2),
+            (Some("t"), "a\rb", 1),
+            (Some("t"), "a\r\nb", 9),
+            (Some("t"), &"y".repeat(5000), 0),
+        ];
+        for (event_type, data, slack) in cases {
+            let body = encode_body(event_type, data);
+            assert_eq!(
+                body.capacity() - body.len(),
+                slack,
+                "{event_type:?} {data:?}"
+            );
+        }
+    }
+
+    #[test]
     fn ids_fill_the_headroom_at_the_extremes() {
         let bytes = stamp_id(encode_body(None, "x"), EventId::new(u64::MAX, u64::MAX));
         assert_eq!(

@@ -229,15 +229,6 @@ fn not_utf8() -> impl Strategy<Value = Vec<u8>> {
 // ---------------------------------------------------------------------------
 // Round trips
 
-/// `cases` cases, and no regression files written next to the tests.
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 /// Publishes `specs`, reads them back from a subscription that resumes from
 /// the start, and checks what the subscription hands out. Returns the
 /// frames and what a client must dispatch for each.
@@ -272,7 +263,7 @@ fn publish_and_read(epoch: u64, specs: &[Spec]) -> (Vec<Vec<u8>>, Vec<Dispatched
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn both_parsers_read_back_what_was_published(
@@ -527,6 +518,7 @@ fn every_resync_reason_is_written_as_documented() {
         };
         assert_eq!(reason, want, "{id}");
         assert_eq!(reason.as_str(), text);
+        assert_eq!(reason.to_string(), text);
         let json = resync_json(&message, resume_from);
         assert_eq!(Value::Object(json), json!({ "reason": text }), "{id}");
     }
@@ -550,7 +542,7 @@ fn a_resync_then_live_events_read_as_one_stream() {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn a_lag_frame_counts_exactly_what_was_evicted(
