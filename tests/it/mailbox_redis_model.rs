@@ -448,7 +448,9 @@ fn the_redis_mailbox_answers_as_the_in_memory_one() {
         .unwrap_or(CASES);
     let mut runner = TestRunner::new(Config {
         cases,
-        failure_persistence: None,
+        // A failing case is kept in tests/proptest-regressions and run
+        // first from then on.
+        source_file: Some(file!()),
         ..Config::default()
     });
     let started = Instant::now();

@@ -19,7 +19,7 @@ use crate::support::raw::exchange;
 use crate::support::server::{loopback, serve_axum, spawn_serve};
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Whatever was published, on whatever topics, and wherever a client
     /// resumes from, it receives only events of the topics it was granted.
