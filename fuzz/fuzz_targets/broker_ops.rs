@@ -1,5 +1,5 @@
 //! A broker operation sequence, decoded from the fuzzer's bytes, run against
-//! the sequential model that `tests/it/model.rs` uses (the model and its
+//! the sequential model that `tests/it/model/local.rs` uses (the model and its
 //! runner are shared through `tests/it/support/broker_model.rs`).
 //!
 //! The operations cover the proptest's domain and somewhat beyond it

@@ -28,7 +28,7 @@ const MAX_EVENT_BYTES: usize = 2_048;
 const RETAIN_BYTES: usize = 8_192;
 /// What the broker charges per event beyond its frame's `event:`/`data:`
 /// lines: the id headroom (46) and the entry overhead (64), as
-/// `tests/it/model.rs` counts them.
+/// `tests/it/model/local.rs` counts them.
 const FIXED_COST: usize = 46 + 64;
 
 #[derive(Arbitrary, Debug)]

@@ -1,4 +1,4 @@
-//! The broker contract, case by case (the proptest model in `model.rs`
+//! The broker contract, case by case (the proptest model in `model/local.rs`
 //! covers random sequences).
 
 use std::time::Duration;

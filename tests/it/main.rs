@@ -17,7 +17,6 @@ mod mailbox_http;
 mod mailbox_redis;
 #[cfg(feature = "redis")]
 mod mailbox_redis_model;
-mod mirror_model;
 mod mode;
 mod model;
 mod observe;

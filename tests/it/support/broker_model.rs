@@ -1,6 +1,6 @@
 //! The sequential model of the broker and the runner that holds a real
 //! [`Broker`] against it, operation by operation. Shared by the proptest in
-//! `model.rs` and the `broker_ops` fuzz target (`fuzz/`, which includes this
+//! `model/local.rs` and the `broker_ops` fuzz target (`fuzz/`, which includes this
 //! file with `#[path]`); each only generates the operations.
 //!
 //! The operations: publish (topic, size), publish a system event,

@@ -9,7 +9,7 @@
 //! of another replica whose reader is a little ahead, or with a stale, too
 //! far ahead or garbage id, and drain.
 //!
-//! The model does not predict every message as `model.rs` does: it holds
+//! The model does not predict every message as `local.rs` does: it holds
 //! each one against the contract. Events are the stream's own, of the
 //! subscriber's topics, in stream order, under `mirrored_id`, each once. A
 //! `Lagged` accounts for at least what was missed of its topics, and for

@@ -1,8 +1,9 @@
-//! The broker held against a sequential model over random operation
-//! sequences: publish (topic, size), subscribe (topics, kind of resume id),
-//! poll, drop, clock advance, close. Checks invariants 3 (lag reported with
-//! exact counts), 7 (retention bounds; resume boundaries) and 8 (topic
-//! isolation) of the design, message by message.
+//! The broker publishing its own events, held against a sequential model
+//! over random operation sequences: publish (topic, size), subscribe
+//! (topics, kind of resume id), poll, drop, clock advance, close. Checks
+//! invariants 3 (lag reported with exact counts), 7 (retention bounds;
+//! resume boundaries) and 8 (topic isolation) of the design, message by
+//! message.
 //!
 //! The model and the runner live in `support/broker_model.rs`, shared with
 //! the `broker_ops` fuzz target; this file only generates the operations.
