@@ -600,3 +600,50 @@ fn a_stream_that_stops_reading_the_shared_streams_direct_messages_is_cut_and_hol
     let (got, ended) = drain(&mut ann);
     assert!(!ended && got.len() == 1, "{got:?}");
 }
+
+/// The defaults are the README's ("Configuration at a glance"): a broker
+/// built with none set refuses an event one byte over 1 MiB, keeps the
+/// 2,000 newest events, holds at most 8 MiB of them and forgets them after
+/// 30 s.
+#[test]
+fn a_default_broker_keeps_the_documented_bounds() {
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains("| replay: events / bytes / age | 2000 / 8 MiB / 30 s |"));
+    assert!(readme.contains("| largest event (type and payload) | 1 MiB |"));
+
+    let clock = ManualClock::new();
+    let broker = Broker::builder().clock(clock.clone()).build();
+    let mib = 1 << 20;
+    let oversized = broker.publish(Event::new("t").data("x".repeat(mib)));
+    assert_eq!(
+        oversized,
+        Err(PublishError::TooLarge {
+            size: mib + 1,
+            limit: mib
+        })
+    );
+    // Nine events of 1 MiB: the oldest go to keep the log within 8 MiB.
+    for _ in 0..9 {
+        broker
+            .publish(Event::new("t").data("x".repeat(mib - 1)))
+            .unwrap();
+    }
+    let stats = broker.stats();
+    assert_eq!(stats.retained_events, 7, "{stats:?}");
+    assert!(stats.retained_bytes <= 8 * mib, "{stats:?}");
+    for n in 0..2_001 {
+        broker.publish(Event::new("t").data(n.to_string())).unwrap();
+    }
+    assert_eq!(broker.stats().retained_events, 2_000);
+
+    clock.advance(Duration::from_secs(30));
+    broker.evict_expired();
+    assert_eq!(
+        broker.stats().retained_events,
+        2_000,
+        "30 s old: still kept"
+    );
+    clock.advance(Duration::from_millis(1));
+    broker.evict_expired();
+    assert_eq!(broker.stats().retained_events, 0, "older than 30 s: gone");
+}
