@@ -1003,6 +1003,44 @@ mod tests {
         }
     }
 
+    /// The route's load meter reads what the streams were handed from the
+    /// broker's count: each batch adds its frames, a slice of a frame
+    /// counts as one, and what publishes nothing adds nothing.
+    #[test]
+    fn each_batch_counts_its_frames_for_the_load_meter() {
+        let broker = Broker::builder().epoch(7).build();
+        let topics = Topics::parse(["a"]).unwrap();
+        let mut sub = broker.subscribe(&topics, None).unwrap();
+        let waker = Waker::from(Arc::new(Count::default()));
+        assert!(poll(&mut sub, &waker).is_pending());
+        assert_eq!(broker.activity(), (0, 0));
+
+        for n in 0..3 {
+            broker
+                .publish(Event::new("e").topic("a").data(n.to_string()))
+                .unwrap();
+        }
+        let Poll::Ready(Frames::Data { frames, .. }) = poll(&mut sub, &waker) else {
+            panic!("three events to send");
+        };
+        assert_eq!(frames, 3);
+        assert_eq!(broker.activity(), (3, 3));
+
+        broker
+            .publish(Event::new("e").topic("a").data("x".repeat(100)))
+            .unwrap();
+        let sliced = |sub: &mut crate::Subscription| {
+            sub.poll_frames(&mut Context::from_waker(&waker), 40, None)
+        };
+        let mut slices = 0;
+        while let Poll::Ready(Frames::Data { frames, .. }) = sliced(&mut sub) {
+            assert_eq!(frames, 1);
+            slices += 1;
+        }
+        assert!(slices > 1, "the event went out in slices");
+        assert_eq!(broker.activity(), (4, 3 + slices));
+    }
+
     #[test]
     fn the_greeting_goes_where_the_replay_ends() {
         let broker = Broker::builder().epoch(7).build();
