@@ -736,3 +736,19 @@ async fn the_demo_refuses_a_redis_url_that_does_not_parse() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a Redis URL"), "{stderr}");
 }
+
+/// What a log line or a failed assertion shows of the backplane: its
+/// stream and timings (nothing connects to build it).
+#[test]
+fn debug_output_names_the_type_and_its_settings() {
+    let backplane = RedisBackplane::new("redis://127.0.0.1:1/")
+        .unwrap()
+        .stream("app:events")
+        .block(Duration::from_millis(250));
+    let shown = format!("{backplane:?}");
+    assert!(
+        shown.starts_with(r#"RedisBackplane { stream: "app:events""#),
+        "{shown}"
+    );
+    assert!(shown.contains("block: 250ms"), "{shown}");
+}

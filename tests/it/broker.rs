@@ -647,3 +647,42 @@ fn a_default_broker_keeps_the_documented_bounds() {
     broker.evict_expired();
     assert_eq!(broker.stats().retained_events, 0, "older than 30 s: gone");
 }
+
+/// What a log line or a failed assertion shows of the broker's types: each
+/// names itself and what it holds.
+#[test]
+fn debug_output_names_the_type_and_its_state() {
+    let builder = Broker::builder().epoch(7).retain_events(12);
+    let shown = format!("{builder:?}");
+    assert!(shown.starts_with("BrokerBuilder {"), "{shown}");
+    assert!(
+        shown.contains("max_events: 12") && shown.contains("epoch: Some(7)"),
+        "{shown}"
+    );
+
+    let broker = builder.build();
+    let mut sub = broker.subscribe(&topics(&["a", "b"]), Some("7-0")).unwrap();
+    broker
+        .publish(Event::new("t").topic("a").data("hello"))
+        .unwrap();
+    let shown = format!("{broker:?}");
+    assert!(
+        shown.starts_with("Broker { epoch: 7, stats: BrokerStats {"),
+        "{shown}"
+    );
+    assert!(shown.contains("published: 1"), "{shown}");
+
+    let shown = format!("{sub:?}");
+    assert!(shown.starts_with("Subscription { topics: 2,"), "{shown}");
+    assert!(shown.contains("finished: false"), "{shown}");
+
+    let Some(Message::Event(event)) = sub.try_next() else {
+        panic!("the event");
+    };
+    let shown = format!("{event:?}");
+    assert!(shown.starts_with("ReceivedEvent { id: EventId"), "{shown}");
+    assert!(
+        shown.contains(r#"topic: "a""#) && shown.contains(r#"data: "hello""#),
+        "{shown}"
+    );
+}

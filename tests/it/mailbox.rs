@@ -1078,3 +1078,22 @@ async fn the_janitor_purges_and_never_outlives_its_handle_or_keeps_the_mailbox()
     .await
     .expect("the janitor kept running without its mailbox");
 }
+
+/// What a log line or a failed assertion shows of the mailbox's types:
+/// each names itself and what it holds.
+#[test]
+fn debug_output_names_the_type_and_its_state() {
+    let builder = Mailbox::builder(Broker::new()).per_target(17);
+    let shown = format!("{builder:?}");
+    assert!(shown.starts_with("MailboxBuilder { limits:"), "{shown}");
+    assert!(shown.contains("17"), "{shown}");
+    let mailbox = builder.build();
+    let shown = format!("{mailbox:?}");
+    assert!(
+        shown.starts_with("Mailbox { stats: MailboxStats {"),
+        "{shown}"
+    );
+    let text = "0123456789abcdef0123456789abcdef";
+    let trace = TraceId::parse(text).unwrap();
+    assert_eq!(format!("{trace:?}"), format!("{text:?}"));
+}

@@ -634,3 +634,20 @@ async fn concurrent_changes_end_in_one_consistent_state() {
         );
     }
 }
+
+/// What a log line or a failed assertion shows of the mode's types: each
+/// names itself and what it holds.
+#[test]
+fn debug_output_names_the_type_and_its_state() {
+    let mode = ServerMode::new();
+    let shown = format!("{mode:?}");
+    assert!(shown.starts_with("ServerMode("), "{shown}");
+    assert!(shown.contains("Normal"), "{shown}");
+    let probe =
+        Probe::new("database", || async { Ok::<(), String>(()) }).interval(Duration::from_secs(7));
+    let shown = format!("{probe:?}");
+    assert!(
+        shown.starts_with(r#"Probe { name: "database", interval: 7s"#),
+        "{shown}"
+    );
+}

@@ -711,3 +711,16 @@ async fn a_backplane_replica_feeds_no_topic_from_a_hub() {
     // No seq of the mirror was taken for the topic.
     assert_eq!(broker.last_event_id(), event.id());
 }
+
+/// What a log line or a failed assertion shows of the hub: its upstream's
+/// type and its timings.
+#[test]
+fn debug_output_names_the_type_and_its_settings() {
+    let hub = Hub::new(Bus::default()).linger(Duration::from_secs(9));
+    let shown = format!("{hub:?}");
+    assert!(shown.starts_with("Hub { upstream: "), "{shown}");
+    assert!(
+        shown.contains("Bus") && shown.contains("linger: 9s"),
+        "{shown}"
+    );
+}

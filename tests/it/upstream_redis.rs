@@ -743,3 +743,16 @@ async fn the_upstream_example_refuses_arguments_it_does_not_know() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid Redis URL"), "{stderr}");
 }
+
+/// What a log line or a failed assertion shows of the Redis upstream: its
+/// timeout and buffer bounds (nothing connects to build it).
+#[test]
+fn debug_output_names_the_type_and_its_settings() {
+    let upstream = tower_sse::upstream::RedisPubSub::new("redis://127.0.0.1:1/")
+        .unwrap()
+        .timeout(std::time::Duration::from_secs(3))
+        .buffer(10, 2048);
+    let shown = format!("{upstream:?}");
+    assert!(shown.starts_with("RedisPubSub { timeout: 3s"), "{shown}");
+    assert!(shown.contains("10") && shown.contains("2048"), "{shown}");
+}
