@@ -5,29 +5,63 @@
 //! Run with
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" cargo test --release --test loom
+//! RUSTFLAGS="--cfg loom" cargo test --release --test loom -- --nocapture
 //! ```
 //!
-//! Every model runs under a preemption bound (`PREEMPTIONS`, default 3,
-//! overridable with `LOOM_MAX_PREEMPTIONS`): loom then explores every
-//! interleaving with at most that many forced context switches, which is
-//! where ordering bugs of this kind live, and the suite finishes in minutes
-//! on two cores. The retained events are held in `loom::sync::Arc`, so loom
-//! also reports any leak of an event when a model ends.
+//! Every model but one runs without a preemption bound: loom explores
+//! every interleaving of its threads, and each model prints how many that
+//! was (the size of its state space). The one exception, three parties at
+//! the hub, is bounded, with the sizes it has at each bound measured next
+//! to it. Setting `LOOM_MAX_PREEMPTIONS` bounds them all, for a quick look
+//! while changing a model. The retained
+//! events are held in `loom::sync::Arc`, so loom also reports any leak of
+//! an event when a model ends.
+//!
+//! Each model says which deliberate mutation of the code it guards makes
+//! it fail ("Fails if ..."); each was checked by making that mutation.
 #![cfg(loom)]
 
 use loom::thread;
 use tower_sse::{Broker, Event, EventId, Message, Topics};
 
 const EPOCH: u64 = 42;
-const PREEMPTIONS: usize = 3;
 
+/// Runs `f` under every interleaving loom finds, and prints how many.
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    check(None, f);
+}
+
+/// Runs `f` under every interleaving with at most `preemptions` forced
+/// switches: for the one model whose whole state space is too large to
+/// walk, with the sizes measured at each bound next to its call.
+fn model_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    check(Some(preemptions), f);
+}
+
+fn check(preemptions: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let explored = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = explored.clone();
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(PREEMPTIONS);
+        builder.preemption_bound = preemptions;
     }
-    builder.check(f);
+    // The largest models take more scheduling decisions in one run than
+    // loom's default allows.
+    builder.max_branches = 100_000;
+    builder.check(move || {
+        counter.fetch_add(1, Relaxed);
+        f();
+    });
+    let bound = match builder.preemption_bound {
+        Some(n) => format!("at most {n} preemptions"),
+        None => "unbounded".to_owned(),
+    };
+    eprintln!(
+        "loom: {}: {} interleavings ({bound})",
+        std::thread::current().name().unwrap_or("model"),
+        explored.load(Relaxed)
+    );
 }
 
 fn broker() -> Broker {
@@ -77,7 +111,9 @@ fn event_seqs(seen: &[Seen]) -> Vec<u64> {
 
 /// Invariant 1: a subscription resuming from an id, racing publishes,
 /// receives every later event exactly once and in order: nothing is lost or
-/// repeated at the seam between replay and live.
+/// repeated at the seam between replay and live. (Fails if `Reader::seek`
+/// positions the cursors after the events before the id rather than
+/// through it: the event of the id itself is replayed.)
 #[test]
 fn replay_live_seam_is_exactly_once() {
     model(|| {
@@ -115,7 +151,10 @@ fn replay_live_seam_is_exactly_once() {
 }
 
 /// Invariant 1, live side: a subscription made with no id while publishes
-/// race it sees a gap-free suffix of them, ending with the last.
+/// race it sees exactly the events after its position when it was made,
+/// ending with the last. (Fails if a read moves a cursor to the log's end
+/// rather than past the one event it read: a reader behind skips event 2.
+/// Fails too if a live subscription starts one event early or late.)
 #[test]
 fn live_subscribe_sees_a_gap_free_suffix() {
     model(|| {
@@ -128,6 +167,7 @@ fn live_subscribe_sees_a_gap_free_suffix() {
             })
         };
         let mut sub = broker.subscribe(&topics(&["a"]), None).unwrap();
+        let start = sub.position().seq();
         let mut seen = Vec::new();
         if let Some(m) = sub.try_next() {
             seen.push(to_seen(m));
@@ -140,14 +180,15 @@ fn live_subscribe_sees_a_gap_free_suffix() {
             seen.len(),
             "no resync or lag expected: {seen:?}"
         );
-        let expected: Vec<u64> = (3 - seqs.len() as u64..3).collect();
-        assert_eq!(seqs, expected);
+        let expected: Vec<u64> = (start + 1..=2).collect();
+        assert_eq!(seqs, expected, "from position {start}");
     });
 }
 
 /// Invariant 2: a subscriber parked in `poll_next` is woken by a later
 /// publish. A lost wake-up leaves `block_on` parked for ever, which loom
-/// reports as a deadlock.
+/// reports as a deadlock. (Fails if a poll reads the log and stores its
+/// waker under two separate locks.)
 #[test]
 fn parked_subscriber_is_woken_by_publish() {
     model(|| {
@@ -171,6 +212,8 @@ fn parked_subscriber_is_woken_by_publish() {
 
 /// Invariant 3: a reader that falls behind retention is told, and what it
 /// received plus what it was told it missed adds up to what was published.
+/// (Fails if a `Lagged` reports one event fewer than it passed over, or if
+/// the broker does not count the lagged events.)
 #[test]
 fn lag_is_reported_and_counts_add_up() {
     model(|| {
@@ -213,7 +256,9 @@ fn lag_is_reported_and_counts_add_up() {
 
 /// Invariant 4: two publishers on different topics; a subscriber of both
 /// sees strictly increasing ids, and resuming from the first id it saw
-/// still yields the other event: N+1 is never visible before N.
+/// still yields the other event: N+1 is never visible before N. (Fails if
+/// a publish takes its seq and appends its event in two critical
+/// sections.)
 #[test]
 fn two_publishers_ids_increase_for_a_subscriber_of_both() {
     model(|| {
@@ -254,6 +299,8 @@ fn two_publishers_ids_increase_for_a_subscriber_of_both() {
 
 /// Invariant 5: dropping a subscription while a publish and a close race
 /// it: no panic, no leak (loom checks the events' `Arc`s), counts exact.
+/// (Fails if a dropped subscription stays among its topic's watchers: the
+/// topic is never forgotten.)
 #[test]
 fn drop_racing_publish_and_close() {
     model(|| {
@@ -285,7 +332,8 @@ fn drop_racing_publish_and_close() {
 }
 
 /// Invariant 6: closing the broker while a subscriber is parked ends the
-/// subscriber's stream (after what was already published for it).
+/// subscriber's stream (after what was already published for it). (Fails
+/// if close does not take the subscribers' wakers.)
 #[test]
 fn close_racing_parked_subscriber_ends_it() {
     model(|| {
@@ -311,10 +359,99 @@ fn close_racing_parked_subscriber_ends_it() {
     });
 }
 
+/// Invariants 1 and 4, three parties: two publishers on two topics race a
+/// subscriber of both that resumes from an id published before them and
+/// reads while they publish. It receives each later event exactly once,
+/// in increasing id order, with no lag and no resync. (Fails if a publish
+/// takes its seq and appends its event in two critical sections: the
+/// subscriber can then read seq 3 while seq 2 is not yet in the log, and
+/// seq 2 after it.)
+#[test]
+fn two_publishers_racing_a_resuming_subscriber_deliver_each_event_once() {
+    model(|| {
+        let broker = broker();
+        let first = publish(&broker, "a", "0");
+        let publishers = [("a", "a1"), ("b", "b1")].map(|(topic, data)| {
+            let broker = broker.clone();
+            thread::spawn(move || publish(&broker, topic, data))
+        });
+        let subscriber = {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                let mut sub = broker
+                    .subscribe(&topics(&["a", "b"]), Some(&first.to_string()))
+                    .unwrap();
+                let mut seen = Vec::new();
+                if let Some(m) = sub.try_next() {
+                    seen.push(to_seen(m));
+                }
+                (sub, seen)
+            })
+        };
+        let ids = publishers.map(|p| p.join().unwrap().seq());
+        let (mut sub, mut seen) = subscriber.join().unwrap();
+        drain(&mut sub, &mut seen);
+        assert_eq!(event_seqs(&seen), vec![2, 3], "{seen:?}");
+        assert_eq!(seen.len(), 2, "no lag or resync expected: {seen:?}");
+        let mut data: Vec<_> = seen
+            .iter()
+            .map(|s| match s {
+                Seen::Event(seq, data) => (*seq, data.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        data.sort();
+        let mut expected = vec![(ids[0], "a1".to_owned()), (ids[1], "b1".to_owned())];
+        expected.sort();
+        assert_eq!(data, expected);
+    });
+}
+
+/// Invariants 2 and 6, three parties: a subscriber parked on its stream,
+/// a publisher and a closer, all racing. The subscriber receives the event
+/// exactly if its publish was accepted, and then its stream ends: no lost
+/// wake-up (loom reports a deadlock), no accepted event the close cut off.
+/// (One event: 114,520 interleavings; a second takes millions, and the
+/// order of two is the seam model's.) (Fails if a publish is accepted once
+/// the broker is closed: the stream may already have ended without it.)
+#[test]
+fn a_subscriber_a_publisher_and_a_close_racing_lose_no_accepted_event() {
+    model(|| {
+        let broker = broker();
+        let mut sub = broker.subscribe(&topics(&["a"]), None).unwrap();
+        let publisher = {
+            let broker = broker.clone();
+            thread::spawn(move || {
+                let accepted = broker.publish(Event::new("t").topic("a").data("1"));
+                accepted
+                    .ok()
+                    .map(|id| Seen::Event(id.seq(), "1".to_owned()))
+            })
+        };
+        let closer = {
+            let broker = broker.clone();
+            thread::spawn(move || broker.close())
+        };
+        let seen = loom::future::block_on(async {
+            let mut seen = Vec::new();
+            while let Some(message) = sub.recv().await {
+                seen.push(to_seen(message));
+            }
+            seen
+        });
+        let accepted = publisher.join().unwrap();
+        closer.join().unwrap();
+        assert_eq!(seen, Vec::from_iter(accepted));
+        assert!(sub.is_finished());
+    });
+}
+
 /// Mailbox: a notification sent while its target's stream opens is handed
 /// to that stream exactly once, whichever wins the race: either the send
 /// sees the stream and publishes, or the stream's connect finds it held
-/// and sends it.
+/// and sends it. (Fails if `Mailbox::connect` compares the notification
+/// with the newest id when it runs rather than with the subscription's
+/// seam: one sent in between arrives twice.)
 #[test]
 fn notification_racing_connect_reaches_the_stream() {
     use tower_sse::mailbox::{Mailbox, Notification};
@@ -345,7 +482,8 @@ fn notification_racing_connect_reaches_the_stream() {
 }
 
 /// Mailbox: a notification sent while a stream of its target closes is
-/// never lost: unconfirmed, it reaches the next stream.
+/// never lost: unconfirmed, it reaches the next stream. (Fails if a copy
+/// sent at a stream's seam counts as having reached it.)
 #[test]
 fn notification_racing_disconnect_is_not_lost() {
     use tower_sse::mailbox::{Mailbox, Notification};
@@ -497,7 +635,8 @@ fn coalescing_setup() -> (tower_sse::ManualClock, Broker, tower_sse::Subscriptio
 
 /// Coalescing: a publish racing the end of a stream's coalescing window
 /// still wakes the stream, whichever comes first (a lost wake-up would
-/// leave `block_on` parked, which loom reports).
+/// leave `block_on` parked, which loom reports). (Fails if ending a window
+/// clears the stream's "woken in the window" mark without waking it.)
 #[test]
 fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
     use std::future::poll_fn;
@@ -534,6 +673,8 @@ fn publish_racing_the_end_of_a_coalescing_window_wakes_the_stream() {
 /// Coalescing: the ticker parks while no coalescing window is open, and the
 /// stream that opens one wakes it (a lost wake-up would leave `block_on`
 /// parked, which loom reports), whichever of the two gets the lock first.
+/// (Fails if opening a window does not hand back the parked ticker's
+/// waker.)
 #[test]
 fn opening_a_coalescing_window_wakes_the_parked_releaser() {
     use std::future::poll_fn;
@@ -575,7 +716,9 @@ fn stream_entry(epoch: u64, seq: u64, topic: &str) -> tower_sse::broker::Mirrore
 /// subscribes reaches that stream exactly when the stream's seam is
 /// before it; a stream subscribed after it has a seam at or past it, and
 /// is sent a copy by its opening instead (the mailbox's `connect` step
-/// compares the two). Never both, never neither.
+/// compares the two). Never both, never neither. (Fails if a mirrored
+/// direct entry does not move the broker's next seq past it: a stream
+/// subscribed after it gets a seam before it, and never receives it.)
 #[test]
 fn a_direct_entry_racing_a_subscribe_reaches_it_exactly_when_its_seam_is_before() {
     use tower_sse::loom_internals::subscribe_client;
@@ -828,17 +971,22 @@ mod hub {
     use std::future::poll_fn;
     use std::task::Poll;
 
-    use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    use loom::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
     use loom::thread;
     use tower_sse::loom_internals::{
         broker_with_hub, link_publish, link_release, link_status, link_up, Link, Opened,
     };
     use tower_sse::Broker;
 
-    use super::{drain, model, topics, Seen, EPOCH};
+    use super::{drain, model, model_bounded, topics, Seen, EPOCH};
 
-    /// The topic's upstream subscriptions held now.
+    /// The topic's upstream subscriptions held now: a stand-in for the
+    /// bus, counted with std's atomics, not loom's. Loom runs one thread at
+    /// a time and switches only at its own operations, so each count
+    /// happens exactly where its call stands among the crate's locks; what
+    /// loom explores is the crate's orderings, not the stand-in's.
     #[derive(Clone, Default)]
     struct Upstreams(Arc<AtomicUsize>);
 
@@ -880,7 +1028,10 @@ mod hub {
     /// The last stream of a topic leaving, its driver tearing the upstream
     /// down, racing a new stream of the topic: whichever way it goes, one
     /// upstream is held at the end (never two at once, none leaked), by the
-    /// one slot the hub counts.
+    /// one slot the hub counts. (Fails if the last stream leaving takes the
+    /// slot from its driver rather than leaving it to linger: the next
+    /// subscribe starts a second driver while the first holds its
+    /// upstream.)
     #[test]
     fn the_last_stream_leaving_racing_a_new_one_leaves_one_upstream() {
         model(|| {
@@ -911,10 +1062,62 @@ mod hub {
         });
     }
 
+    /// Three parties: the last stream of a topic leaving, its driver
+    /// tearing the upstream down, and two new streams of the topic
+    /// subscribing at once, each opening an upstream if the hub gives it a
+    /// new slot. Never two upstream subscriptions of the topic at once,
+    /// exactly one held at the end, and the hub counts one slot. (Fails if
+    /// a subscribe that finds the topic's slot lingering gives it a new
+    /// driver rather than leaving it to its own: two then hold upstreams
+    /// at once.)
+    #[test]
+    fn two_streams_arriving_as_the_last_one_leaves_share_one_upstream() {
+        // Interleavings by bound, measured: 3: 6,448 (0.6 s); 4: 36,344
+        // (3.5 s); 5: 151,874 (14 s), about fourfold per preemption, so the
+        // whole space is out of reach. The mutation above is caught with
+        // one preemption.
+        model_bounded(4, || {
+            let (broker, opened) = broker_with_hub(EPOCH);
+            let upstreams = Upstreams::default();
+            let first = broker.subscribe(&topics(&["room"]), None).unwrap();
+            let link = new_link(&opened).expect("a slot for the first stream");
+            upstreams.open(&broker, &link);
+
+            let leaving = {
+                let (broker, upstreams) = (broker.clone(), upstreams.clone());
+                thread::spawn(move || {
+                    drop(first);
+                    linger_over(&broker, &link, &upstreams);
+                })
+            };
+            let arriving = [(); 2].map(|()| {
+                let (broker, upstreams, opened) =
+                    (broker.clone(), upstreams.clone(), opened.clone());
+                thread::spawn(move || {
+                    let stream = broker.subscribe(&topics(&["room"]), None).unwrap();
+                    if let Some(link) = new_link(&opened) {
+                        upstreams.open(&broker, &link);
+                    }
+                    stream
+                })
+            });
+            leaving.join().unwrap();
+            let streams = arriving.map(|t| t.join().unwrap());
+
+            assert_eq!(upstreams.held(), 1);
+            let hub = broker.stats().hub.unwrap();
+            assert_eq!((hub.upstreams, hub.open), (1, 1));
+            drop(streams);
+        });
+    }
+
     /// An upstream event racing the last stream leaving, the driver's
     /// teardown, and the stream reconnecting with where it left off: the
     /// event reaches the stream exactly once, or the stream is told it may
     /// have missed events (a resync first); never lost silently, never twice.
+    /// (Fails if the hub refuses the driver's events while its slot
+    /// lingers, or if a stream's position does not move past an event it
+    /// read: the event comes twice.)
     #[test]
     fn an_upstream_event_racing_the_teardown_is_delivered_once_or_told() {
         model(|| {
@@ -955,7 +1158,8 @@ mod hub {
 
     /// A stream returning to a topic nobody watched, racing its driver
     /// parking with its upstream shut (it broke while idle): the driver is
-    /// woken to open again, not left until its linger ends.
+    /// woken to open again, not left until its linger ends. (Fails if the
+    /// first watcher back does not wake the slot's driver.)
     #[test]
     fn a_stream_returning_to_an_idle_topic_wakes_its_parked_driver() {
         model(|| {
@@ -982,7 +1186,8 @@ mod hub {
     /// Closing the broker racing a first stream's subscribe and its
     /// driver's open: either the subscribe is refused and no slot is made,
     /// or the driver is woken by the close, drops its upstream, and the
-    /// slot goes. Nothing held, nothing left.
+    /// slot goes. Nothing held, nothing left. (Fails if close does not take
+    /// the drivers' wakers.)
     #[test]
     fn closing_the_broker_racing_an_open_leaves_nothing_held() {
         model(|| {
