@@ -1094,6 +1094,28 @@ mod tests {
         );
     }
 
+    /// The last event replayed may be the newest of all, its seq the
+    /// seam itself: the greeting still follows it.
+    #[test]
+    fn the_greeting_follows_a_replay_that_ends_at_the_newest_event() {
+        let broker = Broker::builder().epoch(7).build();
+        let topics = Topics::parse(["a"]).unwrap();
+        let state = Event::new("server.state").data("{\"mode\":\"degraded\"}");
+        broker.publish_system_greeting(state).unwrap(); // 7-1
+        let first = broker
+            .publish(Event::new("e").topic("a").data("0"))
+            .unwrap(); // 7-2
+        broker
+            .publish(Event::new("e").topic("a").data("1"))
+            .unwrap(); // 7-3, the newest
+        let mut resumed = broker.subscribe(&topics, Some(&first.to_string())).unwrap();
+        assert_eq!(
+            drain_text(&mut resumed, 1 << 16),
+            "id: 7-3\nevent: e\ndata: 1\n\n\
+             event: server.state\ndata: {\"mode\":\"degraded\"}\n\n"
+        );
+    }
+
     #[test]
     fn keep_alives_go_only_to_quiet_streams_once_per_two_ticks() {
         let broker = Broker::new();
