@@ -1116,6 +1116,37 @@ mod tests {
         );
     }
 
+    /// Whoever ends the coalescing windows parks while none is open, is
+    /// woken when a stream opens one, and is ready until it ends.
+    #[test]
+    fn the_window_ender_parks_only_while_no_window_is_open() {
+        use std::time::Duration;
+
+        let clock = crate::ManualClock::new();
+        let broker = Broker::builder().epoch(7).clock(clock.clone()).build();
+        let mut sub = broker
+            .subscribe(&Topics::parse(["a"]).unwrap(), None)
+            .unwrap();
+        let ender = Arc::new(Count::default());
+        let ender_waker = Waker::from(ender.clone());
+        let mut ender_cx = Context::from_waker(&ender_waker);
+        assert!(broker.poll_coalescing(&mut ender_cx).is_pending());
+
+        broker
+            .publish(Event::new("e").topic("a").data("1"))
+            .unwrap();
+        let waker = Waker::from(Arc::new(Count::default()));
+        let window = Some(Duration::from_millis(10));
+        let polled = sub.poll_frames(&mut Context::from_waker(&waker), 1 << 16, window);
+        assert!(matches!(polled, Poll::Ready(Frames::Data { .. })));
+        assert_eq!(ender.get(), 1, "opening the window wakes the ender");
+        assert!(broker.poll_coalescing(&mut ender_cx).is_ready());
+
+        clock.advance(Duration::from_millis(10));
+        assert!(!broker.end_coalescing_windows(), "no window left open");
+        assert!(broker.poll_coalescing(&mut ender_cx).is_pending());
+    }
+
     #[test]
     fn keep_alives_go_only_to_quiet_streams_once_per_two_ticks() {
         let broker = Broker::new();
