@@ -1147,6 +1147,38 @@ mod tests {
         assert!(broker.poll_coalescing(&mut ender_cx).is_pending());
     }
 
+    /// A lag report does not push a batch past its bound: one that would
+    /// not fit behind what the batch holds goes first in the next.
+    #[test]
+    fn a_lag_report_waits_for_the_next_batch_rather_than_overflow_one() {
+        let broker = Broker::builder().epoch(7).retain_events(2).build();
+        let greeting = "event: server.state\ndata: {\"mode\":\"degraded\"}\n\n";
+        let state = Event::new("server.state").data("{\"mode\":\"degraded\"}");
+        broker.publish_system_greeting(state).unwrap();
+        let mut sub = broker
+            .subscribe(&Topics::parse(["a"]).unwrap(), None)
+            .unwrap();
+        for n in 0..4 {
+            broker
+                .publish(Event::new("e").topic("a").data(n.to_string()))
+                .unwrap();
+        }
+        let max_bytes = greeting.len() + 10;
+        let waker = Waker::from(Arc::new(Count::default()));
+        let mut batches = Vec::new();
+        while let Poll::Ready(Frames::Data { bytes, frames }) =
+            sub.poll_frames(&mut Context::from_waker(&waker), max_bytes, None)
+        {
+            assert!(bytes.len() <= max_bytes || frames == 1, "{bytes:?}");
+            batches.push(String::from_utf8(bytes.to_vec()).unwrap());
+        }
+        assert_eq!(batches[0], greeting);
+        assert_eq!(
+            batches[1],
+            "id: 7-3\nevent: resync\ndata: {\"reason\":\"lagged\",\"missed\":2}\n\n"
+        );
+    }
+
     #[test]
     fn keep_alives_go_only_to_quiet_streams_once_per_two_ticks() {
         let broker = Broker::new();
