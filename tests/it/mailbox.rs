@@ -1097,3 +1097,54 @@ fn debug_output_names_the_type_and_its_state() {
     let trace = TraceId::parse(text).unwrap();
     assert_eq!(format!("{trace:?}"), format!("{text:?}"));
 }
+
+/// The defaults are the README's ("Configuration at a glance"): a mailbox
+/// built with none set holds a notification 24 hours, refuses a payload a
+/// byte over 64 KiB, and lets one sender hold 1,024 notifications.
+#[test]
+fn a_default_mailbox_keeps_the_documented_bounds() {
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains("| notifications: TTL / payload | 24 h / 64 KiB |"));
+    assert!(readme.contains("| notifications per sender | 1024, 512 KiB |"));
+
+    let clock = ManualClock::new();
+    let mailbox = Mailbox::builder(Broker::new()).clock(clock.clone()).build();
+    // A JSON string: its two quotes count.
+    let limit = 64 * 1024;
+    let oversized = Notification::to("bob")
+        .from("ann")
+        .json(&"x".repeat(limit - 1))
+        .unwrap();
+    assert_eq!(
+        mailbox.send(oversized),
+        Err(SendError::TooLarge {
+            size: limit + 1,
+            limit
+        })
+    );
+    let fits = Notification::to("bob")
+        .from("ann")
+        .json(&"x".repeat(limit - 2))
+        .unwrap();
+    mailbox.send(fits).unwrap();
+
+    clock.advance(Duration::from_secs(24 * 60 * 60 - 1));
+    assert_eq!(mailbox.purge_expired(), 0, "not yet 24 hours old");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(mailbox.purge_expired(), 1, "over 24 hours old");
+
+    for n in 0..1_024 {
+        mailbox
+            .send(
+                Notification::to(format!("c{n}"))
+                    .from("ann")
+                    .json(&n)
+                    .unwrap(),
+            )
+            .unwrap();
+    }
+    assert!(matches!(
+        mailbox.send(Notification::to("c").from("ann").json(&0).unwrap()),
+        Err(SendError::SenderOverShare { .. })
+    ));
+}
