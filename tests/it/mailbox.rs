@@ -1148,3 +1148,73 @@ fn a_default_mailbox_keeps_the_documented_bounds() {
         Err(SendError::SenderOverShare { .. })
     ));
 }
+
+/// Why a send was refused, as a log line says it.
+#[test]
+fn a_refused_send_says_why() {
+    let cases = [
+        (
+            SendError::InvalidClientId,
+            "a client id is 1 to 128 bytes without control characters",
+        ),
+        (
+            SendError::TooLarge {
+                size: 70,
+                limit: 64,
+            },
+            "the payload is 70 bytes, over the limit of 64",
+        ),
+        (
+            SendError::SenderOverShare {
+                retry_after: Duration::from_secs(1),
+            },
+            "the sender holds as many notifications as one sender may",
+        ),
+        (
+            SendError::Full {
+                retry_after: Duration::from_secs(1),
+            },
+            "the mailbox is full",
+        ),
+    ];
+    for (error, message) in cases {
+        assert_eq!(error.to_string(), message);
+    }
+}
+
+/// A trace in a URL is 32 lowercase hex digits, nothing else.
+#[test]
+fn a_trace_is_32_lowercase_hex_digits() {
+    let good = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        TraceId::parse(good).map(|t| t.as_str().to_owned()),
+        Some(good.to_owned())
+    );
+    for bad in [
+        "",
+        "abc",
+        &good[1..],
+        &format!("{good}0"),
+        &good.replace('a', "A"),
+        &good.replace('f', "g"),
+    ] {
+        assert!(TraceId::parse(bad).is_none(), "{bad:?}");
+    }
+}
+
+/// Every frame sent for a notification counts once: none while its target
+/// is away, one when a stream of it opens, one more for a second stream.
+#[test]
+fn each_notification_frame_sent_is_counted() {
+    let mailbox = Mailbox::new(Broker::new());
+    mailbox
+        .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
+        .unwrap();
+    assert_eq!(mailbox.stats().published, 0);
+    let (mut first, _first) = mailbox.subscribe("bob", None).unwrap();
+    assert!(matches!(first.try_next(), Some(Message::Event(_))));
+    assert_eq!(mailbox.stats().published, 1);
+    let (mut second, _second) = mailbox.subscribe("bob", None).unwrap();
+    assert!(matches!(second.try_next(), Some(Message::Event(_))));
+    assert_eq!(mailbox.stats().published, 2);
+}
