@@ -1096,6 +1096,9 @@ fn debug_output_names_the_type_and_its_state() {
     let text = "0123456789abcdef0123456789abcdef";
     let trace = TraceId::parse(text).unwrap();
     assert_eq!(format!("{trace:?}"), format!("{text:?}"));
+    let layer = tower_sse::mailbox::MailboxLayer::new(mailbox);
+    let shown = format!("{layer:?}");
+    assert!(shown.starts_with(r#"MailboxLayer { prefix: "/"#), "{shown}");
 }
 
 /// The defaults are the README's ("Configuration at a glance"): a mailbox
@@ -1217,4 +1220,37 @@ fn each_notification_frame_sent_is_counted() {
     let (mut second, _second) = mailbox.subscribe("bob", None).unwrap();
     assert!(matches!(second.try_next(), Some(Message::Event(_))));
     assert_eq!(mailbox.stats().published, 2);
+}
+
+/// A reply that would take the mailbox over its byte bound forgets what
+/// is finished to make room, as a send does.
+#[test]
+fn a_reply_over_the_byte_bound_forgets_what_is_finished() {
+    let ask = || {
+        Notification::to("bob")
+            .from("ann")
+            .json(&"q?")
+            .unwrap()
+            .expects_reply()
+    };
+    let tell = || Notification::to("bob").from("ann").json(&"fyi").unwrap();
+    // What each costs, measured on a mailbox with room for everything.
+    let probe = Mailbox::new(Broker::new());
+    let asked = probe.send(ask()).unwrap();
+    probe.send(tell()).unwrap();
+    let both = probe.stats().bytes;
+    probe.reply(&asked, "bob", "yes").unwrap();
+    let reply = probe.stats().bytes - both;
+
+    let mailbox = Mailbox::builder(Broker::new())
+        .capacity_bytes(both + reply - 1)
+        .build();
+    let asked = mailbox.send(ask()).unwrap();
+    let told = mailbox.send(tell()).unwrap();
+    assert!(mailbox.ack(&told, "bob"));
+    mailbox.reply(&asked, "bob", "yes").unwrap();
+    let stats = mailbox.stats();
+    assert_eq!(stats.forgotten, 1, "{stats:?}");
+    assert!(mailbox.status(&told).is_none());
+    assert!(stats.bytes <= both + reply - 1, "{stats:?}");
 }
