@@ -1065,7 +1065,14 @@ async fn the_janitor_purges_and_never_outlives_its_handle_or_keeps_the_mailbox()
     .await
     .expect("the janitor never purged");
     assert_eq!(mailbox.stats().expired, 1);
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    assert_eq!(tasks(), 1, "the janitor");
     janitor.stop().await;
+    assert_eq!(tasks(), 0, "stopped means gone, not going");
 
     // A janitor whose mailbox is dropped ends by itself.
     let janitor = mailbox.spawn_janitor(Duration::from_secs(1));
