@@ -1221,7 +1221,8 @@ fn each_notification_frame_sent_is_counted() {
         .send(Notification::to("bob").from("ann").json(&"hi").unwrap())
         .unwrap();
     assert_eq!(mailbox.stats().published, 0);
-    let (mut first, _first) = mailbox.subscribe("bob", None).unwrap();
+    let (mut first, connection) = mailbox.subscribe("bob", None).unwrap();
+    assert_eq!(connection.client(), "bob");
     assert!(matches!(first.try_next(), Some(Message::Event(_))));
     assert_eq!(mailbox.stats().published, 1);
     let (mut second, _second) = mailbox.subscribe("bob", None).unwrap();
