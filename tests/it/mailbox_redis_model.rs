@@ -1,6 +1,6 @@
 //! The mailbox kept in Redis against the in-memory one (feature `redis`):
-//! random sequences of send, reply, ack, status, clock advance, a stream
-//! opening and a client resuming with the id it last read, run on both
+//! random sequences of send, reply, ack, status, clock advance, purge, a
+//! stream opening and a client resuming with the id it last read, run on both
 //! side by side with the same small bounds and one fake clock, every
 //! answer and the counters compared after every step. The in-memory
 //! mailbox is proven against its model (`mailbox.rs`); a Redis store that
@@ -58,6 +58,8 @@ enum Op {
     Advance {
         secs: u64,
     },
+    /// Both purge what is past its TTL now, the same number.
+    Purge,
     /// A stream of the client opens without a `Last-Event-ID` and is
     /// dropped at once: it proves nothing, so no record may change.
     Open {
@@ -92,6 +94,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..12usize, by()).prop_map(|(record, by)| Op::Ack { record, by }),
         2 => (0..12usize, 0..3usize).prop_map(|(record, asker)| Op::Status { record, asker }),
         2 => (0..=4u64).prop_map(|n| Op::Advance { secs: n * 5 }),
+        1 => Just(Op::Purge),
         1 => (0..3usize).prop_map(|client| Op::Open { client }),
         2 => (0..3usize, prop_oneof![Just(None), (0..4usize).prop_map(Some)])
             .prop_map(|(client, read)| Op::Resume { client, read }),
@@ -286,6 +289,10 @@ impl Pair {
                 );
             }
             Op::Advance { secs } => self.clock.advance(Duration::from_secs(secs)),
+            Op::Purge => {
+                let purged = self.memory.purge_expired();
+                assert_eq!(self.redis.purge_expired().await.unwrap(), purged, "purged");
+            }
             Op::Open { client } => {
                 drop(self.memory.subscribe(CLIENTS[client], None).unwrap());
                 drop(self.redis.subscribe(CLIENTS[client], None).await.unwrap());
