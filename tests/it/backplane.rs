@@ -752,3 +752,18 @@ fn debug_output_names_the_type_and_its_settings() {
     );
     assert!(shown.contains("block: 250ms"), "{shown}");
 }
+
+/// A refused publish keeps the broker's own error as its source, for an
+/// error report that walks the chain; an outage has none.
+#[test]
+fn a_refused_publish_keeps_the_brokers_error_as_its_source() {
+    use std::error::Error;
+
+    let refused = BackplaneError::Publish(PublishError::InvalidEventType);
+    let source = refused.source().expect("the broker's error");
+    assert_eq!(
+        source.to_string(),
+        PublishError::InvalidEventType.to_string()
+    );
+    assert!(refused.to_string().starts_with("publish refused: "));
+}

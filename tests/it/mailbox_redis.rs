@@ -80,6 +80,22 @@ async fn a_notification_sent_on_one_replica_is_held_and_delivered_on_another() {
     let (_sub, _guard) = on_a.subscribe("bob", Some(&id)).await.unwrap();
     let status = on_a.status(&trace).await.unwrap().unwrap();
     assert!(status.delivered, "the id B gave proves it on A");
+    // Its keys are the stream's, then `:mailbox:`, as the README says.
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*")).await;
+    assert!(
+        keys.iter()
+            .any(|key| key.starts_with("test:events:mailbox:")),
+        "{keys:?}"
+    );
+    for key in keys {
+        assert!(key.starts_with("test:events"), "{key}");
+        assert!(
+            key == "test:events"
+                || key == "test:events:meta"
+                || key.starts_with("test:events:mailbox:"),
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
