@@ -272,8 +272,6 @@ impl Replica {
             return Err(BackplaneError::Publish(PublishError::Closed));
         }
         let token = self.token();
-        // Where a retry looks for the first attempt: past any seq known now.
-        let known = self.broker.mirror_top_seen().to_string();
         let published = self
             .invoke(&self.shared.scripts.publish, |call, attempt| {
                 call.arg(stream::new_epoch().to_string())
@@ -282,7 +280,7 @@ impl Replica {
                     .arg(event.event_type.as_deref().unwrap_or(""))
                     .arg(&event.data[..])
                     .arg(&token)
-                    .arg(if attempt > 0 { known.as_str() } else { "" })
+                    .arg(if attempt > 0 { "1" } else { "" })
                     .arg(stream::RETRY_WINDOW);
             })
             .await

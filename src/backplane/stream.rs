@@ -62,19 +62,21 @@ end
 /// replica's token for it. Returns `{epoch, seq}`.
 ///
 /// A publish whose connection broke may have been appended or not; it is
-/// sent again with the same token and `retry` set to the stream's seq as
-/// the replica knew it before the first attempt, and then first looks for
-/// its token among the (at most [`RETRY_WINDOW`]) newest entries after
-/// that seq, returning that entry's seq instead of appending twice.
+/// sent again with the same token and `retry` set, and then first looks
+/// for its token among the (at most [`RETRY_WINDOW`]) newest entries,
+/// returning that entry's seq instead of appending twice. Newest first,
+/// and not bounded by a seq the replica knew: if Redis came back empty
+/// and the first attempt began a new epoch, every seq the replica knew
+/// is from the old one.
 ///
 /// KEYS: stream, meta. ARGV: epoch if none, retention, topic, type, data,
-/// token, retry (a seq, or empty on a first attempt), retry window.
+/// token, retry (`1` on a retry, empty on a first attempt), retry window.
 const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if epoch and ARGV[7] ~= '' then
   -- Newest first: the first attempt was a moment ago.
-  local after = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[7] .. '-0', 'COUNT', ARGV[8])
-  for _, entry in ipairs(after) do
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[8])
+  for _, entry in ipairs(newest) do
     local fields = entry[2]
     for i = 1, #fields, 2 do
       if fields[i] == 'tok' and fields[i + 1] == ARGV[6] then
@@ -97,8 +99,8 @@ pub(super) fn stream_retention(events: usize) -> usize {
 }
 
 /// Most entries a retried publish looks through for its own: the
-/// publishes of every replica between the seq the replica last knew and
-/// the retry, a moment later.
+/// publishes of every replica between its first attempt and the retry, a
+/// moment later.
 pub(super) const RETRY_WINDOW: usize = 1024;
 
 /// Makes sure the stream has an epoch, creating one (and dropping any

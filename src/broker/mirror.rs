@@ -398,14 +398,6 @@ impl Broker {
             .map_or(0, |mirror| mirror.top.saturating_sub(mirror.stream_seq))
     }
 
-    /// The stream's last seq as the reader last saw it (0 if not a mirror).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn mirror_top_seen(&self) -> u64 {
-        lock(&self.shared.state)
-            .mirror
-            .map_or(0, |mirror| mirror.top)
-    }
-
     pub(crate) fn mirror_stats(state: &State) -> Option<MirrorStats> {
         state.mirror.map(|mirror| MirrorStats {
             epoch: state.epoch,

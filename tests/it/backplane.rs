@@ -238,6 +238,33 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_repeats_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_reply_is_lost_is_retried_after_a_pause_and_appended_once() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(redis.addr()).await;
+    let a = replica(&proxy.url());
+    in_step(&a).await;
+    let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
+    // The first publish loads the script, so the next one is one call.
+    let first = a.publish(event("x", "first")).await.unwrap();
+
+    proxy.lose_next_script_reply();
+    let started = std::time::Instant::now();
+    let second = a.publish(event("x", "second")).await.unwrap();
+    let took = started.elapsed();
+    assert!(proxy.reply_lost(), "the publish was never cut off");
+    // The retry found its first attempt in the stream: one entry, whose
+    // id is the one returned.
+    assert_eq!(
+        events(&take(&mut sub, 2).await),
+        vec![(first, "first".to_owned()), (second, "second".to_owned())]
+    );
+    let length: usize = redis.query(redis::cmd("XLEN").arg("test:events")).await;
+    assert_eq!(length, 2, "the retry appended the event again");
+    // The retry waited its pause (25 ms) rather than hammer Redis.
+    assert!(took >= Duration::from_millis(25), "retried after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_redis_is_down_open_streams_stay_open_with_keep_alives_and_carry_on() {
     let mut redis = RedisServer::start_persistent().await;
     let mode = ServerMode::new();

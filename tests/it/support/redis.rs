@@ -150,10 +150,13 @@ fn free_port() -> u16 {
 }
 
 /// A TCP proxy to `upstream` that a test can cut: while cut, it closes
-/// the connections it carries and every new one at once.
+/// the connections it carries and every new one at once. It can also
+/// lose the reply to one script call: Redis runs it, the caller never
+/// hears so, as when a connection breaks at the wrong moment.
 pub struct Proxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    lose_reply: Arc<AtomicBool>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -163,9 +166,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let cut = Arc::new(AtomicBool::new(false));
+        let lose_reply = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
         let task = {
-            let (cut, generation) = (cut.clone(), generation.clone());
+            let (cut, lose_reply, generation) =
+                (cut.clone(), lose_reply.clone(), generation.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -174,23 +179,15 @@ impl Proxy {
                     if cut.load(Ordering::SeqCst) {
                         continue; // dropped: closed at once
                     }
-                    let mut ended = generation.subscribe();
-                    tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(upstream).await else {
-                            return;
-                        };
-                        let (mut client, mut server) = (client, server);
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = ended.changed() => {}
-                        }
-                    });
+                    let ended = generation.subscribe();
+                    tokio::spawn(carry(client, upstream, lose_reply.clone(), ended));
                 }
             })
         };
         Self {
             addr,
             cut,
+            lose_reply,
             generation,
             task,
         }
@@ -209,6 +206,66 @@ impl Proxy {
     /// Carries connections again.
     pub fn mend(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// The next script call (`EVALSHA`) on any connection reaches Redis,
+    /// and its connection is closed as the reply comes back, unread.
+    pub fn lose_next_script_reply(&self) {
+        self.lose_reply.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the reply `lose_next_script_reply` asked to lose is lost.
+    pub fn reply_lost(&self) -> bool {
+        !self.lose_reply.load(Ordering::SeqCst)
+    }
+}
+
+/// Carries one connection both ways until either side closes or the
+/// proxy is cut; see [`Proxy::lose_next_script_reply`].
+async fn carry(
+    client: TcpStream,
+    upstream: SocketAddr,
+    lose_reply: Arc<AtomicBool>,
+    mut ended: tokio::sync::watch::Receiver<u64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let doomed = AtomicBool::new(false);
+    let up = async {
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+            let chunk = &buf[..n];
+            if chunk.windows(7).any(|w| w == b"EVALSHA") && lose_reply.swap(false, Ordering::SeqCst)
+            {
+                doomed.store(true, Ordering::SeqCst);
+            }
+            if to_server.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        // Half closed, as the client did: what Redis still sends goes on.
+        let _ = to_server.shutdown().await;
+        std::future::pending::<()>().await
+    };
+    let down = async {
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+            if doomed.load(Ordering::SeqCst) {
+                break; // the reply is dropped, and the connection with it
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = ended.changed() => {}
     }
 }
 
