@@ -71,7 +71,7 @@ tests() {
         broker) echo "broker:: model:: upstream_model:: upstream:: mailbox:: wire:: hook:: observe:: security:: sse:: backplane::" ;;
         wire) echo "wire:: http:: security:: broker::" ;;
         mailbox) echo "mailbox:: mailbox_http:: mailbox_redis:: mailbox_redis_model::" ;;
-        backplane) echo "backplane:: model::mirror:: mailbox_redis::" ;;
+        backplane) echo "backplane:: model::mirror:: mailbox_redis:: observe::" ;;
         upstream) echo "upstream:: upstream_model:: upstream_redis::" ;;
         mode) echo "mode:: require_writable:: health:: probe:: signal::" ;;
         events) echo "http:: security:: hook:: serve:: tower_http::" ;;

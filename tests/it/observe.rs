@@ -52,8 +52,45 @@ mod recorded {
     /// A recorder that keeps every value where the test can read it, as
     /// it is now (the debugging recorder's snapshots zero what they read,
     /// which a gauge that is set cannot survive).
+    /// Beside it, each gauge's highest value, for a value that is set and
+    /// set back before the test can look.
     #[derive(Clone)]
-    struct Recorded(Arc<Registry<Key, AtomicStorage>>);
+    struct Recorded(
+        Arc<Registry<Key, AtomicStorage>>,
+        Arc<Registry<Key, AtomicStorage>>,
+    );
+
+    /// A gauge that keeps its highest value too.
+    struct Peaked {
+        now: Arc<std::sync::atomic::AtomicU64>,
+        peak: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Peaked {
+        fn update(&self, op: impl FnOnce(&std::sync::atomic::AtomicU64)) {
+            op(&self.now);
+            let now = f64::from_bits(self.now.load(Ordering::Acquire));
+            let _ = self
+                .peak
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |peak| {
+                    (now > f64::from_bits(peak)).then_some(now.to_bits())
+                });
+        }
+    }
+
+    impl ::metrics::GaugeFn for Peaked {
+        fn increment(&self, value: f64) {
+            self.update(|now| now.increment(value));
+        }
+
+        fn decrement(&self, value: f64) {
+            self.update(|now| now.decrement(value));
+        }
+
+        fn set(&self, value: f64) {
+            self.update(|now| now.set(value));
+        }
+    }
 
     impl ::metrics::Recorder for Recorded {
         fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
@@ -66,8 +103,9 @@ mod recorded {
         }
 
         fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            self.0
-                .get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
+            let now = self.0.get_or_create_gauge(key, |g| g.clone());
+            let peak = self.1.get_or_create_gauge(key, |g| g.clone());
+            Gauge::from_arc(Arc::new(Peaked { now, peak }))
         }
 
         fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
@@ -79,7 +117,7 @@ mod recorded {
     impl Recorded {
         /// A recorder, the default of this thread until the guard drops.
         fn install() -> (Self, ::metrics::LocalRecorderGuard<'static>) {
-            let recorded = Self(Arc::new(Registry::atomic()));
+            let recorded = Self(Arc::new(Registry::atomic()), Arc::new(Registry::atomic()));
             let leaked: &'static Recorded = Box::leak(Box::new(recorded.clone()));
             (recorded, ::metrics::set_default_local_recorder(leaked))
         }
@@ -99,6 +137,13 @@ mod recorded {
         /// A gauge; 0 if never recorded.
         fn gauge(&self, name: &'static str) -> f64 {
             self.0
+                .get_gauge(&Self::key(name, &[]))
+                .map_or(0.0, |g| f64::from_bits(g.load(Ordering::Acquire)))
+        }
+
+        /// A gauge's highest value so far; 0 if never recorded.
+        fn peak(&self, name: &'static str) -> f64 {
+            self.1
                 .get_gauge(&Self::key(name, &[]))
                 .map_or(0.0, |g| f64::from_bits(g.load(Ordering::Acquire)))
         }
@@ -309,6 +354,55 @@ mod recorded {
             m.gauge(names::BACKPLANE_CONNECTED) == 0.0
         })
         .await;
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_reader_more_than_a_read_behind_reports_its_lag() {
+        use crate::support::redis::RedisServer;
+        use tower_sse::backplane::{RedisBackplane, DEFAULT_BATCH};
+        let (m, _recorder) = Recorded::install();
+        let redis = RedisServer::start().await;
+        let replica = RedisBackplane::new(&redis.url())
+            .expect("URL")
+            .stream("lagging")
+            .block(Duration::from_millis(100))
+            .start(Broker::builder());
+        eventually("the reader in step", || {
+            m.gauge(names::BACKPLANE_CONNECTED) == 1.0
+        })
+        .await;
+        replica
+            .publish(Event::new("tick").topic("a").data("0"))
+            .await
+            .expect("publish");
+        // A burst in one step, one read and ten entries long: copies of
+        // that entry under the next seqs, as publishes would append them.
+        let burst = DEFAULT_BATCH + 10;
+        let _: () = redis
+            .query(
+                redis::cmd("EVAL")
+                    .arg(
+                        "local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1] \
+                         for _ = 1, tonumber(ARGV[1]) do \
+                           local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1) \
+                           redis.call('XADD', KEYS[1], seq .. '-0', unpack(last[2])) \
+                         end",
+                    )
+                    .arg(2)
+                    .arg("lagging")
+                    .arg("lagging:meta")
+                    .arg(burst),
+            )
+            .await;
+        eventually("the burst mirrored", || {
+            m.counter(names::BACKPLANE_MIRRORED, &[]) == 1 + burst as u64
+        })
+        .await;
+        // The first read took a batch, and was told ten more wait.
+        assert_eq!(m.peak(names::BACKPLANE_READER_LAG), 10.0);
+        assert_eq!(m.gauge(names::BACKPLANE_READER_LAG), 0.0);
+        assert_eq!(replica.stats().mirror.lag, 0);
     }
 }
 
