@@ -431,39 +431,97 @@ async fn a_stream_opening_costs_the_shared_stream_nothing_however_often_a_client
     assert_eq!(on_a.stats().await.unwrap().published, 10 + 20 * 10);
 }
 
+type Body = http_body_util::Empty<bytes::Bytes>;
+
+/// The events route of a replica with its Redis mailbox as the hook, every
+/// stream bob's, serving no other route.
+fn bob_events(
+    replica: &Replica,
+    mailbox: &RedisMailbox,
+) -> impl tower::Service<
+    http::Request<Body>,
+    Response = http::Response<tower_sse::sse::ResponseBody<Body>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    use tower::Layer;
+    use tower_sse::{Grant, Rejection, SseLayer, Topics};
+    let authorize = |_: &http::request::Parts| -> Result<Grant, Rejection> {
+        Ok(Grant::new(Topics::parse(["public"]).unwrap()).client("bob"))
+    };
+    SseLayer::new(replica.broker().clone())
+        .authorize(authorize)
+        .hook(mailbox.clone())
+        .layer(tower::service_fn(|_: http::Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::new()))
+        }))
+}
+
+/// What a stream's body shows until `until` is in it.
+async fn read_until(body: &mut tower_sse::sse::ResponseBody<Body>, until: &str) -> String {
+    use http_body_util::BodyExt;
+    let mut seen = String::new();
+    while !seen.contains(until) {
+        let frame = within("a frame", body.frame()).await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap()));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_on_the_events_route_proves_what_it_names() {
+    use tower::ServiceExt;
+    let redis = RedisServer::start().await;
+    let (a, on_a) = node(&redis).await;
+    let events = bob_events(&a, &on_a);
+    let open = |last_event_id: Option<&str>| {
+        let mut request = http::Request::get("/events");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let events = events.clone();
+        let request = request.body(Body::new()).unwrap();
+        async move { events.oneshot(request).await.unwrap().into_body() }
+    };
+    let trace = on_a.send(note("bob", "alice", "held")).await.unwrap();
+    // Shown on a stream: not yet proven (the client may not have it).
+    let mut first = open(None).await;
+    let shown = read_until(&mut first, "\n\n").await;
+    assert!(shown.contains("event: notification"), "{shown}");
+    let id = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("id: "))
+        .expect("an id")
+        .to_owned();
+    drop(first);
+    assert!(!on_a.status(&trace).await.unwrap().unwrap().delivered);
+    // Its id, sent back on the next stream, proves it: it is not sent
+    // again, and the next notification is the stream's first.
+    let mut again = open(Some(&id)).await;
+    let next = on_a.send(note("bob", "alice", "next")).await.unwrap();
+    let shown = read_until(&mut again, next.as_str()).await;
+    assert!(!shown.contains(trace.as_str()), "{shown}");
+    assert!(on_a.status(&trace).await.unwrap().unwrap().delivered);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_opening_cannot_reach_redis_ends_before_showing_any_id() {
-    use http_body_util::{BodyExt, Empty};
-    use tower::{Layer, ServiceExt};
-    use tower_sse::{Grant, Rejection, SseLayer, Topics};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
 
     let mut redis = RedisServer::start().await;
     let (a, on_a) = node(&redis).await;
     on_a.send(note("bob", "alice", "held")).await.unwrap();
-    let authorize = |_: &http::request::Parts| -> Result<Grant, Rejection> {
-        Ok(Grant::new(Topics::parse(["public"]).unwrap()).client("bob"))
-    };
-    let events = SseLayer::new(a.broker().clone())
-        .authorize(authorize)
-        .hook(on_a.clone())
-        .layer(tower::service_fn(
-            |_: http::Request<Empty<bytes::Bytes>>| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
-            },
-        ));
+    let events = bob_events(&a, &on_a);
     let open = || async {
-        let request = http::Request::get("/events").body(Empty::new()).unwrap();
+        let request = http::Request::get("/events").body(Body::new()).unwrap();
         let body = events.clone().oneshot(request).await.unwrap().into_body();
         within("the stream", body.collect()).await
     };
     // With Redis: the held notification comes (the stream stays open).
-    let request = http::Request::get("/events").body(Empty::new()).unwrap();
+    let request = http::Request::get("/events").body(Body::new()).unwrap();
     let mut body = events.clone().oneshot(request).await.unwrap().into_body();
-    let mut seen = String::new();
-    while !seen.contains("event: notification") {
-        let frame = within("a frame", body.frame()).await.unwrap().unwrap();
-        seen.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap()));
-    }
+    read_until(&mut body, "event: notification").await;
     // Without: the stream ends after its retry hint, having shown no id
     // (one would seem to prove the held notification, never sent to it).
     redis.kill();
