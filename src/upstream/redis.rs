@@ -277,11 +277,8 @@ impl Stream for RedisChannel {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.shared.broken.load(Ordering::Acquire) {
-            OVERFLOW => return Poll::Ready(Some(Err(RedisPubSubError::Overflow))),
-            LOST => return Poll::Ready(Some(Err(RedisPubSubError::ConnectionLost))),
-            _ => {}
-        }
+        // A break drops the route's sender: what came before it is read
+        // first, so the hub's resync stands where the gap begins.
         match this.rx.poll_recv(cx) {
             Poll::Ready(Some(payload)) => {
                 this.shared.bytes.fetch_sub(payload.len(), Ordering::AcqRel);

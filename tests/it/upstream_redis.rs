@@ -555,6 +555,53 @@ async fn two_hubs_on_one_connection_each_get_every_message() {
     numsub_becomes(&redis, "room:1", 0).await;
 }
 
+/// What Redis sent a channel before the connection broke is not thrown
+/// away: the channel gives it first, then the loss, so the hub's resync
+/// stands where the gap begins; and the loss is logged with how many
+/// channels it broke. (One thread: the log is this thread's.)
+#[tokio::test]
+async fn what_came_before_the_connection_broke_comes_before_the_loss() {
+    use futures_util::StreamExt;
+    use tower_sse::upstream::{RedisPubSubError, Upstream};
+    use tower_sse::{Event, Topic};
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let (log, _subscriber) = crate::support::trace::capture(tracing::Level::INFO, FmtSpan::NONE);
+    let mut redis = RedisServer::start().await;
+    let pubsub = RedisPubSub::new(&redis.url())
+        .expect("URL")
+        .timeout(Duration::from_millis(500));
+    let (room_1, room_2) = (Topic::new("room:1").unwrap(), Topic::new("room:2").unwrap());
+    let mut unread = within("room:1 open", pubsub.open(&room_1)).await.unwrap();
+    let mut read = within("room:2 open", pubsub.open(&room_2)).await.unwrap();
+    for data in ["one", "two"] {
+        assert_eq!(publish(&redis, "room:1", data.as_bytes()).await, 1);
+    }
+    assert_eq!(publish(&redis, "room:2", b"three").await, 1);
+    let three = within("room:2's message", read.next()).await.unwrap();
+    assert_eq!(three, Ok(Event::message().data("three")));
+    // room:1's messages came first on the connection: they are held now.
+    redis.kill();
+    let lost = within("room:2's loss", read.next()).await.unwrap();
+    assert_eq!(lost.unwrap_err(), RedisPubSubError::ConnectionLost);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(within("room:1's next", unread.next()).await.unwrap());
+    }
+    assert_eq!(
+        got,
+        [
+            Ok(Event::message().data("one")),
+            Ok(Event::message().data("two")),
+            Err(RedisPubSubError::ConnectionLost),
+        ]
+    );
+    assert!(
+        log.has("lost the Redis pub/sub connection", "channels=2"),
+        "{}",
+        log.text()
+    );
+}
+
 /// A channel Redis refuses to subscribe to (an ACL) fails alone: the
 /// connection stays, and the other channels' streams are not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
