@@ -978,7 +978,7 @@ mod hub {
     use tower_sse::loom_internals::{
         broker_with_hub, link_publish, link_release, link_status, link_up, Link, Opened,
     };
-    use tower_sse::Broker;
+    use tower_sse::{Broker, Subscription};
 
     use super::{drain, model, model_bounded, topics, Seen, EPOCH};
 
@@ -1025,6 +1025,32 @@ mod hub {
         }
     }
 
+    /// A hub's broker whose topic `room` has one stream, its driver holding
+    /// the upstream: where every model of the hub starts.
+    fn one_stream_with_its_upstream() -> (Broker, Opened, Upstreams, Subscription, Link) {
+        let (broker, opened) = broker_with_hub(EPOCH);
+        let upstreams = Upstreams::default();
+        let first = broker.subscribe(&topics(&["room"]), None).unwrap();
+        let link = new_link(&opened).expect("a slot for the first stream");
+        upstreams.open(&broker, &link);
+        (broker, opened, upstreams, first, link)
+    }
+
+    /// The last stream, `first`, leaving on a thread of its own, and its
+    /// driver's linger ending at once.
+    fn leave(
+        first: Subscription,
+        broker: &Broker,
+        link: Link,
+        upstreams: &Upstreams,
+    ) -> thread::JoinHandle<()> {
+        let (broker, upstreams) = (broker.clone(), upstreams.clone());
+        thread::spawn(move || {
+            drop(first);
+            linger_over(&broker, &link, &upstreams);
+        })
+    }
+
     /// The last stream of a topic leaving, its driver tearing the upstream
     /// down, racing a new stream of the topic: whichever way it goes, one
     /// upstream is held at the end (never two at once, none leaked), by the
@@ -1035,19 +1061,8 @@ mod hub {
     #[test]
     fn the_last_stream_leaving_racing_a_new_one_leaves_one_upstream() {
         model(|| {
-            let (broker, opened) = broker_with_hub(EPOCH);
-            let upstreams = Upstreams::default();
-            let first = broker.subscribe(&topics(&["room"]), None).unwrap();
-            let link = new_link(&opened).expect("a slot for the first stream");
-            upstreams.open(&broker, &link);
-
-            let leaving = {
-                let (broker, upstreams) = (broker.clone(), upstreams.clone());
-                thread::spawn(move || {
-                    drop(first);
-                    linger_over(&broker, &link, &upstreams);
-                })
-            };
+            let (broker, opened, upstreams, first, link) = one_stream_with_its_upstream();
+            let leaving = leave(first, &broker, link, &upstreams);
             let second = broker.subscribe(&topics(&["room"]), None).unwrap();
             if let Some(link) = new_link(&opened) {
                 // The first slot was gone: a driver of its own.
@@ -1077,19 +1092,8 @@ mod hub {
         // whole space is out of reach. The mutation above is caught with
         // one preemption.
         model_bounded(4, || {
-            let (broker, opened) = broker_with_hub(EPOCH);
-            let upstreams = Upstreams::default();
-            let first = broker.subscribe(&topics(&["room"]), None).unwrap();
-            let link = new_link(&opened).expect("a slot for the first stream");
-            upstreams.open(&broker, &link);
-
-            let leaving = {
-                let (broker, upstreams) = (broker.clone(), upstreams.clone());
-                thread::spawn(move || {
-                    drop(first);
-                    linger_over(&broker, &link, &upstreams);
-                })
-            };
+            let (broker, opened, upstreams, first, link) = one_stream_with_its_upstream();
+            let leaving = leave(first, &broker, link, &upstreams);
             let arriving = [(); 2].map(|()| {
                 let (broker, upstreams, opened) =
                     (broker.clone(), upstreams.clone(), opened.clone());
@@ -1121,11 +1125,7 @@ mod hub {
     #[test]
     fn an_upstream_event_racing_the_teardown_is_delivered_once_or_told() {
         model(|| {
-            let (broker, opened) = broker_with_hub(EPOCH);
-            let upstreams = Upstreams::default();
-            let mut stream = broker.subscribe(&topics(&["room"]), None).unwrap();
-            let link = new_link(&opened).unwrap();
-            upstreams.open(&broker, &link);
+            let (broker, opened, upstreams, mut stream, link) = one_stream_with_its_upstream();
 
             let driver = {
                 let (broker, upstreams) = (broker.clone(), upstreams.clone());
