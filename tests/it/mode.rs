@@ -651,3 +651,28 @@ fn debug_output_names_the_type_and_its_state() {
         "{shown}"
     );
 }
+
+/// A state event the broker refuses (larger than it takes) is logged; a
+/// closed broker's refusal is not, since nobody is left to tell.
+#[test]
+fn a_state_the_broker_refuses_is_logged_unless_it_is_closed() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let (log, _subscriber) = crate::support::trace::capture(tracing::Level::WARN, FmtSpan::NONE);
+    let refused = || {
+        log.text()
+            .matches("server.state event not published")
+            .count()
+    };
+    let broker = Broker::builder()
+        .max_event_bytes(64)
+        .retain_bytes(64)
+        .build();
+    let mode = ServerMode::new();
+    broker.follow_mode(&mode);
+    mode.set_read_only("a reason far longer than the sixty-four bytes this broker takes");
+    assert!(refused() >= 1, "{}", log.text());
+    let before = refused();
+    broker.close();
+    mode.set_read_only("closed");
+    assert_eq!(refused(), before, "{}", log.text());
+}
