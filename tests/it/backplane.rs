@@ -606,6 +606,15 @@ async fn entries_written_by_something_else_are_skipped_and_counted() {
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
+    // Each refused once: an answer from Redis is not a broken connection
+    // to try again on.
+    let errors: String = redis.query(redis::cmd("INFO").arg("errorstats")).await;
+    assert!(
+        errors
+            .lines()
+            .any(|line| line.trim() == "errorstat_FOREIGN:count=3"),
+        "{errors}"
+    );
     let seq: u64 = redis
         .query(redis::cmd("HGET").arg("test:events:meta").arg("seq"))
         .await;
