@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use super::event::{Event, Topic};
 use super::prepared::{Origin, Prepared};
-use super::state::State;
+use super::state::{self, State};
 use super::Broker;
 use crate::sync::{lock, Arc};
 use crate::wire::EventId;
@@ -294,7 +294,7 @@ impl Broker {
             outcome.skipped += 1;
             return;
         };
-        let at = now.saturating_sub(entry.age);
+        let at = state::log_time(now, entry.age);
         let limits = &self.shared.limits;
         let Some(prepared) = entry.prepare(limits.max_bytes) else {
             state.skip_mirrored();
@@ -342,7 +342,8 @@ impl Broker {
         }
         state.counters.direct += 1;
         let now = self.shared.clock.now();
-        let entry = Arc::new(prepared.stamp(state.epoch, seq, now, topic_key, topic));
+        let at = state::log_time(now, Duration::ZERO);
+        let entry = Arc::new(prepared.stamp(state.epoch, seq, at, topic_key, topic));
         // What one stream may hold unread of them: a reader that stopped
         // reading is cut past it rather than hold ever more.
         let most = (limits.max_bytes / 8).max(MIN_UNREAD_DIRECT);

@@ -376,7 +376,8 @@ impl Broker {
             let seq = state.take_seq().ok_or(PublishError::Mirrored)?;
             let topic_key = state.topic_key(&topic);
             state.take_topic_wakers(topic_key, &mut wakers);
-            let entry = Arc::new(prepared.stamp(state.epoch, seq, now, topic_key, topic));
+            let at = state::log_time(now, Duration::ZERO);
+            let entry = Arc::new(prepared.stamp(state.epoch, seq, at, topic_key, topic));
             match via {
                 Via::Greeting => {
                     state.greeting = Some(Greeting {
@@ -509,7 +510,8 @@ impl Broker {
         let seq = state.take_seq().ok_or(PublishError::Mirrored)?;
         state.counters.direct += 1;
         let now = self.shared.clock.now();
-        let entry = prepared.stamp(state.epoch, seq, now, topic_key, topic);
+        let at = state::log_time(now, Duration::ZERO);
+        let entry = prepared.stamp(state.epoch, seq, at, topic_key, topic);
         Ok(Arc::new(entry))
     }
 

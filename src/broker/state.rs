@@ -28,6 +28,7 @@ use crate::sync::Arc;
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) seq: u64,
+    /// When it was published, in the log's time ([`log_time`]).
     pub(crate) at: Duration,
     pub(crate) topic_key: usize,
     pub(crate) topic: Topic,
@@ -102,6 +103,20 @@ pub(crate) struct SubSlot {
     /// [`State::cut`]): its next read ends the stream, and nothing more is
     /// put in its inbox.
     pub(crate) cut: bool,
+}
+
+/// How far before the clock's origin a publish time can lie in the log's
+/// time. A mirrored entry can be older than the broker that mirrors it (a
+/// replica joining a stream takes its tail), and its age must count in
+/// full: the bound on age is the same on every replica, however long each
+/// has run. About 136 years.
+const BEFORE_ORIGIN: Duration = Duration::from_secs(1 << 32);
+
+/// The log's time of an entry published `age` before the clock read `now`:
+/// the clock's reading moved on by [`BEFORE_ORIGIN`], so that no age short
+/// of that is cut short.
+pub(crate) fn log_time(now: Duration, age: Duration) -> Duration {
+    now.saturating_add(BEFORE_ORIGIN).saturating_sub(age)
 }
 
 /// Retention limits, fixed at build time.
@@ -297,7 +312,9 @@ impl State {
 
     /// Evicts from the front until every bound holds.
     pub(crate) fn evict(&mut self, limits: &Limits, now: Duration) {
-        let cutoff = limits.max_age.and_then(|age| now.checked_sub(age));
+        // Published before this, it is older than the bound (0 if the bound
+        // reaches back past the log's time: nothing is).
+        let cutoff = limits.max_age.map(|age| log_time(now, age));
         while let Some(front) = self.log.front() {
             let over = self.log.len() > limits.max_events
                 || self.retained_bytes > limits.max_bytes

@@ -477,6 +477,64 @@ fn client_stream(
 }
 
 #[test]
+fn a_mirrored_entry_older_than_the_broker_ages_in_full() {
+    // A replica that joins a stream takes its tail, which may be older
+    // than the replica: the bound on age holds from each entry's publish,
+    // as on every other replica, not from when this one started.
+    let clock = ManualClock::new();
+    let broker = Broker::builder()
+        .epoch(1)
+        .retain_for(Duration::from_secs(30))
+        .clock(clock.clone())
+        .mirrored()
+        .build();
+    let aged = |seq, secs| tower_sse::broker::Mirrored {
+        age: Duration::from_secs(secs),
+        ..event_entry(seq, "a")
+    };
+    // At the clock's origin: 31 s old is past the bound, 10 s is not.
+    broker.mirror_reset(9, [aged(1, 31), aged(2, 10)]);
+    let stats = broker.stats();
+    assert_eq!((stats.evicted, stats.retained_events), (1, 1), "{stats:?}");
+    let mut sub = broker
+        .subscribe(&topics(&["a"]), Some(&broker.mirrored_id(1).to_string()))
+        .unwrap();
+    assert_eq!(data_of(sub.try_next()), "direct 2");
+    // 20 s on, the second is 30 s old: kept. A second later it is not.
+    clock.advance(Duration::from_secs(20));
+    broker.evict_expired();
+    assert_eq!(broker.stats().retained_events, 1);
+    clock.advance(Duration::from_secs(1));
+    broker.evict_expired();
+    assert_eq!(broker.stats().retained_events, 0);
+    // Live entries of any age count the same way, and so do absurd ones.
+    broker.mirror([aged(3, 40), aged(4, u64::MAX), aged(5, 0)]);
+    let stats = broker.stats();
+    assert_eq!((stats.evicted, stats.retained_events), (4, 1), "{stats:?}");
+}
+
+#[test]
+fn a_bound_on_age_past_any_clock_evicts_nothing_by_age() {
+    let clock = ManualClock::new();
+    let broker = Broker::builder()
+        .epoch(1)
+        .retain_for(Duration::MAX)
+        .clock(clock.clone())
+        .mirrored()
+        .build();
+    broker.mirror_reset(
+        9,
+        [tower_sse::broker::Mirrored {
+            age: Duration::from_secs(u64::MAX),
+            ..event_entry(1, "a")
+        }],
+    );
+    clock.advance(Duration::from_secs(1 << 40));
+    broker.evict_expired();
+    assert_eq!(broker.stats().retained_events, 1);
+}
+
+#[test]
 fn a_mirrored_direct_message_reaches_its_watchers_under_the_stream_id_and_is_never_replayed() {
     let broker = joined_mirror();
     let (mut bob, _c1) = client_stream(&broker, "bob");
