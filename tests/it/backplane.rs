@@ -587,6 +587,105 @@ async fn a_broker_that_retains_any_number_of_events_is_a_replica_like_any_other(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_is_aged_when_it_is_read_not_when_the_read_began() {
+    // An entry's age is Redis's time now less the time Redis gave it; the
+    // reader keeps the offset between its clock and Redis's from its last
+    // step, and reads its own clock for "now". A reader that took "now" at
+    // the step would age entries by less the longer its read had blocked.
+    let max_age = Duration::from_millis(7_500);
+    let redis = RedisServer::start().await;
+    let a = RedisBackplane::new(&redis.url())
+        .expect("URL")
+        .stream("test:events")
+        .block(Duration::from_secs(60))
+        .start(Broker::builder().retain_for(max_age));
+    in_step(&a).await;
+    // Redis's own view: the reader's XREAD has blocked for more than 5 s
+    // (`idle` counts whole seconds of Redis's clock: 6 is more than 5 s),
+    // so its last step is at least that old.
+    let blocked = async {
+        loop {
+            let clients: String = redis.query(redis::cmd("CLIENT").arg("LIST")).await;
+            let blocked = clients.lines().any(|line| {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                };
+                field("cmd") == Some("xread")
+                    && field("flags").is_some_and(|flags| flags.contains('b'))
+                    && field("idle")
+                        .and_then(|idle| idle.parse::<u64>().ok())
+                        .is_some_and(|idle| idle >= 6)
+            });
+            if blocked {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Longer than the shared patience, shorter than the read's block.
+    tokio::time::timeout(Duration::from_secs(30), blocked)
+        .await
+        .expect("the reader's XREAD to block for 5 s");
+    // An entry as this backplane writes them, 10 s old by Redis's clock.
+    let epoch: String = redis
+        .query(redis::cmd("HGET").arg("test:events:meta").arg("epoch"))
+        .await;
+    let (secs, micros): (u64, u64) = redis.query(&redis::cmd("TIME")).await;
+    let at = secs * 1_000 + micros / 1_000 - 10_000;
+    let _: String = redis
+        .query(
+            redis::cmd("XADD")
+                .arg("test:events")
+                .arg("1-0")
+                .arg("epoch")
+                .arg(&epoch)
+                .arg("topic")
+                .arg("x")
+                .arg("type")
+                .arg("t")
+                .arg("data")
+                .arg("old")
+                .arg("at")
+                .arg(at),
+        )
+        .await;
+    let _: u64 = redis
+        .query(redis::cmd("HSET").arg("test:events:meta").arg("seq").arg(1))
+        .await;
+    eventually("the entry to be mirrored", || {
+        a.stats().mirror.mirrored == 1
+    })
+    .await;
+    // Older than the log keeps: evicted as it was appended. Aged from the
+    // step, it would have been 5 s younger, and kept.
+    let stats = a.broker().stats();
+    assert_eq!((stats.evicted, stats.retained_events), (1, 0), "{stats:?}");
+    assert_eq!(a.stats().mirror.skipped, 0);
+    // A replica that joins now takes the stream's tail: the old entry is
+    // as old there, however young the replica, and a fresh one is kept.
+    let fresh = a.publish(event("x", "fresh")).await.unwrap();
+    let b = RedisBackplane::new(&redis.url())
+        .expect("URL")
+        .stream("test:events")
+        .start(Broker::builder().retain_for(max_age));
+    in_step(&b).await;
+    let stats = b.broker().stats();
+    assert_eq!((stats.evicted, stats.retained_events), (1, 1), "{stats:?}");
+    let mut sub = b
+        .broker()
+        .subscribe(
+            &topics(&["x"]),
+            Some(&b.broker().mirrored_id(1).to_string()),
+        )
+        .unwrap();
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(fresh, "fresh".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_written_by_something_else_are_skipped_and_counted() {
     let redis = RedisServer::start().await;
     let a = replica(&redis.url());
