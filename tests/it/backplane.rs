@@ -237,6 +237,22 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_repeats_noth
     );
 }
 
+/// How many times Redis has read the stream newest first (`XREVRANGE`,
+/// from a script or not): what a retried publish does to find its first
+/// attempt, and a reader only as it joins.
+async fn stream_searches(redis: &RedisServer) -> u64 {
+    let stats: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_xrevrange:calls="))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a count")
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_whose_reply_is_lost_is_retried_after_a_pause_and_appended_once() {
     let redis = RedisServer::start().await;
@@ -245,13 +261,19 @@ async fn a_publish_whose_reply_is_lost_is_retried_after_a_pause_and_appended_onc
     in_step(&a).await;
     let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
     // The first publish loads the script, so the next one is one call.
+    // A first attempt appends at once: it never reads the stream back
+    // (Redis counts the commands its scripts run).
+    let searches = stream_searches(&redis).await;
     let first = a.publish(event("x", "first")).await.unwrap();
+    assert_eq!(stream_searches(&redis).await, searches);
 
     proxy.lose_next_script_reply();
     let started = std::time::Instant::now();
     let second = a.publish(event("x", "second")).await.unwrap();
     let took = started.elapsed();
     assert!(proxy.reply_lost(), "the publish was never cut off");
+    // The retry looked for its first attempt, once.
+    assert_eq!(stream_searches(&redis).await, searches + 1);
     // The retry found its first attempt in the stream: one entry, whose
     // id is the one returned.
     assert_eq!(
