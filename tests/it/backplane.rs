@@ -287,6 +287,33 @@ async fn a_publish_whose_reply_is_lost_is_retried_after_a_pause_and_appended_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cannot_reach_redis_waits_longer_each_time() {
+    // A "Redis" that hangs up on every connection, noting when each came:
+    // the reader must not hammer it. Its pauses double from 100 ms, so the
+    // fifth attempt comes at least 800 ms after the fourth.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = replica(&format!("redis://{}/", listener.local_addr().unwrap()));
+    let mut attempts = Vec::new();
+    within("five attempts to connect", async {
+        while attempts.len() < 5 {
+            let (conn, _) = listener.accept().await.expect("accept");
+            attempts.push(std::time::Instant::now());
+            drop(conn);
+        }
+    })
+    .await;
+    let pauses: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    for (n, pause) in pauses.iter().enumerate() {
+        let least = Duration::from_millis(100 << n);
+        assert!(
+            *pause >= least,
+            "pause {n} was {pause:?}, less than {least:?}: {pauses:?}"
+        );
+    }
+    assert!(!a.stats().connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_redis_is_down_open_streams_stay_open_with_keep_alives_and_carry_on() {
     let mut redis = RedisServer::start_persistent().await;
     let mode = ServerMode::new();
