@@ -266,10 +266,11 @@ impl Reader {
     /// Whether the stream holds another entry under `seq` than the one
     /// mirrored there: it lost writes (a failover to a replica that missed
     /// them, a restart from an old file) and others were appended since.
+    /// Only the last entry read is compared (a mirror at seq 0 has read
+    /// none: Redis refuses the id `0-0`).
     async fn rewritten(&self, conn: &mut MultiplexedConnection, seq: u64) -> RedisResult<bool> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some((last_seq, token)) = last.filter(|(last_seq, _)| *last_seq == seq && seq > 0)
-        else {
+        let Some((last_seq, token)) = last.filter(|(last_seq, _)| *last_seq == seq) else {
             return Ok(false);
         };
         let id = format!("{last_seq}-0");
