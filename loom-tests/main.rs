@@ -1121,7 +1121,11 @@ mod hub {
     /// have missed events (a resync first); never lost silently, never twice.
     /// (Fails if the hub refuses the driver's events while its slot
     /// lingers, or if a stream's position does not move past an event it
-    /// read: the event comes twice.)
+    /// read: the event comes twice.) What the upstream sent while no slot
+    /// held it is outside the hub and not in this model: that a resume from
+    /// before a slot began is told is checked by
+    /// `upstream::a_resume_onto_a_reopened_upstream_starts_with_a_resync`
+    /// and the upstream model.
     #[test]
     fn an_upstream_event_racing_the_teardown_is_delivered_once_or_told() {
         model(|| {
