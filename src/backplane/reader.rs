@@ -351,8 +351,8 @@ impl Reader {
                 // Another replica took them: its limits differ from this one's.
                 tracing::warn!(
                     skipped = outcome.skipped,
-                    "stream entries this replica's broker refuses (an event larger than its \
-                     max_event_bytes, or a bad topic): replicas of one service need the same limits"
+                    "stream entries this replica's broker refuses (an event larger than the bytes \
+                     its log retains, or a bad topic): replicas of one service need the same limits"
                 );
             }
             if full {
