@@ -237,14 +237,17 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_repeats_noth
     );
 }
 
-/// How many times Redis has read the stream newest first (`XREVRANGE`,
-/// from a script or not): what a retried publish does to find its first
-/// attempt, and a reader only as it joins.
-async fn stream_searches(redis: &RedisServer) -> u64 {
+/// How many `command`s Redis has run (from a script or not), by its own
+/// count. `xrevrange` is what a retried publish does to find its first
+/// attempt, and a reader only as it joins; `evalsha` is a script call,
+/// which a reader makes once per look at the stream (after each empty
+/// read).
+async fn calls(redis: &RedisServer, command: &str) -> u64 {
     let stats: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    let prefix = format!("cmdstat_{command}:calls=");
     stats
         .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_xrevrange:calls="))
+        .find_map(|line| line.strip_prefix(&prefix))
         .map_or(0, |rest| {
             rest.split(',')
                 .next()
@@ -257,33 +260,43 @@ async fn stream_searches(redis: &RedisServer) -> u64 {
 async fn a_publish_whose_reply_is_lost_is_retried_after_a_pause_and_appended_once() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(redis.addr()).await;
-    let a = replica(&proxy.url());
+    // The reader's read blocks a minute: its own script calls (one per
+    // empty read) cannot take the replies the proxy loses.
+    let a = RedisBackplane::new(&proxy.url())
+        .expect("URL")
+        .stream("test:events")
+        .block(Duration::from_secs(60))
+        .publish_timeout(Duration::from_millis(500))
+        .start(Broker::builder());
     in_step(&a).await;
     let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
     // The first publish loads the script, so the next one is one call.
     // A first attempt appends at once: it never reads the stream back
     // (Redis counts the commands its scripts run).
-    let searches = stream_searches(&redis).await;
+    let searches = calls(&redis, "xrevrange").await;
     let first = a.publish(event("x", "first")).await.unwrap();
-    assert_eq!(stream_searches(&redis).await, searches);
+    assert_eq!(calls(&redis, "xrevrange").await, searches);
 
-    proxy.lose_next_script_reply();
+    // The first attempt and the first retry are cut off; the second
+    // retry gets its answer.
+    proxy.lose_script_replies(2);
     let started = std::time::Instant::now();
     let second = a.publish(event("x", "second")).await.unwrap();
     let took = started.elapsed();
-    assert!(proxy.reply_lost(), "the publish was never cut off");
-    // The retry looked for its first attempt, once.
-    assert_eq!(stream_searches(&redis).await, searches + 1);
-    // The retry found its first attempt in the stream: one entry, whose
-    // id is the one returned.
+    assert!(proxy.replies_lost(), "the publish was never cut off");
+    // Each retry looked for the first attempt.
+    assert_eq!(calls(&redis, "xrevrange").await, searches + 2);
+    // The last found it in the stream: one entry, whose id is the one
+    // returned.
     assert_eq!(
         events(&take(&mut sub, 2).await),
         vec![(first, "first".to_owned()), (second, "second".to_owned())]
     );
     let length: usize = redis.query(redis::cmd("XLEN").arg("test:events")).await;
-    assert_eq!(length, 2, "the retry appended the event again");
-    // The retry waited its pause (25 ms) rather than hammer Redis.
-    assert!(took >= Duration::from_millis(25), "retried after {took:?}");
+    assert_eq!(length, 2, "a retry appended the event again");
+    // The retries waited their pauses (25 ms, then 50) rather than hammer
+    // Redis.
+    assert!(took >= Duration::from_millis(75), "retried after {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -771,6 +784,14 @@ async fn entries_written_by_something_else_are_skipped_and_counted() {
         vec![(first, "1".to_owned())]
     );
     assert!(sub.try_next().is_none());
+    // Passed over once: the reader reads on from them, not again from the
+    // last entry it mirrored, at every look at the stream.
+    let looks = calls(&redis, "evalsha").await;
+    eventually_async("the reader to look at the stream twice more", || async {
+        calls(&redis, "evalsha").await >= looks + 2
+    })
+    .await;
+    assert_eq!(a.stats().mirror.skipped, 2);
     // Past the foreign ids, nothing can be appended: a clear error, and
     // no seq is taken for it.
     for _ in 0..3 {
@@ -935,7 +956,6 @@ async fn two_demo_processes_on_one_redis_behave_as_one_service() {
     assert_eq!(messages(&mut on_a, 1).await, vec![(after, "6".to_owned())]);
 }
 
-/// The next event of type `kind` on `stream`, passing over the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_refuses_a_redis_url_that_does_not_parse() {
     let output = tokio::process::Command::new(Demo::binary())
@@ -950,8 +970,8 @@ async fn the_demo_refuses_a_redis_url_that_does_not_parse() {
 
 /// What a log line or a failed assertion shows of the backplane: its
 /// stream and timings (nothing connects to build it).
-#[test]
-fn debug_output_names_the_type_and_its_settings() {
+#[tokio::test]
+async fn debug_output_names_the_type_and_its_settings() {
     let backplane = RedisBackplane::new("redis://127.0.0.1:1/")
         .unwrap()
         .stream("app:events")
@@ -962,6 +982,51 @@ fn debug_output_names_the_type_and_its_settings() {
         "{shown}"
     );
     assert!(shown.contains("block: 250ms"), "{shown}");
+    // A replica shows its stream and where it stands.
+    let replica = backplane.start(Broker::builder());
+    let shown = format!("{replica:?}");
+    assert!(
+        shown.starts_with(
+            r#"Replica { stream: "app:events", stats: ReplicaStats { connected: false"#
+        ),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_refuses_what_another_published_says_so() {
+    // Current-thread: the reader logs on the test's thread.
+    let (log, _subscriber) = crate::support::trace::capture(
+        tracing::Level::WARN,
+        tracing_subscriber::fmt::format::FmtSpan::NONE,
+    );
+    let redis = RedisServer::start().await;
+    let a = replica(&redis.url());
+    // B's log retains 1000 bytes: an event of 2000 cannot be mirrored.
+    let b = replica_on(&redis.url(), None, Broker::builder().retain_bytes(1_000));
+    in_step(&a).await;
+    in_step(&b).await;
+    let big = a.publish(event("x", &"y".repeat(2_000))).await.unwrap();
+    let small = a.publish(event("x", "small")).await.unwrap();
+    eventually("b to mirror both", || b.stats().mirror.mirrored == 2).await;
+    assert_eq!(b.stats().mirror.skipped, 1);
+    assert_eq!(a.stats().mirror.skipped, 0);
+    let mut sub = b
+        .broker()
+        .subscribe(&topics(&["x"]), Some(&big.to_string()))
+        .unwrap();
+    assert_eq!(
+        events(&take(&mut sub, 1).await),
+        vec![(small, "small".to_owned())]
+    );
+    let text = log.text();
+    assert_eq!(
+        text.matches("replicas of one service need the same limits")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("skipped=1"), "{text}");
 }
 
 /// A refused publish keeps the broker's own error as its source, for an

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -151,12 +151,12 @@ fn free_port() -> u16 {
 
 /// A TCP proxy to `upstream` that a test can cut: while cut, it closes
 /// the connections it carries and every new one at once. It can also
-/// lose the reply to one script call: Redis runs it, the caller never
+/// lose the replies to script calls: Redis runs each, the caller never
 /// hears so, as when a connection breaks at the wrong moment.
 pub struct Proxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
-    lose_reply: Arc<AtomicBool>,
+    lose_replies: Arc<AtomicUsize>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -166,11 +166,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let cut = Arc::new(AtomicBool::new(false));
-        let lose_reply = Arc::new(AtomicBool::new(false));
+        let lose_replies = Arc::new(AtomicUsize::new(0));
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
         let task = {
-            let (cut, lose_reply, generation) =
-                (cut.clone(), lose_reply.clone(), generation.clone());
+            let (cut, lose_replies, generation) =
+                (cut.clone(), lose_replies.clone(), generation.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -180,14 +180,14 @@ impl Proxy {
                         continue; // dropped: closed at once
                     }
                     let ended = generation.subscribe();
-                    tokio::spawn(carry(client, upstream, lose_reply.clone(), ended));
+                    tokio::spawn(carry(client, upstream, lose_replies.clone(), ended));
                 }
             })
         };
         Self {
             addr,
             cut,
-            lose_reply,
+            lose_replies,
             generation,
             task,
         }
@@ -208,24 +208,25 @@ impl Proxy {
         self.cut.store(false, Ordering::SeqCst);
     }
 
-    /// The next script call (`EVALSHA`) on any connection reaches Redis,
-    /// and its connection is closed as the reply comes back, unread.
-    pub fn lose_next_script_reply(&self) {
-        self.lose_reply.store(true, Ordering::SeqCst);
+    /// The next `n` script calls (`EVALSHA`) on any connection reach
+    /// Redis, and the connection of each is closed as its reply comes
+    /// back, unread.
+    pub fn lose_script_replies(&self, n: usize) {
+        self.lose_replies.store(n, Ordering::SeqCst);
     }
 
-    /// Whether the reply `lose_next_script_reply` asked to lose is lost.
-    pub fn reply_lost(&self) -> bool {
-        !self.lose_reply.load(Ordering::SeqCst)
+    /// Whether every reply `lose_script_replies` asked to lose is lost.
+    pub fn replies_lost(&self) -> bool {
+        self.lose_replies.load(Ordering::SeqCst) == 0
     }
 }
 
 /// Carries one connection both ways until either side closes or the
-/// proxy is cut; see [`Proxy::lose_next_script_reply`].
+/// proxy is cut; see [`Proxy::lose_script_replies`].
 async fn carry(
     client: TcpStream,
     upstream: SocketAddr,
-    lose_reply: Arc<AtomicBool>,
+    lose_replies: Arc<AtomicUsize>,
     mut ended: tokio::sync::watch::Receiver<u64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -239,7 +240,10 @@ async fn carry(
         let mut buf = vec![0; 64 * 1024];
         while let Ok(n @ 1..) = from_client.read(&mut buf).await {
             let chunk = &buf[..n];
-            if chunk.windows(7).any(|w| w == b"EVALSHA") && lose_reply.swap(false, Ordering::SeqCst)
+            if chunk.windows(7).any(|w| w == b"EVALSHA")
+                && lose_replies
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
             {
                 doomed.store(true, Ordering::SeqCst);
             }
