@@ -297,6 +297,19 @@ async fn a_publish_whose_reply_is_lost_is_retried_after_a_pause_and_appended_onc
     // The retries waited their pauses (25 ms, then 50) rather than hammer
     // Redis.
     assert!(took >= Duration::from_millis(75), "retried after {took:?}");
+
+    // Three retries at most: with every reply lost, the publish gives up
+    // and says the event may or may not be in. (It is, once: Redis ran
+    // the first attempt, and each retry found it.)
+    proxy.lose_script_replies(5);
+    match a.publish(event("x", "third")).await {
+        Err(BackplaneError::Unavailable(why)) => assert!(why.starts_with("redis"), "{why}"),
+        other => panic!("expected the publish to give up, got {other:?}"),
+    }
+    assert_eq!(calls(&redis, "xrevrange").await, searches + 5);
+    proxy.lose_script_replies(0);
+    let length: usize = redis.query(redis::cmd("XLEN").arg("test:events")).await;
+    assert_eq!(length, 3, "a retry appended the event again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
