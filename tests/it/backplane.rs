@@ -21,12 +21,18 @@ use crate::support::process::Demo;
 use crate::support::redis::{Proxy, RedisServer};
 use crate::support::wait::{eventually, eventually_async, within};
 
-fn replica_on(url: &str, mode: Option<&ServerMode>, builder: tower_sse::BrokerBuilder) -> Replica {
-    let mut backplane = RedisBackplane::new(url)
+/// The tests' backplane settings: a short block, so that a reader looks
+/// at the stream often, and a short publish timeout.
+fn backplane(url: &str) -> RedisBackplane {
+    RedisBackplane::new(url)
         .expect("URL")
         .stream("test:events")
         .block(Duration::from_millis(100))
-        .publish_timeout(Duration::from_millis(500));
+        .publish_timeout(Duration::from_millis(500))
+}
+
+fn replica_on(url: &str, mode: Option<&ServerMode>, builder: tower_sse::BrokerBuilder) -> Replica {
+    let mut backplane = backplane(url);
     if let Some(mode) = mode {
         backplane = backplane.mode(mode);
     }
@@ -262,11 +268,8 @@ async fn a_publish_whose_reply_is_lost_is_retried_after_a_pause_and_appended_onc
     let proxy = Proxy::start(redis.addr()).await;
     // The reader's read blocks a minute: its own script calls (one per
     // empty read) cannot take the replies the proxy loses.
-    let a = RedisBackplane::new(&proxy.url())
-        .expect("URL")
-        .stream("test:events")
+    let a = backplane(&proxy.url())
         .block(Duration::from_secs(60))
-        .publish_timeout(Duration::from_millis(500))
         .start(Broker::builder());
     in_step(&a).await;
     let mut sub = a.broker().subscribe(&topics(&["x"]), None).unwrap();
@@ -473,9 +476,7 @@ async fn dropping_the_last_replica_handle_releases_the_mode() {
 async fn dropping_the_last_replica_handle_stops_its_reader_at_once() {
     // The reader blocks a minute per read: only an abort ends it sooner.
     let redis = RedisServer::start().await;
-    let a = RedisBackplane::new(&redis.url())
-        .expect("URL")
-        .stream("test:events")
+    let a = backplane(&redis.url())
         .block(Duration::from_secs(60))
         .start(Broker::builder());
     in_step(&a).await;
@@ -669,9 +670,7 @@ async fn an_entry_is_aged_when_it_is_read_not_when_the_read_began() {
     // the step would age entries by less the longer its read had blocked.
     let max_age = Duration::from_millis(7_500);
     let redis = RedisServer::start().await;
-    let a = RedisBackplane::new(&redis.url())
-        .expect("URL")
-        .stream("test:events")
+    let a = backplane(&redis.url())
         .block(Duration::from_secs(60))
         .start(Broker::builder().retain_for(max_age));
     in_step(&a).await;
@@ -740,10 +739,7 @@ async fn an_entry_is_aged_when_it_is_read_not_when_the_read_began() {
     // A replica that joins now takes the stream's tail: the old entry is
     // as old there, however young the replica, and a fresh one is kept.
     let fresh = a.publish(event("x", "fresh")).await.unwrap();
-    let b = RedisBackplane::new(&redis.url())
-        .expect("URL")
-        .stream("test:events")
-        .start(Broker::builder().retain_for(max_age));
+    let b = replica_on(&redis.url(), None, Broker::builder().retain_for(max_age));
     in_step(&b).await;
     let stats = b.broker().stats();
     assert_eq!((stats.evicted, stats.retained_events), (1, 1), "{stats:?}");
